@@ -1,0 +1,127 @@
+"""Serving a role's Quart app with Hypercorn on uvloop, the same way in every role.
+
+The listen socket is bound here, before Hypercorn starts, so a port that
+cannot be bound is one clear line on stderr and a non-zero exit instead of a
+traceback or a silent exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Quart, Response
+
+from .config import fail, listen_address
+
+log = logging.getLogger(__name__)
+
+
+def bind_socket(listen: str, prog: str) -> socket.socket:
+    """Bind and listen on ``HOST:PORT`` or exit with a one-line error."""
+    try:
+        host, port = listen_address(listen)
+    except ValueError as exc:
+        fail(prog, str(exc))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        fail(prog, f"cannot listen on {listen}: {exc.strerror or exc}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def add_basic_routes(app: Quart, ready: Callable[[], tuple[bool, str]] | None = None) -> None:
+    """``/healthz`` (process alive), ``/readyz`` (dependencies reachable), ``/metrics``."""
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response("ok", content_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok, detail = ready() if ready else (True, "ready")
+        return Response(detail, status=200 if ok else 503, content_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def hypercorn_config(sock: socket.socket, **overrides: Any) -> Config:
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 64 * 1024  # bounds header size (huge headers -> 4xx)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def run_app(
+    app: Quart,
+    *,
+    listen: str,
+    prog: str,
+    before: Callable[[], Awaitable[None]] | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
+    **hypercorn_overrides: Any,
+) -> None:
+    """Bind, then serve ``app`` on uvloop until SIGTERM/SIGINT; exit 0 on a clean stop.
+
+    ``before`` runs once the loop exists and before the first request;
+    ``after`` runs after the server stopped accepting (drain, deregister...).
+    """
+    sock = bind_socket(listen, prog)
+    config = hypercorn_config(sock, **hypercorn_overrides)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if before is not None:
+            await before()
+        try:
+            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        finally:
+            if after is not None:
+                await after()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    sock.close()
+
+
+def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a non-HTTP coroutine on uvloop, passing an event set on SIGTERM/SIGINT."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(wrapper())
+
+
+def metrics_text() -> bytes:
+    return generate_latest()

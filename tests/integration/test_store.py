@@ -1,0 +1,111 @@
+"""The etcd store against a real etcd: CAS, leases that survive loss, watches that resume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from devtools.cluster import Cluster, free_port
+from nebula_common.store import EtcdConfig, EtcdStore, LeaseKeeper, PrefixMirror, StoreUnavailable
+
+
+async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10) -> None:
+    """Poll ``predicate`` (sync or async) until true; fail the test after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def store_for(cluster: Cluster, *extra: str) -> EtcdStore:
+    return EtcdStore(EtcdConfig(endpoints=(*extra, cluster.etcd_endpoint), timeout=2))
+
+
+async def test_cas_and_failover_to_a_live_endpoint(cluster: Cluster) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    store = store_for(cluster, dead)  # the first endpoint refuses connections
+    await store.wait_until_ready(10)
+    assert await store.put_if_revision("/t/k", b"1", 0)
+    assert not await store.put_if_revision("/t/k", b"2", 0), "create-only must fail on existing"
+    kv = await store.get("/t/k")
+    assert kv is not None and kv.value == b"1"
+    assert await store.put_if_revision("/t/k", b"2", kv.mod_revision)
+    assert not await store.put_if_revision("/t/k", b"3", kv.mod_revision), "stale revision"
+    assert (await store.get("/t/k")).value == b"2"
+    await store.close()
+
+
+async def test_unreachable_etcd_is_a_clear_error() -> None:
+    store = EtcdStore(EtcdConfig(endpoints=(f"127.0.0.1:{free_port()}",), timeout=1))
+    with pytest.raises(StoreUnavailable, match="etcd unreachable"):
+        await store.wait_until_ready(1.5)
+    await store.close()
+
+
+async def test_lost_lease_is_regranted_and_keys_put_again(cluster: Cluster) -> None:
+    store = store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    await keeper.put("/t/leased", b"v")
+    first = keeper.lease_id
+    other = store_for(cluster)
+    await other.revoke(first)  # what etcd does when the lease expires during a partition
+    assert await other.get("/t/leased") is None
+    await until(lambda: keeper.regrants == 1)
+    assert keeper.lease_id != first
+    kv = await other.get("/t/leased")
+    assert kv is not None and kv.lease == keeper.lease_id
+    await keeper.stop()
+    assert await other.get("/t/leased") is None, "revoking on stop removes the keys at once"
+    await store.close()
+    await other.close()
+
+
+async def test_mirror_resumes_after_etcd_restart(cluster: Cluster) -> None:
+    store = store_for(cluster)
+    mirror = PrefixMirror(store, "/m/")
+    await store.put("/m/a", b"1")
+    mirror.start()
+    await asyncio.wait_for(mirror.synced.wait(), 10)
+    assert mirror.items == {"/m/a": b"1"}
+    cluster.procs["etcd"].stop()
+    await until(lambda: not mirror.healthy)
+    assert mirror.items == {"/m/a": b"1"}, "last known content is kept while etcd is down"
+    cluster.start_etcd()
+    writer = store_for(cluster)
+    await writer.put("/m/b", b"2")
+    await writer.delete("/m/a")
+    await until(lambda: mirror.items == {"/m/b": b"2"}, timeout=20)
+    assert mirror.healthy
+    await mirror.stop()
+    await store.close()
+    await writer.close()
+
+
+async def test_mirror_relists_after_compaction(cluster: Cluster) -> None:
+    store = store_for(cluster)
+    mirror = PrefixMirror(store, "/c/")
+    mirror.start()
+    await asyncio.wait_for(mirror.synced.wait(), 10)
+    # Stop the mirror, write past its revision and compact, then resume: the watch
+    # from the old revision is refused as compacted and the mirror must re-list.
+    await mirror.stop()
+    for i in range(5):
+        await store.put(f"/c/{i}", b"x")
+    _, revision = await store.get_prefix("/c/")
+    await store.call(lambda c: c.compact(revision))
+    relists = mirror.relists
+    mirror._task = None
+    mirror.start()
+    await until(lambda: len(mirror.items) == 5)
+    assert mirror.relists > relists
+    await mirror.stop()
+    await store.close()
