@@ -44,7 +44,7 @@ llamacpp: $(VENV)/.llamacpp
 prometheus:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  echo "installing Debian's prometheus (promtool) ..."; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 bench-tools:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \

@@ -106,7 +106,9 @@ def run_app(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-    sock.close()
+    # Hypercorn closes the fd it was given; closing it again raised EBADF (or could
+    # close an unrelated fd that reused the number), so only forget it here.
+    sock.detach()
 
 
 def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -51,6 +51,16 @@ REQUEST_ERRORS: tuple[type[BaseException], ...] = (
 """Errors where etcd answered and refused: trying another endpoint would not help."""
 
 
+def _rpc_cancelled_under_us() -> bool:
+    """True when a CancelledError came from gRPC, not from cancelling the current task.
+
+    Closing a gRPC channel (``EtcdStore._rotate``) cancels every RPC in flight on it,
+    which raises CancelledError in tasks that nobody cancelled; those must retry.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
 class StoreUnavailable(RuntimeError):
     """etcd could not be reached on any endpoint within the deadline."""
 
@@ -196,6 +206,13 @@ class EtcdStore:
             client = await self._current()
             try:
                 result = await op(client)
+            except asyncio.CancelledError as exc:
+                if not _rpc_cancelled_under_us():
+                    raise
+                # Another task rotated the endpoint and closed the channel: gRPC cancels the
+                # RPCs in flight on it. That is a connection failure here, not our cancellation.
+                last = exc
+                continue
             except REQUEST_ERRORS:
                 raise
             except (*CONNECTION_ERRORS, etcd_errors.ClientError) as exc:
@@ -396,8 +413,11 @@ class PrefixMirror:
                 # The iterator ended without an error: the client was closed under us.
                 self.healthy = False
             except asyncio.CancelledError:
-                await self._cancel_watch()
-                raise
+                if not _rpc_cancelled_under_us():
+                    await self._cancel_watch()
+                    raise
+                # The channel was closed by an endpoint rotation: resume like any broken watch.
+                self.healthy = False
             except etcd_errors.RevisionCompactedError:
                 log.info("watch %s: revision %d compacted, re-listing", self.name, self.revision)
                 need_list = True

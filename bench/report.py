@@ -1,0 +1,262 @@
+"""Turning samples into rows, rows into an aligned table, and checking the issue's targets.
+
+All pure: :mod:`bench.run` collects the samples, this module does the arithmetic
+and the text, so both are unit-tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .stats import Spread, per_cpu_second, spread
+
+PATHS = ("direct", "router", "gateway")
+PATH_LABELS = {"direct": "direct", "router": "router", "gateway": "gateway+router"}
+NEBULA_PROCS = ("router", "gateway")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One load run of one scenario on one path in one round."""
+
+    scenario: str
+    path: str
+    round: int
+    requests: int
+    duration_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds
+    machine_busy: float = math.nan  # share of all CPUs busy during the run (0..1)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else math.nan
+
+    def per_cpu(self, procs: Sequence[str]) -> float:
+        """Requests per CPU-second of ``procs`` together (NaN if not all were measured)."""
+        if not procs or any(p not in self.cpu_s for p in procs):
+            return math.nan
+        return per_cpu_second(self.requests, sum(self.cpu_s[p] for p in procs))
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    path: str
+    rps: Spread
+    p50: Spread
+    p99: Spread
+    added_p50: Spread
+    added_p99: Spread
+    per_cpu_router: Spread
+    per_cpu_gateway: Spread
+    per_cpu_both: Spread
+    errors: int
+    engine_cores: Spread = field(default_factory=lambda: spread([]))
+    machine_busy: Spread = field(default_factory=lambda: spread([]))
+
+
+def aggregate(samples: Iterable[Sample]) -> list[Row]:
+    """Median and range across rounds per (scenario, path), in first-seen scenario order.
+
+    Added latency is computed per round against the direct run of the same round
+    (they ran back to back), then the median of those differences is taken.
+    """
+    samples = list(samples)
+    scenarios: list[str] = []
+    for s in samples:
+        if s.scenario not in scenarios:
+            scenarios.append(s.scenario)
+    rows: list[Row] = []
+    for scenario in scenarios:
+        mine = [s for s in samples if s.scenario == scenario]
+        direct = {s.round: s for s in mine if s.path == "direct"}
+        for path in PATHS:
+            runs = [s for s in mine if s.path == path]
+            if not runs:
+                continue
+            paired = [(s, direct[s.round]) for s in runs if s.round in direct]
+            nan = spread([])
+            rows.append(Row(
+                scenario=scenario, path=path,
+                rps=spread(s.rps for s in runs),
+                p50=spread(s.p50_ms for s in runs),
+                p99=spread(s.p99_ms for s in runs),
+                added_p50=spread(s.p50_ms - d.p50_ms for s, d in paired)
+                if path != "direct" else nan,
+                added_p99=spread(s.p99_ms - d.p99_ms for s, d in paired)
+                if path != "direct" else nan,
+                per_cpu_router=spread(s.per_cpu(["router"]) for s in runs)
+                if path != "direct" else nan,
+                per_cpu_gateway=spread(s.per_cpu(["gateway"]) for s in runs)
+                if path == "gateway" else nan,
+                per_cpu_both=spread(s.per_cpu(list(NEBULA_PROCS)) for s in runs)
+                if path == "gateway" else nan,
+                errors=sum(s.errors for s in runs),
+                engine_cores=spread(s.cpu_s["engine"] / s.duration_s for s in runs
+                                    if "engine" in s.cpu_s and s.duration_s > 0),
+                machine_busy=spread(s.machine_busy for s in runs),
+            ))
+    return rows
+
+
+def find_row(rows: Sequence[Row], scenario: str, path: str) -> Row | None:
+    return next((r for r in rows if r.scenario == scenario and r.path == path), None)
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def fmt(value: float, digits: int = 1, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+        return ("+" + text) if signed and value > 0 else text
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_range(sp: Spread, digits: int = 1) -> str:
+    """``median (min..max)``; just the median when there was one round."""
+    if sp.n == 0:
+        return "-"
+    if sp.n == 1:
+        return fmt(sp.median, digits)
+    return f"{fmt(sp.median, digits)} ({fmt(sp.low, digits)}..{fmt(sp.high, digits)})"
+
+
+def fmt_pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value * 100:.0f}%"
+
+
+REQUEST_HEADERS = ("scenario", "path", "req/s (min..max)", "p50 ms", "p99 ms", "+p50 ms",
+                   "+p99 ms", "req/CPU-s router", "req/CPU-s gateway", "req/CPU-s both",
+                   "errors", "spread", "engine cores", "box busy")
+
+
+def noise(row: Row) -> float:
+    """The largest (max-min)/median across rounds of req/s, p50 and p99."""
+    return max((x for x in (row.rps.rel_range, row.p50.rel_range, row.p99.rel_range)
+                if not math.isnan(x)), default=math.nan)
+
+
+def request_table_rows(rows: Sequence[Row]) -> list[list[str]]:
+    return [[
+        r.scenario, PATH_LABELS[r.path], fmt_range(r.rps, 0), fmt(r.p50.median, 2),
+        fmt(r.p99.median, 2), fmt(r.added_p50.median, 2, signed=True),
+        fmt(r.added_p99.median, 2, signed=True), fmt(r.per_cpu_router.median, 0),
+        fmt(r.per_cpu_gateway.median, 0), fmt(r.per_cpu_both.median, 0), str(r.errors),
+        fmt_pct(noise(r)), fmt(r.engine_cores.median, 2), fmt_pct(r.machine_busy.median),
+    ] for r in rows]
+
+
+_NUMERIC = re.compile(r"^(-|[+-]?[\d,]+(\.\d+)?( ?(%|x|ms|s))?( \([^)]*\))?)$")
+
+
+def is_numeric(cell: str) -> bool:
+    """A figure such as ``1,258``, ``+0.49``, ``12%``, ``2.1x`` or ``0.51 (0.50..0.60)``."""
+    return bool(_NUMERIC.match(cell))
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned table: text left-aligned, numbers right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str], header: bool = False) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            right = not header and is_numeric(cell)
+            parts.append(cell.rjust(widths[i]) if right else cell.ljust(widths[i]))
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers, True), rule, *(line(r) for r in rows)])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+    out = ["| " + " | ".join(esc(h) for h in headers) + " |",
+           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    key: str
+    target: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{fmt(value, 2, signed=True)} ms"
+
+
+def _check(value: float, ok: bool) -> bool | None:
+    return None if value is None or math.isnan(value) else ok
+
+
+def evaluate_targets(rows: Sequence[Row], ttft_means: dict[str, float],
+                     *, chat: str, stream: str, paced_wide: str) -> list[TargetResult]:
+    """The issue's targets against this run's medians.
+
+    ``chat``/``stream`` name the non-streamed and 64-chunk scenarios at concurrency 1
+    (latency) and their concurrency-64 counterparts are found by replacing ``c1``
+    with ``c64`` (throughput per CPU-second is best measured under load).
+    """
+    results: list[TargetResult] = []
+    for scenario in (chat, stream):
+        gw = find_row(rows, scenario, "gateway")
+        p50 = gw.added_p50.median if gw else math.nan
+        p99 = gw.added_p99.median if gw else math.nan
+        results.append(TargetResult(
+            f"added_p50:{scenario}", f"gateway+router add <= 2 ms p50 ({scenario})",
+            _ms(p50), _check(p50, p50 <= 2.0)))
+        results.append(TargetResult(
+            f"added_p99:{scenario}", f"gateway+router add <= 10 ms p99 ({scenario})",
+            _ms(p99), _check(p99, p99 <= 10.0)))
+    loaded = chat.replace("c1", "c64")
+    router = find_row(rows, loaded, "router")
+    value = router.per_cpu_router.median if router else math.nan
+    results.append(TargetResult("router_per_cpu",
+                                f"router alone >= 2,500 requests per CPU-second ({loaded})",
+                                fmt(value, 0), _check(value, value >= 2500)))
+    gw = find_row(rows, loaded, "gateway")
+    value = gw.per_cpu_both.median if gw else math.nan
+    results.append(TargetResult("both_per_cpu",
+                                f"gateway+router >= 1,000 requests per CPU-second ({loaded})",
+                                fmt(value, 0), _check(value, value >= 1000)))
+    direct = find_row(rows, paced_wide, "direct")
+    for path in ("router", "gateway"):
+        row = find_row(rows, paced_wide, path)
+        ratio = (row.p99.median / direct.p99.median - 1.0) if row and direct else math.nan
+        results.append(TargetResult(
+            f"paced_p99:{path}",
+            f"10 ms-spaced streams, c1000: time-to-last-byte p99 within 5 % of direct "
+            f"({PATH_LABELS[path]})",
+            "-" if math.isnan(ratio) else f"{ratio * 100:+.1f} % "
+            f"({fmt(row.p99.median, 0)} vs {fmt(direct.p99.median, 0)} ms)",
+            _check(ratio, ratio <= 0.05)))
+    rr, pf = ttft_means.get("round_robin", math.nan), ttft_means.get("prefix", math.nan)
+    speedup = rr / pf if pf and not math.isnan(pf) and pf > 0 else math.nan
+    results.append(TargetResult("prefix_ttft", "prefix cuts mean TTFT >= 2x vs round_robin",
+                                "-" if math.isnan(speedup) else f"{speedup:.2f}x",
+                                _check(speedup, speedup >= 2.0)))
+    return results

@@ -1,0 +1,189 @@
+"""API keys, per-key rate and concurrency limits: pure logic, no IO.
+
+Keys are held only as SHA-256 hashes; the plaintext is never stored or
+logged. A key's public label (metrics, logs) is its configured name or a
+short prefix of its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class ApiKey:
+    """One configured key: its hash, label and limits (0 = use the default)."""
+
+    key_hash: str
+    name: str = ""
+    rpm: int = 0
+    concurrency: int = 0
+    models: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.key_hash[:8]
+
+    def allows(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+class KeyFileError(ValueError):
+    pass
+
+
+def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
+    """``<sha256> [name] [rpm=N] [concurrency=N] [models=a,b]``; blank/# lines -> None."""
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        return None
+    fields = line.split()
+    key_hash = fields[0].lower()
+    if len(key_hash) != 64 or any(c not in "0123456789abcdef" for c in key_hash):
+        raise KeyFileError(f"line {lineno}: the first field must be a sha256 hex digest")
+    key = ApiKey(key_hash)
+    for item in fields[1:]:
+        name, sep, value = item.partition("=")
+        if not sep:
+            key.name = item
+        elif name in ("rpm", "concurrency"):
+            if not value.isdigit():
+                raise KeyFileError(f"line {lineno}: {name} must be a whole number")
+            setattr(key, name, int(value))
+        elif name == "models":
+            key.models = frozenset(m for m in value.split(",") if m)
+        else:
+            raise KeyFileError(f"line {lineno}: unknown field {name!r}")
+    return key
+
+
+def load_keys(file_text: str | None, plaintext: Iterable[str]) -> dict[str, ApiKey]:
+    """Keys from a key file's text and plaintext keys (hashed here), by hash."""
+    keys: dict[str, ApiKey] = {}
+    for lineno, line in enumerate((file_text or "").splitlines(), 1):
+        key = parse_key_line(line, lineno)
+        if key is not None:
+            keys[key.key_hash] = key
+    for i, raw in enumerate(k.strip() for k in plaintext):
+        if raw:
+            digest = hash_key(raw)
+            keys.setdefault(digest, ApiKey(digest, name=f"env{i}"))
+    return keys
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str, code: str, type: str,
+                 retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.retry_after = retry_after
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class TokenBucket:
+    """``rpm`` requests per minute, refilled continuously, burst up to ``rpm``."""
+
+    def __init__(self, rpm: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rpm / 60.0
+        self.capacity = float(rpm)
+        self.tokens = float(rpm)
+        self.clock = clock
+        self.updated = clock()
+
+    def take(self) -> float:
+        """0 if a request may go now, else the seconds to wait."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class Authenticator:
+    """Looks keys up and enforces their limits. Empty key set = open (local use)."""
+
+    def __init__(self, keys: dict[str, ApiKey], default_rpm: int = 0,
+                 default_concurrency: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.keys = keys
+        self.default_rpm = default_rpm
+        self.default_concurrency = default_concurrency
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._in_flight: dict[str, int] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The caller's key (None when auth is off); raises 401 otherwise."""
+        if not self.enabled:
+            return None
+        token = bearer_token(authorization)
+        if token is None:
+            raise AuthError(401, "You didn't provide an API key. Provide it in the "
+                            "Authorization header as 'Bearer YOUR_KEY'.",
+                            "missing_api_key", "invalid_request_error")
+        digest = hash_key(token)
+        key = self.keys.get(digest)
+        # compare_digest: the dict lookup already matched; this keeps the check explicit
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
+            raise AuthError(401, "Incorrect API key provided.", "invalid_api_key",
+                            "invalid_request_error")
+        return key
+
+    def check_model(self, key: ApiKey | None, model: str) -> None:
+        if key is not None and not key.allows(model):
+            raise AuthError(403, f"this API key may not use model {model!r}",
+                            "model_not_allowed", "permission_error")
+
+    def acquire(self, key: ApiKey | None) -> None:
+        """Take a rate token and a concurrency slot, or raise 429 with Retry-After."""
+        if key is None:
+            return
+        limit = key.concurrency or self.default_concurrency
+        if limit and self._in_flight.get(key.key_hash, 0) >= limit:
+            raise AuthError(429, f"too many concurrent requests for this key (limit {limit})",
+                            "concurrency_limit_exceeded", "rate_limit_error", retry_after=1)
+        rpm = key.rpm or self.default_rpm
+        if rpm:
+            bucket = self._buckets.get(key.key_hash)
+            if bucket is None:
+                bucket = self._buckets[key.key_hash] = TokenBucket(rpm, self.clock)
+            wait = bucket.take()
+            if wait > 0:
+                raise AuthError(429, f"rate limit of {rpm} requests per minute reached "
+                                "for this key", "rate_limit_exceeded", "rate_limit_error",
+                                retry_after=max(1, math.ceil(wait)))
+        self._in_flight[key.key_hash] = self._in_flight.get(key.key_hash, 0) + 1
+
+    def release(self, key: ApiKey | None) -> None:
+        if key is None:
+            return
+        left = self._in_flight.get(key.key_hash, 0) - 1
+        if left > 0:
+            self._in_flight[key.key_hash] = left
+        else:
+            self._in_flight.pop(key.key_hash, None)

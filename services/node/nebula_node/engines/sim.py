@@ -1,0 +1,38 @@
+"""The simulator engine shipped with Nebula (``nebula-sim``)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
+
+
+def sim_binary() -> str:
+    """``nebula-sim`` next to this interpreter (the venv), else from PATH."""
+    local = Path(sys.executable).parent / "nebula-sim"
+    if local.exists():
+        return str(local)
+    return shutil.which("nebula-sim") or "nebula-sim"
+
+
+class SimAdapter(EngineAdapter):
+    name = "sim"
+
+    def __init__(self, binary: str | None = None):
+        self.binary = binary or sim_binary()
+
+    def command(self, replica: ReplicaSpec, port: int, host: str = "0.0.0.0") -> list[str]:
+        return [self.binary, "--host", host, "--port", str(port),
+                "--model-name", replica.model_name,
+                "--served-model-name", replica.model_uid, *replica.engine_args]
+
+    async def ready(self, session: aiohttp.ClientSession, base_url: str,
+                    replica: ReplicaSpec) -> bool:
+        # The listing guards against a port race with another node on this host: a
+        # foreign engine that happens to answer on our port does not serve our uid.
+        return await http_ok(session, f"{base_url}/health", timeout=3.0) and await models_listed(
+            session, base_url, {replica.model_uid}, timeout=3.0)

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the node agent (names ``nebula_node_*``, bounded labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REPLICA_STATES = ("starting", "ready", "restarting", "draining", "stopped", "failed")
+
+REPLICAS = Gauge("nebula_node_replicas", "Replicas on this node by lifecycle state", ["state"])
+ENGINE_RESTARTS = Counter("nebula_node_engine_restarts_total",
+                          "Engine restarts after a crash or failed health checks", ["engine"])
+ENGINE_START_SECONDS = Histogram(
+    "nebula_node_engine_start_seconds", "Seconds from spawning an engine to it answering ready",
+    ["engine"], buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200))
+SCRAPE_ERRORS = Counter("nebula_node_scrape_errors_total",
+                        "Failed scrapes of an engine's /metrics", ["engine"])
+ETCD_UP = Gauge("nebula_node_etcd_up", "1 when the last etcd call of the node succeeded")
+LEASE_REGRANTS = Counter("nebula_node_lease_regrants_total",
+                         "Times the node's etcd lease was lost and granted again")
+
+
+def bind_replica_gauge(count_in_state: Callable[[str], int]) -> None:
+    """Make ``nebula_node_replicas{state}`` read live counts at scrape time."""
+    for state in REPLICA_STATES:
+        REPLICAS.labels(state=state).set_function(lambda s=state: count_in_state(s))

@@ -1,0 +1,5 @@
+"""``python -m nebula_node.sim`` is ``nebula-sim``."""
+
+from .main import main
+
+main()

@@ -1,0 +1,78 @@
+"""The router's ASGI application: the raw proxy for the OpenAI POST paths, Quart for the rest.
+
+Requests on the hot path (POST /v1/chat/completions, ...) go straight to
+:class:`Proxy` without building framework request/response objects; health,
+metrics, /v1/models and /debug/endpoints are ordinary Quart routes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from quart import Quart, Response
+
+from nebula_common.openai_errors import error_json
+from nebula_common.service import add_basic_routes
+
+from . import metrics
+from .proxy import PROXY_PATHS, Proxy
+from .table import EndpointTable, ModelEntry, debug_rows, dumps
+
+
+def model_item(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "id": entry.model_name, "object": "model", "created": entry.created,
+        "owned_by": "nebula",
+        "nebula": {"model_uid": entry.model_uid, "engine": entry.engine,
+                   "ready_replicas": entry.ready_replicas},
+    }
+
+
+def build_quart(table: EndpointTable, proxy: Proxy) -> Quart:
+    app = Quart("nebula_router")
+    add_basic_routes(app, table.readiness)
+    outlier = proxy.pipeline.outlier
+
+    def json_response(obj: object, status: int = 200) -> Response:
+        return Response(dumps(obj), status=status, content_type="application/json")
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return json_response({"object": "list",
+                              "data": [model_item(e) for e in table.models()]})
+
+    @app.get("/v1/models/<path:model>")
+    async def get_model(model: str) -> Response:
+        entry = table.get(model)
+        if entry is None:
+            return Response(error_json(404, f"The model '{model}' does not exist",
+                                       param="model", code="model_not_found"),
+                            status=404, content_type="application/json")
+        return json_response(model_item(entry))
+
+    @app.get("/debug/endpoints")
+    async def debug_endpoints() -> Response:
+        return json_response({
+            "policy": proxy.pipeline.policy, "synced": table.synced,
+            "etcd_connected": table.connected, "endpoints": debug_rows(
+                table, time.monotonic(), outlier.state)})
+
+    metrics.install_collector(lambda: (list(table.replicas.values()), table.connected,
+                                       outlier.state))
+    return app
+
+
+class RouterApp:
+    """ASGI entry: POSTs on the proxied paths go to the proxy, the rest to Quart."""
+
+    def __init__(self, quart: Quart, proxy: Proxy):
+        self.quart = quart
+        self.proxy = proxy
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in PROXY_PATHS):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.quart(scope, receive, send)

@@ -1,0 +1,120 @@
+"""``nebula-router``: placement-aware OpenAI router in front of the engine replicas."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys
+from nebula_common.logs import setup_logging
+from nebula_common.service import run_app
+from nebula_common.store import EtcdStore
+from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
+
+from .app import RouterApp, build_quart
+from .policy import POLICIES, OutlierPolicy, Pipeline
+from .proxy import Proxy, ProxyConfig
+from .server import run_uvicorn
+from .table import EndpointTable
+
+PROG = "nebula-router"
+log = logging.getLogger("nebula.router")
+
+
+def on_off(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("on", "true", "1", "yes"):
+        return True
+    if v in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(value)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=__doc__)
+    add_common_flags(p, listen="0.0.0.0:18081")
+    p.add_flag("--policy", default="least_load", choices=list(POLICIES), metavar="POLICY",
+               help="replica choice: least_load (power of two choices), round_robin, random, "
+                    "session (affinity on x-session-id or user), prefix (prompt-prefix affinity)")
+    p.add_flag("--max-retries", default=2, type=int,
+               help="extra replicas tried when one fails before the first byte")
+    p.add_flag("--max-body-bytes", default=16 * 1024 * 1024, type=int,
+               help="larger request bodies get 413")
+    p.add_flag("--connect-timeout", default=2.0, type=float, help="seconds to connect upstream")
+    p.add_flag("--ttfb-timeout", default=120.0, type=float,
+               help="seconds until the upstream's first body byte")
+    p.add_flag("--idle-timeout", default=120.0, type=float,
+               help="seconds of upstream silence tolerated (also bounds the wait for headers)")
+    p.add_flag("--total-timeout", default=900.0, type=float, help="seconds per request, all in")
+    # The issue names NEBULA_ROUTER_POLICY; NEBULA_POLICY (the generic rule) works too.
+    router_policy = os.environ.get("NEBULA_ROUTER_POLICY")
+    if router_policy:
+        if router_policy not in POLICIES:
+            p.error(f"NEBULA_ROUTER_POLICY={router_policy!r} is not one of {', '.join(POLICIES)}")
+        p.set_defaults(policy=router_policy)
+    p.add_flag("--upstream-keepalive", default=4.0, type=float,
+               help="seconds an idle upstream connection stays pooled (keep it under the "
+                    "engines' keep-alive timeout)")
+    p.add_flag("--eject-after", default=3, type=int,
+               help="consecutive failures that eject a replica (0 disables)")
+    p.add_flag("--eject-base", default=5.0, type=float,
+               help="first ejection period in seconds; doubles on each repeat")
+    p.add_flag("--eject-max", default=120.0, type=float, help="longest ejection period")
+    p.add_flag("--bound-load", default=0.25, type=float,
+               help="affinity slack c: skip the preferred replica above (1+c) x average load")
+    p.add_flag("--max-in-flight", default=0, type=int,
+               help="per-replica in-flight cap treated as overloaded (0 = none)")
+    p.add_flag("--prefix-chars", default=1024, type=int,
+               help="leading prompt characters hashed by the prefix policy")
+    p.add_flag("--no-replica-header", action="store_true",
+               help="do not add x-nebula-replica to responses")
+    p.add_flag("--http-server", default="hypercorn", choices=["hypercorn", "uvicorn"],
+               help="ASGI server of the router's own HTTP port")
+    p.add_flag("--access-log", default=True, type=on_off, help="one JSON line per request: on/off")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging("router", args.log_level, args.log_format)
+    try:
+        cfg = etcd_config(args)
+    except ValueError as exc:
+        fail(PROG, str(exc))
+    tracer = setup_tracing("router") if tracing_enabled() else None
+    store = EtcdStore(cfg)
+    table = EndpointTable(store, keys(args))
+    pipeline = Pipeline(policy=args.policy,
+                        outlier=OutlierPolicy(args.eject_after, args.eject_base, args.eject_max),
+                        bound_c=args.bound_load, max_in_flight=args.max_in_flight,
+                        rng=random.Random())
+    proxy = Proxy(table, pipeline, ProxyConfig(
+        max_retries=max(args.max_retries, 0), max_body_bytes=args.max_body_bytes,
+        connect_timeout=args.connect_timeout, ttfb_timeout=args.ttfb_timeout,
+        idle_timeout=args.idle_timeout, total_timeout=args.total_timeout,
+        replica_header=not args.no_replica_header, access_log=args.access_log,
+        prefix_chars=args.prefix_chars, upstream_keepalive_s=args.upstream_keepalive),
+        tracer=tracer)
+    app = RouterApp(build_quart(table, proxy), proxy)
+
+    async def before() -> None:
+        await proxy.start()
+        table.start()
+        log.info("router listening on %s, policy %s, etcd %s", args.listen, args.policy,
+                 ",".join(cfg.endpoints))
+
+    async def after() -> None:
+        await table.stop()
+        await proxy.close()
+        await store.close()
+        shutdown_tracing()
+
+    if args.http_server == "uvicorn":
+        run_uvicorn(app, listen=args.listen, prog=PROG, before=before, after=after)
+    else:
+        run_app(app, listen=args.listen, prog=PROG, before=before, after=after)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

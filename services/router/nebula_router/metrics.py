@@ -1,0 +1,108 @@
+"""Prometheus metrics of the router (names ``nebula_router_*``, bounded labels).
+
+Gauges that describe the table (in-flight per replica, endpoints by state, etcd
+connection) are computed at scrape time by :class:`TableCollector`, so the
+request path only touches counters and histograms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0)
+
+REQUESTS = Counter("nebula_router_requests_total", "Requests answered, by model and status",
+                   ["model", "status"])
+DURATION = Histogram("nebula_router_request_duration_seconds",
+                     "Time from request to last byte sent", ["model"], buckets=LATENCY_BUCKETS)
+TTFB = Histogram("nebula_router_time_to_first_byte_seconds",
+                 "Time from request to the first upstream body byte sent to the client",
+                 ["model"], buckets=LATENCY_BUCKETS)
+RETRIES = Counter("nebula_router_retries_total", "Attempts retried on another replica",
+                  ["model"])
+EJECTIONS = Counter("nebula_router_ejections_total",
+                    "Replicas ejected after consecutive failures", ["model"])
+DECISIONS = Counter("nebula_router_policy_decisions_total", "Routing decisions by reason",
+                    ["policy", "reason"])
+UPSTREAM_ERRORS = Counter("nebula_router_upstream_errors_total",
+                          "Failed upstream attempts by kind", ["kind"])
+STREAM_ERRORS = Counter("nebula_router_stream_errors_total",
+                        "Responses cut after bytes reached the client (upstream died mid-stream)")
+CLIENT_DISCONNECTS = Counter("nebula_router_client_disconnects_total",
+                             "Requests whose client went away; the upstream call was cancelled")
+
+
+class Labelled:
+    """Caches labelled children: ``labels()`` takes a lock and builds tuples each call."""
+
+    def __init__(self, metric):  # type: ignore[no-untyped-def]
+        self.metric = metric
+        self.children: dict[tuple[str, ...], object] = {}
+
+    def __call__(self, *values: str):  # type: ignore[no-untyped-def]
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+requests_c = Labelled(REQUESTS)
+duration_h = Labelled(DURATION)
+ttfb_h = Labelled(TTFB)
+retries_c = Labelled(RETRIES)
+ejections_c = Labelled(EJECTIONS)
+decisions_c = Labelled(DECISIONS)
+upstream_errors_c = Labelled(UPSTREAM_ERRORS)
+
+
+class TableCollector(Collector):
+    """Scrape-time gauges over the endpoint table."""
+
+    def __init__(self, snapshot: Callable[[], tuple[list, bool, Callable]]):  # type: ignore[type-arg]
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        replicas, connected, state_of = self.snapshot()
+        now = time.monotonic()
+        in_flight = GaugeMetricFamily("nebula_router_in_flight",
+                                      "Requests in flight per replica", labels=["model", "replica"])
+        states: dict[str, int] = {"ready": 0, "draining": 0, "failed": 0, "ejected": 0,
+                                  "half_open": 0}
+        for c in replicas:
+            in_flight.add_metric([c.model_uid, c.replica_id], c.in_flight)
+            st = state_of(c, now)
+            if st == "closed":
+                key = c.status if c.status in states else "failed"
+            else:
+                key = st
+            states[key] += 1
+        endpoints = GaugeMetricFamily("nebula_router_endpoints",
+                                      "Replicas in the table by state", labels=["state"])
+        for state, n in states.items():
+            endpoints.add_metric([state], n)
+        etcd = GaugeMetricFamily("nebula_router_etcd_connected",
+                                 "1 while every etcd watch of the router is healthy")
+        etcd.add_metric([], 1.0 if connected else 0.0)
+        yield in_flight
+        yield endpoints
+        yield etcd
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+_collector: TableCollector | None = None
+
+
+def install_collector(snapshot: Callable[[], tuple[list, bool, Callable]]) -> None:  # type: ignore[type-arg]
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    _collector = TableCollector(snapshot)
+    REGISTRY.register(_collector)

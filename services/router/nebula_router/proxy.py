@@ -1,0 +1,497 @@
+"""The request path: read the body, pick a replica, stream the answer through.
+
+This is a raw ASGI handler (no framework objects per request): the router's hot
+path parses only what routing needs (``model``, and the prompt prefix or
+``user`` for the affinity policies), forwards the original body bytes, and
+passes upstream chunks to the client as they arrive. Retries happen only before
+the first byte reached the client; afterwards a broken upstream ends an SSE
+stream with an error event so OpenAI clients raise instead of truncating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from opentelemetry import propagate, trace
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from nebula_common.openai_errors import error_json, sse_error_event
+from nebula_common.tracing import extract
+
+from . import metrics as m
+from .headers import request_headers, response_headers
+from .policy import Candidate, Pipeline, RouteKeys, prefix_text
+from .policy.pipeline import LOAD_BASED
+from .table import EndpointTable, ModelEntry
+
+access_log = logging.getLogger("nebula.router.access")
+log = logging.getLogger(__name__)
+
+PROXY_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                         "/v1/responses"})
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@dataclass
+class ProxyConfig:
+    max_retries: int = 2
+    max_body_bytes: int = 16 * 1024 * 1024
+    connect_timeout: float = 2.0
+    ttfb_timeout: float = 120.0
+    idle_timeout: float = 120.0
+    total_timeout: float = 900.0
+    replica_header: bool = True
+    access_log: bool = True
+    prefix_chars: int = 1024
+    retry_initial_s: float = 0.01
+    retry_max_s: float = 0.5
+    upstream_keepalive_s: float = 4.0
+    """Idle pooled connections are closed after this; below the engines' own keep-alive
+    (uvicorn and hypercorn default to 5 s) so the router never reuses one they just closed."""
+
+
+class AttemptFailed(Exception):
+    """An attempt failed before anything reached the client: try another replica."""
+
+    def __init__(self, kind: str, message: str, *, replica_fault: bool = True):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.replica_fault = replica_fault
+
+
+class IncompleteBody(Exception):
+    """Raised to the server so it drops a connection whose body was cut mid-way."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one request did, for metrics, the access log and the span."""
+
+    status: int = 0
+    model: str = "unknown"
+    replica: str = ""
+    reason: str = ""
+    retries: int = 0
+    ttfb: float | None = None
+    request_id: str = ""
+    sse: bool = False
+    """The response being streamed is server-sent events."""
+    closing: bool = False
+    """The last bytes are being sent: a disconnect now is the normal end, not a cancel."""
+    abort: bool = False
+    """The body is incomplete and cannot be marked so: drop the client connection."""
+
+
+class Proxy:
+    """Routes POSTs on the OpenAI paths to a replica chosen by the pipeline."""
+
+    def __init__(self, table: EndpointTable, pipeline: Pipeline, config: ProxyConfig,
+                 tracer: trace.Tracer | None = None):
+        self.table = table
+        self.pipeline = pipeline
+        self.config = config
+        self.tracer = tracer
+        self.session: aiohttp.ClientSession | None = None
+        self._wait = wait_exponential_jitter(multiplier=config.retry_initial_s,
+                                             max=config.retry_max_s,
+                                             jitter=config.retry_initial_s)
+        self._policy = pipeline.policy
+        self._needs_prefix = pipeline.policy == "prefix"
+        self._header_affinity = pipeline.policy in LOAD_BASED
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0,       # no pool cap: the engines queue, not the router
+            keepalive_timeout=self.config.upstream_keepalive_s,  # TCP_NODELAY: aiohttp default
+            ttl_dns_cache=60,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,            # bytes pass through untouched
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout,
+                                          sock_read=self.config.idle_timeout),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def backoff(self, retry_number: int) -> float:
+        """Jittered exponential pause before retry ``retry_number`` (1-based), via tenacity."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = retry_number
+        return self._wait(state)
+
+    # -- entry point --------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        out = _Outcome()
+        span = None
+        req_id = ""
+        incoming_tp = ""
+        session_hdr = None
+        length = -1
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"x-request-id":
+                req_id = value.decode("latin-1")
+            elif name == b"x-session-id":
+                session_hdr = value.decode("latin-1")
+            elif name == b"traceparent":
+                incoming_tp = value.decode("latin-1")
+        if self.tracer is not None:
+            ctx = extract({n.decode("latin-1"): v.decode("latin-1")
+                           for n, v in scope["headers"]})
+            span = self.tracer.start_span("router.request", context=ctx,
+                                          kind=trace.SpanKind.SERVER,
+                                          attributes={"http.request.method": "POST",
+                                                      "url.path": scope["path"]})
+        watcher: asyncio.Task[None] | None = None
+        disconnected = [False]
+        try:
+            try:
+                body = await self._read_body(receive, length, out, send)
+                if body is None:
+                    return
+                task = asyncio.current_task()
+                assert task is not None
+                watcher = asyncio.ensure_future(self._watch_disconnect(receive, task, out,
+                                                                       disconnected))
+                async with asyncio.timeout(self.config.total_timeout):
+                    await self._route(scope, body, send, out, span, req_id, session_hdr)
+                if out.abort:
+                    raise IncompleteBody(f"upstream body cut mid-way ({out.replica})")
+            except asyncio.CancelledError:
+                if not disconnected[0]:
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                out.status = 499
+                m.CLIENT_DISCONNECTS.inc()
+            except TimeoutError:
+                message = (f"no complete answer within the router's total timeout "
+                           f"({self.config.total_timeout:g}s)")
+                if out.ttfb is None:
+                    out.status = 504
+                    await _respond(send, 504, error_json(504, message, code="timeout"))
+                elif out.sse and not out.closing:
+                    m.STREAM_ERRORS.inc()
+                    out.closing = True
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": sse_error_event(504, message, code="timeout")})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                elif not out.closing:
+                    raise IncompleteBody(message) from None
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._finish(out, started, span, out.request_id or req_id, incoming_tp)
+
+    async def _read_body(self, receive: Any, length: int, out: _Outcome, send: Any
+                         ) -> bytes | None:
+        limit = self.config.max_body_bytes
+        if length > limit:
+            await self._reject(send, out, 413, f"request body of {length} bytes exceeds the "
+                               f"limit of {limit} bytes", code="request_too_large")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                out.status = 499
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    await self._reject(send, out, 413, f"request body exceeds the limit of "
+                                       f"{limit} bytes", code="request_too_large")
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _watch_disconnect(receive: Any, task: asyncio.Task[Any], out: _Outcome,
+                                flag: list[bool]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if out.closing:
+                    return
+                flag[0] = True
+                task.cancel()
+                return
+
+    async def _reject(self, send: Any, out: _Outcome, status: int, message: str,
+                      headers: list[tuple[bytes, bytes]] | None = None, **kw: Any) -> None:
+        out.status = status
+        out.closing = True
+        await _respond(send, status, error_json(status, message, **kw), headers)
+
+    # -- routing ------------------------------------------------------------------------
+    async def _route(self, scope: dict, body: bytes, send: Any, out: _Outcome,
+                     span: Any, req_id: str, session_hdr: str | None) -> None:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            await self._reject(send, out, 400, f"request body is not valid JSON: {exc}")
+            return
+        if not isinstance(data, dict):
+            await self._reject(send, out, 400, "request body must be a JSON object")
+            return
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            await self._reject(send, out, 400, "missing required parameter 'model'",
+                               param="model", code="missing_required_parameter")
+            return
+        entry = self.table.get(model)
+        if entry is None:
+            if not self.table.synced:
+                await self._reject(send, out, 503, "the router has not loaded its endpoint "
+                                   "table from etcd yet", [(b"retry-after", b"1")])
+                return
+            await self._reject(send, out, 404, f"The model '{model}' does not exist",
+                               param="model", code="model_not_found")
+            return
+        out.model = entry.model_uid
+        if span is not None:
+            span.set_attribute("gen_ai.request.model", model)
+            span.set_attribute("nebula.model_uid", entry.model_uid)
+            span.set_attribute("nebula.policy", self._policy)
+
+        keys = RouteKeys()
+        if session_hdr and self._header_affinity:
+            keys.session = session_hdr
+        elif self._policy == "session":
+            user = data.get("user")
+            keys.session = user if isinstance(user, str) and user else None
+        if self._needs_prefix:
+            keys.prefix = prefix_text(data, self.config.prefix_chars)
+
+        headers = request_headers(scope["headers"])
+        if not req_id:
+            req_id = uuid.uuid4().hex
+            headers["x-request-id"] = req_id
+        out.request_id = req_id
+        url_tail = scope["path"]
+        if scope.get("query_string"):
+            url_tail += "?" + scope["query_string"].decode("latin-1")
+        await self._attempts(entry, keys, body, headers, url_tail, send, out, span)
+
+    async def _attempts(self, entry: ModelEntry, keys: RouteKeys, body: bytes,
+                        headers: dict[str, str], url_tail: str, send: Any, out: _Outcome,
+                        span: Any) -> None:
+        tried: list[Candidate] = []
+        last: tuple[Candidate, AttemptFailed] | None = None
+        pipeline = self.pipeline
+        for attempt in range(self.config.max_retries + 1):
+            cand, reason = pipeline.choose(entry.candidates, keys, time.monotonic(), tried)
+            if cand is None:
+                break
+            if attempt:
+                out.retries += 1
+                m.retries_c(entry.model_uid).inc()
+                await asyncio.sleep(self.backoff(attempt))
+            m.decisions_c(self._policy, reason).inc()
+            out.reason = reason
+            out.replica = cand.ref
+            tried.append(cand)
+            try:
+                await self._attempt(cand, entry, body, headers, url_tail, send, out, span)
+                return
+            except AttemptFailed as failure:
+                last = (cand, failure)
+                m.upstream_errors_c(failure.kind).inc()
+                log.debug("attempt on %s failed: %s", cand.ref, failure.message)
+        if last is None:
+            await self._reject(send, out, 503, f"no ready replica for model "
+                               f"'{entry.model_name}'", [(b"retry-after", b"1")],
+                               code="no_ready_replica")
+            return
+        cand, failure = last
+        await self._reject(send, out, 502, f"all {len(tried)} attempts failed; last: replica "
+                           f"{cand.ref}: {failure.message}", code="upstream_failed")
+
+    async def _attempt(self, cand: Candidate, entry: ModelEntry, body: bytes,
+                       headers: dict[str, str], url_tail: str, send: Any, out: _Outcome,
+                       parent: Any) -> None:
+        """One try on ``cand``; raises :class:`AttemptFailed` if nothing was sent yet."""
+        outlier = self.pipeline.outlier
+        outlier.on_attempt(cand, time.monotonic())
+        cand.in_flight += 1
+        cand.requests += 1
+        span = None
+        verdict: bool | None = None  # True success, False failure, None abandoned
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            if parent is not None:
+                span, headers = self._client_span(parent, cand, headers)
+            assert self.session is not None
+            try:
+                async with asyncio.timeout(self.config.ttfb_timeout):
+                    resp = await self.session.request("POST", cand.base_url + url_tail,
+                                                      data=body, headers=headers)
+                    status = resp.status
+                    if status >= 500 or status == 429:
+                        text = (await resp.read())[:300].decode("utf-8", "replace")
+                        raise AttemptFailed(
+                            "status_429" if status == 429 else "status_5xx",
+                            f"answered {status}: {text}", replica_fault=status != 429)
+                    first = await resp.content.readany()
+            except AttemptFailed as failure:
+                verdict = False if failure.replica_fault else None
+                raise
+            except TimeoutError:
+                verdict = False
+                raise AttemptFailed("ttfb_timeout", "no first byte within "
+                                    f"{self.config.ttfb_timeout:g}s") from None
+            except aiohttp.ClientConnectorError as exc:
+                verdict = False
+                raise AttemptFailed("connect", f"cannot connect: {exc}") from None
+            except aiohttp.ClientError as exc:
+                verdict = False
+                raise AttemptFailed("upstream_closed",
+                                    f"{type(exc).__name__}: {exc}") from None
+            verdict = await self._stream(cand, resp, first, send, out)
+            if span is not None:
+                span.set_attribute("http.response.status_code", resp.status)
+        finally:
+            cand.in_flight -= 1
+            if verdict is True:
+                outlier.on_success(cand)
+            elif verdict is False:
+                if outlier.on_failure(cand, time.monotonic()):
+                    m.ejections_c(entry.model_uid).inc()
+                    log.warning("ejected replica %s after %d consecutive failures "
+                                "(ejection #%d)", cand.ref, cand.failures, cand.ejections)
+            else:
+                outlier.on_abandon(cand)
+            if resp is not None:
+                resp.close()  # a no-op once released; cuts the upstream when abandoned
+            if span is not None:
+                if verdict is not True:
+                    span.set_status(trace.StatusCode.ERROR,
+                                    "failed" if verdict is False else "abandoned")
+                span.end()
+
+    def _client_span(self, parent: Any, cand: Candidate, headers: dict[str, str]
+                     ) -> tuple[Any, dict[str, str]]:
+        assert self.tracer is not None
+        ctx = trace.set_span_in_context(parent)
+        span = self.tracer.start_span("router.upstream", context=ctx,
+                                      kind=trace.SpanKind.CLIENT,
+                                      attributes={"nebula.replica": cand.ref,
+                                                  "server.address": cand.base_url})
+        headers = dict(headers)
+        headers.pop("traceparent", None)
+        headers.pop("tracestate", None)
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        return span, headers
+
+    async def _stream(self, cand: Candidate, resp: aiohttp.ClientResponse, first: bytes,
+                      send: Any, out: _Outcome) -> bool:
+        """Send status, headers and body to the client; returns the replica's verdict."""
+        hdrs = response_headers(resp.raw_headers, keep_length=True)
+        if self.config.replica_header:
+            hdrs.append((b"x-nebula-replica", cand.ref.encode()))
+        out.status = resp.status
+        out.sse = resp.content_type == "text/event-stream"
+        content = resp.content
+        if content.at_eof():
+            await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+            out.ttfb = time.perf_counter()
+            out.closing = True
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+            resp.release()
+            return True
+        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+        out.ttfb = time.perf_counter()
+        if first:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The upstream died after bytes reached the client: no retry is possible.
+            m.STREAM_ERRORS.inc()
+            m.upstream_errors_c("stream_broken").inc()
+            kind = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            message = f"replica {cand.ref} failed mid-stream ({kind})"
+            log.warning("%s", message)
+            out.status = 502 if out.status < 400 else out.status
+            if out.sse:
+                out.closing = True
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": sse_error_event(502, message, code="upstream_stream_error")})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                out.abort = True  # the server drops the connection: the client sees the cut
+            return False
+        out.closing = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        resp.release()
+        return True
+
+    def _finish(self, out: _Outcome, started: float, span: Any, req_id: str,
+                incoming_tp: str) -> None:
+        now = time.perf_counter()
+        status = out.status or 500
+        model = out.model
+        m.requests_c(model, _status_class(status)).inc()
+        m.duration_h(model).observe(now - started)
+        ttft_ms = None
+        if out.ttfb is not None:
+            m.ttfb_h(model).observe(out.ttfb - started)
+            ttft_ms = round((out.ttfb - started) * 1000, 2)
+        trace_id = incoming_tp[3:35] if len(incoming_tp) >= 35 else ""
+        if span is not None:
+            span.set_attribute("nebula.replica", out.replica)
+            span.set_attribute("nebula.policy.reason", out.reason)
+            span.set_attribute("nebula.retries", out.retries)
+            span.set_attribute("http.response.status_code", status)
+            if ttft_ms is not None:
+                span.set_attribute("nebula.ttft_ms", ttft_ms)
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            span.end()
+        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={
+                "request_id": req_id, "trace_id": trace_id, "model": model,
+                "replica": out.replica, "status": status,
+                "latency_ms": round((now - started) * 1000, 2), "ttft_ms": ttft_ms,
+                "retries": out.retries, "policy_reason": out.reason})
+
+
+def _status_class(status: int) -> str:
+    """Status label: exact code (a bounded set: what the router and engines answer)."""
+    return str(status) if 100 <= status <= 599 else "other"
+
+
+async def _respond(send: Any, status: int, body: bytes,
+                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    hdrs = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if headers:
+        hdrs.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,319 @@
+"""The reconcile loop: keep every PlacementPlan true to its ModelSpec and the live nodes.
+
+Level-triggered: any change under the watched prefixes (and a periodic tick,
+which is what notices a grace period running out) wakes the loop, which looks
+at the whole picture, runs :func:`placement.place`, and writes only the plans
+that changed, each with compare-and-swap on its mod_revision. A lost CAS means
+someone else wrote the plan: re-read it, place again, retry (bounded).
+Running it twice in a row writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from nebula_common.keys import Keys
+from nebula_common.records import PlacementPlan
+from nebula_common.store import EtcdStore, PrefixMirror
+
+from . import metrics
+from .placement import PlacementResult, place
+from .view import ClusterView
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("nebula.scheduler")
+
+CAS_ATTEMPTS = 4
+
+
+@dataclass
+class WriteOutcome:
+    """What one reconcile pass wrote."""
+
+    result: PlacementResult
+    written: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    conflicts: int = 0
+
+
+async def _cas_plan(store: EtcdStore, key: str, plan: PlacementPlan,
+                    expected: bytes | None) -> tuple[bool, bytes | None]:
+    """Write ``plan`` only if the stored value is still ``expected``.
+
+    Returns (written, current stored value when not written).
+    """
+    current = await store.get(key)
+    current_raw = current.value if current else None
+    if current_raw != expected:
+        return False, current_raw
+    revision = current.mod_revision if current else 0
+    if await store.put_if_revision(key, plan.to_json(), revision):
+        return True, None
+    latest = await store.get(key)
+    return False, latest.value if latest else None
+
+
+async def reconcile_view(
+    store: EtcdStore,
+    keys: Keys,
+    view: ClusterView,
+    *,
+    now: float,
+    last_seen: dict[str, float],
+    grace: float,
+    delete_orphans: bool = True,
+    only: set[str] | None = None,
+) -> WriteOutcome:
+    """Place and write. ``only`` limits writes to some model uids (the seed form).
+
+    A pass that changes nothing records no span (the loop ticks every second); one
+    that does is a ``scheduler.reconcile`` trace with a ``scheduler.place`` child per
+    placement attempt, a ``scheduler.placement_decision`` span per decision and a
+    ``scheduler.write_plan`` span per compare-and-swap write.
+    """
+    started_ns = time.time_ns()
+    conflicts = 0
+    written: list[str] = []
+    root: trace.Span | None = None
+    try:
+        for attempt in range(CAS_ATTEMPTS):
+            place_ns = time.time_ns()
+            result = place(view.specs, view.nodes, view.plans, view.endpoints,
+                           view.cordoned, now, last_seen, grace)
+            placed_ns = time.time_ns()
+            relevant = {u for u in result.changed if only is None or u in only}
+            orphans = set(view.plans) - set(view.specs) if delete_orphans else set()
+            if not relevant and not orphans and root is None:
+                return WriteOutcome(result=result)
+            if root is None:
+                root = tracer.start_span("scheduler.reconcile", start_time=started_ns)
+                root.set_attribute("nebula.specs", len(view.specs))
+                root.set_attribute("nebula.nodes", len(view.nodes))
+            ctx = trace.set_span_in_context(root)
+            _trace_placement(result, relevant, attempt, ctx, place_ns, placed_ns)
+            lost_any = False
+            for uid in sorted(relevant):
+                plan = result.plans[uid]
+                with tracer.start_as_current_span("scheduler.write_plan", context=ctx) as ws:
+                    ws.set_attribute("nebula.model_uid", uid)
+                    ws.set_attribute("nebula.plan_version", plan.version)
+                    ok, current = await _cas_plan(store, keys.placement(uid), plan,
+                                                  view.plan_raw.get(uid))
+                    ws.set_attribute("nebula.result", "ok" if ok else "conflict")
+                if ok:
+                    metrics.PLAN_WRITES.labels("ok").inc()
+                    written.append(uid)
+                    view.plans[uid] = plan
+                    view.plan_raw[uid] = plan.to_json()
+                    log.info("wrote plan model_uid=%s version=%d replicas=%d unplaced=%d",
+                             uid, plan.version, len(plan.assignments), len(plan.unplaced),
+                             extra={"model_uid": uid, "plan_version": plan.version})
+                    continue
+                # Someone else wrote it (another scheduler, an older leader): re-read, retry.
+                metrics.PLAN_WRITES.labels("conflict").inc()
+                conflicts += 1
+                lost_any = True
+                _adopt(view, uid, current)
+            if not lost_any:
+                break
+        deleted: list[str] = []
+        for uid in sorted(set(view.plans) - set(view.specs)) if delete_orphans else []:
+            key = keys.placement(uid)
+            current = await store.get(key)
+            if current is None:
+                continue
+            if await store.delete_if_revision(key, current.mod_revision):
+                deleted.append(uid)
+                metrics.forget_model(uid)
+                log.info("deleted plan of undeployed model model_uid=%s", uid,
+                         extra={"model_uid": uid})
+        if root is not None:
+            root.set_attribute("nebula.plans_written", len(written))
+            root.set_attribute("nebula.plans_deleted", len(deleted))
+            root.set_attribute("nebula.plan_conflicts", conflicts)
+        return WriteOutcome(result=result, written=written, deleted=deleted,
+                            conflicts=conflicts)
+    except Exception as exc:
+        if root is not None:
+            root.record_exception(exc)
+            root.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+        raise
+    finally:
+        if root is not None:
+            root.end()
+
+
+def _adopt(view: ClusterView, uid: str, current: bytes | None) -> None:
+    """Take the plan someone else stored as the new starting point."""
+    if current is None:
+        view.plans.pop(uid, None)
+        view.plan_raw.pop(uid, None)
+        return
+    view.plan_raw[uid] = current
+    try:
+        view.plans[uid] = PlacementPlan.from_json(current)
+    except ValueError:
+        view.plans.pop(uid, None)
+
+
+def _trace_placement(result: PlacementResult, relevant: set[str], attempt: int,
+                     ctx: Context, start_ns: int, end_ns: int) -> None:
+    """A ``scheduler.place`` span with one child per decision, and a log line each."""
+    span = tracer.start_span("scheduler.place", context=ctx, start_time=start_ns)
+    span.set_attribute("nebula.attempt", attempt)
+    span.set_attribute("nebula.changed_plans", len(relevant))
+    span.set_attribute("nebula.unplaced_replicas", len(result.unplaced))
+    place_ctx = trace.set_span_in_context(span)
+    for d in result.decisions:
+        if d.model_uid not in relevant:
+            continue
+        ds = tracer.start_span("scheduler.placement_decision", context=place_ctx,
+                               start_time=start_ns)
+        ds.set_attribute("nebula.model_uid", d.model_uid)
+        ds.set_attribute("nebula.replica_id", d.replica_id)
+        ds.set_attribute("nebula.action", d.action)
+        ds.set_attribute("nebula.node_id", d.node_id)
+        ds.set_attribute("nebula.reason", d.reason)
+        ds.end(end_time=end_ns)
+        log_fn = log.warning if d.action == "unplaced" else log.info
+        log_fn("placement %s model_uid=%s replica_id=%s node_id=%s reason=%s",
+               d.action, d.model_uid, d.replica_id, d.node_id or "-", d.reason,
+               extra={"model_uid": d.model_uid, "replica_id": d.replica_id,
+                      "node_id": d.node_id, "action": d.action, "reason": d.reason})
+    span.end(end_time=end_ns)
+
+
+class Reconciler:
+    """Mirrors of the cluster state plus the loop that reconciles while we lead."""
+
+    def __init__(self, store: EtcdStore, keys: Keys, *, grace: float,
+                 is_leader: Callable[[], bool], interval: float = 1.0,
+                 debounce: float = 0.05):
+        self.store = store
+        self.keys = keys
+        self.grace = grace
+        self.is_leader = is_leader
+        self.interval = interval
+        self.debounce = debounce
+        self.models = PrefixMirror(store, keys.models, "models")
+        self.nodes = PrefixMirror(store, keys.nodes, "nodes")
+        self.placements = PrefixMirror(store, keys.placements, "placements")
+        self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints")
+        self.cordons = PrefixMirror(store, keys.cordons, "cordons")
+        self.mirrors = [self.models, self.nodes, self.placements, self.endpoints, self.cordons]
+        self.last_seen: dict[str, float] = {}
+        self._present: set[str] = set()
+        # Plans we wrote that our placements mirror may not show yet: uid -> (value,
+        # mod_revision). Without this a pass triggered right after a write would see
+        # the old plan, lose its compare-and-swap and count a spurious conflict.
+        self._own_writes: dict[str, tuple[bytes, int]] = {}
+        self._wake = asyncio.Event()
+        self.passes = 0
+        self.last_error = ""
+
+    @property
+    def synced(self) -> bool:
+        return all(m.synced.is_set() for m in self.mirrors)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def _on_nodes(self) -> None:
+        # A node that just vanished was present until now: its grace starts now.
+        now = time.time()
+        present = {Keys.tail(k, self.keys.nodes) for k in self.nodes.items}
+        for node_id in present | self._present:
+            self.last_seen[node_id] = now
+        self._present = present
+        self.kick()
+
+    def start(self) -> None:
+        for mirror in self.mirrors:
+            mirror.subscribe(self._on_nodes if mirror is self.nodes else self.kick)
+            mirror.start()
+
+    async def stop(self) -> None:
+        for mirror in self.mirrors:
+            await mirror.stop()
+
+    def view(self) -> ClusterView:
+        plans = dict(self.placements.items)
+        for uid, (raw, revision) in list(self._own_writes.items()):
+            if self.placements.revision >= revision:
+                del self._own_writes[uid]  # the mirror caught up (or moved past it)
+            else:
+                plans[self.keys.placement(uid)] = raw
+        return ClusterView.decode(self.keys, self.models.items, self.nodes.items,
+                                  plans, self.endpoints.items, self.cordons.items)
+
+    async def _remember_writes(self, view: ClusterView, written: list[str]) -> None:
+        for uid in written:
+            raw = view.plan_raw.get(uid)
+            kv = await self.store.get(self.keys.placement(uid))
+            if kv is not None and raw is not None and kv.value == raw:
+                self._own_writes[uid] = (raw, kv.mod_revision)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile on every change (debounced) and every ``interval`` seconds, until stop."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(self.debounce)
+            self._wake.clear()
+            if stop.is_set() or not self.is_leader() or not self.synced:
+                continue
+            await self.reconcile_once()
+
+    async def reconcile_once(self) -> WriteOutcome | None:
+        started = time.perf_counter()
+        now = time.time()
+        view = self.view()
+        for node_id in view.nodes:
+            self.last_seen[node_id] = now
+        for plan in view.plans.values():
+            for a in plan.assignments:
+                # First time we hear of a node only through a plan: its grace starts now.
+                self.last_seen.setdefault(a.node_id, now)
+        try:
+            outcome = await reconcile_view(self.store, self.keys, view, now=now,
+                                           last_seen=self.last_seen, grace=self.grace)
+        except Exception as exc:  # etcd trouble: the next pass retries
+            metrics.RECONCILES.labels("error").inc()
+            self.last_error = str(exc) or type(exc).__name__
+            log.warning("reconcile failed: %s", self.last_error)
+            return None
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        try:
+            await self._remember_writes(view, outcome.written)
+        except Exception as exc:  # only an optimisation; the mirror catches up anyway
+            log.debug("could not read back written plans: %s", exc)
+        self.passes += 1
+        self.last_error = ""
+        metrics.RECONCILES.labels("ok").inc()
+        if outcome.conflicts:
+            self.kick()  # our mirror was behind: look again once it caught up
+        self._update_metrics(view, outcome.result)
+        return outcome
+
+    def _update_metrics(self, view: ClusterView, result: PlacementResult) -> None:
+        metrics.SPECS.set(len(view.specs))
+        metrics.UNPLACEABLE.set(len(result.unplaced))
+        for uid, spec in view.specs.items():
+            plan = result.plans.get(uid)
+            assignments = plan.assignments if plan else []
+            ready = sum(
+                1 for a in assignments
+                if (ep := view.endpoints.get((uid, a.replica_id))) is not None
+                and ep.node_id == a.node_id and ep.status == "ready"
+            )
+            metrics.set_model_replicas(uid, spec.replicas, len(assignments), ready)

@@ -1,0 +1,76 @@
+"""Real tokens from a real model: SmolLM2-135M on llama.cpp, through gateway and router."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from devtools.cluster import Cluster, free_port, wait_for
+
+pytestmark = [
+    pytest.mark.llamacpp,
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                       reason="llama-cpp-python is not installed (make llamacpp)"),
+]
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    cluster = Cluster(tmp_path_factory.mktemp("llamacpp") / "run")
+    try:
+        cluster.start_etcd()
+        cluster.start_node("cpu-node")
+        _, router = cluster.start_router()
+        _, gateway = cluster.start_gateway([router])
+        cluster.start_scheduler(args=["--model-uid", "smollm2_135m", "--model-name", MODEL,
+                                      "--node-id", "cpu-node", "--engine", "llamacpp",
+                                      "--port", str(free_port())])
+        cluster.wait_ready("smollm2_135m", 1, timeout=180)
+        client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0,
+                               timeout=120)
+        wait_for(lambda: any(m.id == MODEL for m in client.models.list().data), 20,
+                 "model listed by the gateway")
+        yield client
+    finally:
+        cluster.stop_all(grace=10)
+
+
+def test_chat_answer_from_the_real_model(smol: openai.OpenAI) -> None:
+    reply = smol.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=24,
+        messages=[{"role": "user", "content": "What is the capital of France?"}])
+    text = reply.choices[0].message.content
+    assert text and text.strip()
+    assert reply.usage.prompt_tokens > 5 and reply.usage.completion_tokens > 0
+
+
+def test_streamed_chat_from_the_real_model(smol: openai.OpenAI) -> None:
+    chunks = list(smol.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=16, stream=True,
+        messages=[{"role": "user", "content": "Count from one to five."}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+def test_responses_are_translated_for_llamacpp(smol: openai.OpenAI) -> None:
+    """llama.cpp has no /v1/responses: the gateway translates to chat completions and back."""
+    response = smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16,
+                                     instructions="You are terse.", temperature=0)
+    assert response.status == "completed" and response.output_text.strip()
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+
+    events = list(smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16,
+                                        temperature=0, stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_text.delta" in types and types[-1] == "response.completed"
+    seq = [e.sequence_number for e in events]
+    assert seq == sorted(set(seq))
+    final = events[-1].response
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert final.output_text == deltas
+    assert final.usage.output_tokens > 0

@@ -1,0 +1,120 @@
+"""Helpers for the router e2e tests (no tests here): sim engines registered as a node would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
+from nebula_common.keys import Keys
+from nebula_common.records import Endpoint
+from nebula_common.store import EtcdConfig, EtcdStore
+
+
+@dataclass
+class Sim:
+    name: str
+    url: str
+    model_uid: str
+    replica_id: str
+    proc: Any
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model_uid}/{self.replica_id}"
+
+    def stats(self) -> dict[str, Any]:
+        status, body = http_get(f"{self.url}/sim/stats")
+        assert status == 200, body
+        return json.loads(body)
+
+    def faults(self, **faults: Any) -> None:
+        status, body = http_post_json(f"{self.url}/sim/faults", faults)
+        assert status == 200, body
+
+
+def start_sim(cluster: Cluster, name: str, model_uid: str, model_name: str,
+              *extra: str) -> tuple[Any, str]:
+    port = free_port()
+    proc = cluster.spawn(name, [str(BIN / "nebula-sim"), "--host", "127.0.0.1", "--port",
+                                str(port), "--model-name", model_name, "--served-model-name",
+                                model_uid, "--log-format", "json", *extra])
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited:\n{proc.log()[-2000:]}")
+        return http_get(f"{url}/health")[0] == 200
+
+    wait_for(up, 30, f"{name} /health")
+    return proc, url
+
+
+def etcd_run(cluster: Cluster, op: Any) -> Any:
+    async def run() -> Any:
+        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
+        try:
+            return await op(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def register(cluster: Cluster, sim: Sim, model_name: str, status: str = "ready") -> None:
+    """Write the Endpoint record a node writes for a ready replica (no lease here)."""
+    keys = Keys(cluster.prefix)
+    record = Endpoint(model_uid=sim.model_uid, model_name=model_name,
+                      replica_id=sim.replica_id, node_id="test-node", base_url=sim.url,
+                      engine="sim", status=status)
+    etcd_run(cluster, lambda s: s.put(keys.endpoint(sim.model_uid, sim.replica_id),
+                                      record.to_json()))
+
+
+def deregister(cluster: Cluster, sim: Sim) -> None:
+    keys = Keys(cluster.prefix)
+    etcd_run(cluster, lambda s: s.delete(keys.endpoint(sim.model_uid, sim.replica_id)))
+
+
+def start_sims(cluster: Cluster, model_uid: str, model_name: str, n: int,
+               *extra: str) -> list[Sim]:
+    sims = []
+    for i in range(n):
+        proc, url = start_sim(cluster, f"sim-{model_uid}-{i}", model_uid, model_name, *extra)
+        sim = Sim(f"sim-{model_uid}-{i}", url, model_uid, str(i), proc)
+        register(cluster, sim, model_name)
+        sims.append(sim)
+    return sims
+
+
+def debug_endpoints(router: str) -> list[dict[str, Any]]:
+    status, body = http_get(f"{router}/debug/endpoints")
+    assert status == 200, body
+    return json.loads(body)["endpoints"]
+
+
+def wait_router_sees(router: str, model_uid: str, count: int, status: str = "ready",
+                     timeout: float = 15) -> list[dict[str, Any]]:
+    def check() -> list[dict[str, Any]] | None:
+        rows = [r for r in debug_endpoints(router)
+                if r["model_uid"] == model_uid and r["status"] == status]
+        return rows if len(rows) == count else None
+
+    return wait_for(check, timeout, f"router sees {count} {status} replicas of {model_uid}")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
+    return total
