@@ -203,7 +203,7 @@ class _Conn(asyncio.Protocol):
 
 async def drained_closed_loop(url: str, body: bytes, *, connections: int, duration_s: float,
                               headers: dict[str, str] | None = None,
-                              drain_timeout_s: float = 60.0) -> LoadResult:
+                              drain_timeout_s: float = 30.0) -> LoadResult:
     """``connections`` keep-alive connections send back to back until ``duration_s``,
     then every request already sent is awaited (up to ``drain_timeout_s``)."""
     loop = asyncio.get_running_loop()

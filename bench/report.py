@@ -140,9 +140,12 @@ REQUEST_HEADERS = ("scenario", "path", "req/s (min..max)", "p50 ms", "p99 ms", "
 
 
 def noise(row: Row) -> float:
-    """The largest (max-min)/median across rounds of req/s, p50 and p99."""
-    return max((x for x in (row.rps.rel_range, row.p50.rel_range, row.p99.rel_range)
-                if not math.isnan(x)), default=math.nan)
+    """(max-min)/median of req/s across rounds: how much the machine moved the figure.
+
+    Throughput is the steadiest figure of a closed-loop run; latency percentiles of
+    sub-millisecond answers swing by multiples on a shared box and would drown it.
+    """
+    return row.rps.rel_range
 
 
 def request_table_rows(rows: Sequence[Row]) -> list[list[str]]:

@@ -1,18 +1,20 @@
 """``python -m bench.run`` (``make bench``): the request-path and routing-quality benchmark.
 
-Starts etcd, a stand-in engine (nginx; nebula-sim for paced streams), the router
-and the gateway on free loopback ports under a temporary directory; registers the
-stand-ins in etcd as a node would; drives ``wrk`` against each path (direct,
+Starts etcd, the stand-in engines (nginx for instant answers, ``bench.pacer`` for
+10 ms-paced streams), the router and the gateway on free loopback ports under a
+temporary directory; registers the stand-ins in etcd as a node would; drives load
+(``wrk``, or ``bench.rawload`` for the paced streams) against each path (direct,
 router, gateway + router) in interleaved, repeated rounds while sampling the CPU
 time of the Nebula processes; then compares routing policies on a multi-turn
-prefix-cache workload. Prints the table and writes ``docs/benchmarks.md``.
-Everything started is stopped on the way out, whatever happens.
+prefix-cache workload over 4 ``nebula-sim`` replicas. Prints the table and writes
+``docs/benchmarks.md``. Everything started is stopped on the way out, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -179,9 +181,12 @@ def run_request_path(bench: Bench, urls: dict[str, str], engines: dict[str, str]
     for scenario in scenarios:
         procs = {"router": bench.pid("router"), "gateway": bench.pid("gateway"),
                  "engine": bench.pid(engines[scenario.model])}
+        # Warm-up opens the pools and runs every code path; at most 64 connections, so
+        # that a 1,000-connection scenario does not pay its accept stall twice.
+        warm = dataclasses.replace(scenario, connections=min(scenario.connections, 64))
         for path in report.PATHS:
             url = urls[path if path != "direct" else f"direct:{scenario.model}"]
-            load_once(url, scenario, args.warmup, args.client, bench.run_dir)
+            load_once(url, warm, args.warmup, args.client, bench.run_dir)
         for rnd in range(args.rounds):
             for path in report.PATHS:
                 url = urls[path if path != "direct" else f"direct:{scenario.model}"]
@@ -306,9 +311,12 @@ MISS_NOTES = {
     "paced_p99": (
         "1,000 streams x 100 chunks/s is 100,000 chunks/s; the router spends about 24 µs "
         "(uvicorn) to 47 µs (Hypercorn) of CPU per chunk, i.e. 2.4-4.7 cores, on a 2-core box "
-        "that also runs the client and the engine (finding 3). What closes it: a cheaper "
-        "per-chunk path (uvicorn), several router processes on one SO_REUSEPORT socket on a "
-        "machine with spare cores, or a compiled data plane for the byte copy."),
+        "that also runs the client and the engine (finding 3). On top, the first wave of "
+        "1,000 new connections waits in the accept queue for seconds (finding 6: Hypercorn's "
+        "backlog of 100 and uvloop's one accept per loop iteration). What closes it: a "
+        "larger backlog and an accept loop, a cheaper per-chunk path (uvicorn), several "
+        "router processes on one SO_REUSEPORT socket on a machine with spare cores, or a "
+        "compiled data plane for the byte copy."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "
@@ -373,8 +381,8 @@ router, gateway+router, direct, ...), median over rounds. `req/CPU-s` is request
 divided by the user+system CPU time (`/proc/<pid>/stat` utime+stime, every thread and
 every process of the service's process group) that the process used during the run;
 `both` divides by the router's and the gateway's CPU time together. It holds even when
-the machine is noisy, because waiting for a core costs no CPU time. `spread` is the
-largest (max-min)/median across rounds of req/s, p50 and p99: how much noise moved the
+the machine is noisy, because waiting for a core costs no CPU time. `spread` is
+(max-min)/median of req/s across rounds: how much the machine's noise moved the
 figures. `engine cores` is the stand-in's CPU time per second of run (1.00 = a whole
 core) and `box busy` the share of all CPUs busy during the run (`/proc/stat`, every
 process on the machine, including other people's work): a run at 100 % says the
@@ -396,9 +404,17 @@ Scenarios:
 
 nginx picks the streamed or the non-streamed answer by the `User-Agent` header
 (`nebula-bench-stream`), because that header crosses both hops unchanged; the body is
-the same OpenAI request in both cases (`stream` true or false). Latency is wrk's: from
-writing the request to the end of the response (the terminating chunk of a chunked
-body), i.e. time to last byte. A non-2xx answer counts as an error, not as a request.
+the same OpenAI request in both cases (`stream` true or false). A non-2xx answer counts
+as an error, not as a request.
+
+Clients: the `chat` and `stream64` rows use wrk (Lua script `bench/lua/chat.lua`); its
+latency is from writing the request to the end of the response, i.e. time to last byte.
+The `paced10ms` rows use `bench/rawload.py`, a closed loop on raw uvloop protocols that
+stops sending when the window closes and then waits for every request it started. wrk
+only records requests that complete inside its window; with answers of 0.6 s and more at
+1,000 connections that leaves out a third or more of the requests, the slowest ones by
+construction, so its percentiles would describe the survivors. req/s of the paced rows
+is every completed request over the whole run, drain included.
 
 ## Routing quality
 

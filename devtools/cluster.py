@@ -183,6 +183,11 @@ class Cluster:
         return self.run_dir / "logs"
 
     @property
+    def nodes_dir(self) -> Path:
+        """Where node agents keep their state: engine pid files and engine logs."""
+        return self.run_dir / "nodes"
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "pids.json"
 
@@ -250,7 +255,7 @@ class Cluster:
         port = port or free_port()
         proc = self.spawn(f"node-{node_id}", [
             str(BIN / "nebula-node"), "--node-id", node_id, "--listen", f"127.0.0.1:{port}",
-            "--advertise-host", "127.0.0.1", "--state-dir", str(self.run_dir / "nodes" / node_id),
+            "--advertise-host", "127.0.0.1", "--state-dir", str(self.nodes_dir / node_id),
             *self.common(), *args], env)
         url = f"http://127.0.0.1:{port}"
         self.wait_healthy(proc, url)
@@ -310,7 +315,7 @@ class Cluster:
         """Stop services in reverse start order (etcd last), then reap leftover engines."""
         for proc in reversed(list(self.procs.values())):
             proc.stop(grace)
-        reap_pidfiles(self.run_dir)
+        reap_pidfiles(self.nodes_dir)
 
 
 def iter_pidfiles(run_dir: Path) -> Iterator[Path]:
@@ -318,21 +323,30 @@ def iter_pidfiles(run_dir: Path) -> Iterator[Path]:
 
 
 def reap_pidfiles(run_dir: Path) -> int:
-    """SIGKILL every process group named by a ``*.pid`` file under ``run_dir``.
+    """SIGKILL every engine process group named by a ``*.pid`` file under ``run_dir``.
 
     Node agents keep one pid file per engine; this is what ``make down`` and test
-    teardown use so that a crashed node cannot leave engines behind.
+    teardown use so that a crashed node cannot leave engines behind. Like the node's
+    own reaper, a group whose leader now runs another program (a recycled pid) is
+    left alone; a leaderless group with members can only be the engine's children.
     """
+    from nebula_common.procs import cmd_matches, group_members, read_cmdline
+
     reaped = 0
     for path in iter_pidfiles(run_dir):
         try:
             data = json.loads(path.read_text())
-            pgid = int(data["pgid"] if isinstance(data, dict) else data)
+            pgid = int(data["pgid"])
+            cmd = [str(part) for part in data.get("cmd") or []]
         except (ValueError, KeyError, TypeError, OSError):
             continue
-        if group_alive(pgid):
-            stop_group(pgid, grace=5)
-            reaped += 1
+        members = group_members(pgid)
+        if not members:
+            continue
+        if pgid in members and not cmd_matches(read_cmdline(pgid), cmd):
+            continue  # the pid was recycled for another program
+        stop_group(pgid, grace=5)
+        reaped += 1
     return reaped
 
 
@@ -351,5 +365,6 @@ def stop_recorded(run_dir: Path) -> int:
                 stop_group(pid, grace=15)
                 stopped += 1
         pidfile.unlink(missing_ok=True)
-    stopped += reap_pidfiles(run_dir)
+    # Only the engines of this cluster's nodes: other clusters may share the folder above.
+    stopped += reap_pidfiles(Path(run_dir) / "nodes")
     return stopped

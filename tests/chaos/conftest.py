@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -324,6 +325,10 @@ def machine() -> str:
     return f"{cpus} CPUs {model}".strip()
 
 
+def stop_cluster(cluster: Cluster) -> None:
+    cluster.stop_all(grace=3)
+
+
 def _build(run_dir: Path, attempts: int = 2) -> ChaosCluster:
     """Start a cluster; once more if a port was taken between picking and binding it.
 
@@ -344,7 +349,7 @@ def _build(run_dir: Path, attempts: int = 2) -> ChaosCluster:
             problem = f"died during start: {dead}"
         except Exception as exc:
             problem = str(exc)
-        cluster.stop_all(grace=3)
+        stop_cluster(cluster)
         if attempt == attempts - 1:
             raise RuntimeError(f"chaos cluster did not start: {problem}")
     raise AssertionError("unreachable")
@@ -360,9 +365,12 @@ def logs_root() -> Path:
     """Where cluster run dirs (logs, pid files) go: kept after the run for post-mortems.
 
     pytest's own tmp dirs rotate after three sessions, which loses the logs of a
-    failure seen in CI or in a long session; ``.run/chaos/`` keeps the last five.
+    failure seen in CI or in a long session; this keeps the last five. Not under
+    the repo's ``.run/``: ``make down`` reaps every pid file below ``.run/``, and
+    would stop the engines of a chaos cluster in the middle of a scenario.
     """
-    base = REPO / ".run" / "chaos"
+    base = Path(os.environ.get("NEBULA_CHAOS_RUNS") or
+                Path(tempfile.gettempdir()) / "nebula-chaos-runs")
     base.mkdir(parents=True, exist_ok=True)
     runs = sorted(base.iterdir(), key=lambda p: p.stat().st_mtime)
     for old in runs[:-4]:
@@ -379,7 +387,7 @@ def chaos_holder() -> Iterator[dict[str, Any]]:
         yield holder
     finally:
         if holder.get("cluster"):
-            holder["cluster"].cluster.stop_all(grace=3)
+            stop_cluster(holder["cluster"].cluster)
 
 
 @pytest.fixture
@@ -387,7 +395,7 @@ def chaos(chaos_holder: dict[str, Any]) -> Iterator[ChaosCluster]:
     """The module's cluster, whole and calm; rebuilt when a scenario left it broken."""
     current: ChaosCluster | None = chaos_holder.get("cluster")
     if current is not None and not current.whole():
-        current.cluster.stop_all(grace=3)
+        stop_cluster(current.cluster)
         current = None
     if current is None:
         chaos_holder["n"] += 1

@@ -19,9 +19,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 BEGIN = "<!-- chaos-table:begin -->"
 END = "<!-- chaos-table:end -->"
-ORDER = ("baseline", "kill_engine", "kill_node", "etcd_outage", "kill_router",
+ORDER = ("baseline", "kill_engine", "kill_node", "kill_node_agent", "etcd_outage", "kill_router",
          "disconnect_200", "rolling_drain", "engine_hang")
-DETAIL_KEYS = ("endpoint_gone_s", "replicas_moved_s", "engine_groups_killed", "outage_s",
+DETAIL_KEYS = ("endpoint_gone_s", "replicas_moved_s", "engine_groups_killed", "engines_orphaned",
+               "node_restarted_s", "outage_s", "routers_reported_outage_s",
                "router_down_s", "gateway_failovers", "clients_dropped", "engine_cancelled",
                "idle_after_s", "drain_step_s", "ttfb_timeouts", "slowest_success_s")
 

@@ -75,6 +75,15 @@ def finish(chaos: ChaosCluster, tmp_path: Path, report: ScenarioReport, load: Lo
     return figures
 
 
+def router_counter_at(url: str, name: str) -> float | None:
+    """One unlabelled metric of one router (None when absent or unreachable)."""
+    with contextlib.suppress(OSError):
+        for line in http_get(url + "/metrics")[1].decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def router_counter(chaos: ChaosCluster, name: str, label: str = "") -> float:
     """Sum of a router counter over both routers (absent router or series counts 0)."""
     total = 0.0
@@ -186,13 +195,22 @@ def test_etcd_outage(chaos: ChaosCluster, tmp_path: Path) -> None:
     watch = ConvergenceWatch(chaos)
     chaos.proc("etcd").stop(grace=5)
     stopped = time.monotonic()
+    # Issue 4: a router serving from its last known table says so (metric and /readyz).
+    noticed: dict[str, float] = {}
     deadline = stopped + 10
     while time.monotonic() < deadline:  # the outage itself is the scenario: 10 s of it
+        for url in chaos.router_urls:
+            if url not in noticed and router_counter_at(url, "nebula_router_etcd_connected") == 0 \
+                    and http_get(url + "/readyz")[0] != 200:
+                noticed[url] = round(time.monotonic() - stopped, 1)
         time.sleep(0.2)
     chaos.cluster.start_etcd()
     outage_s = round(time.monotonic() - stopped, 1)
     finish(chaos, tmp_path, report, load, watch=watch, no_failures=True,
-           extra={"outage_s": outage_s})
+           extra={"outage_s": outage_s, "routers_reported_outage_s": sorted(noticed.values())})
+    assert len(noticed) == len(chaos.router_urls), (
+        f"routers that never reported the etcd outage in /readyz and nebula_router_etcd_connected:"
+        f" {set(chaos.router_urls) - set(noticed)}")
     # Issue 3: every node's keys come back (its lease re-granted if it expired) ...
     try:
         wait_for(lambda: set(chaos.cluster.etcd_items("/nodes/")) >= {f"/nodes/{n}" for n in

@@ -23,13 +23,13 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from devtools.cluster import BIN, Cluster, free_port, http_get, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, Endpoint, PlacementPlan
 from nebula_common.store import EtcdConfig, EtcdStore
-from tests.unit.gateway.conftest import SCHEMA_PATHS, SchemaChecker
+from tests.support.openai_schema import SchemaChecker
+from tests.support.openai_schema import checker as shared_checker
 from tests.unit.gateway.test_validation import CASES
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct"  # native Responses (engine sim)
@@ -171,11 +171,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def checker() -> SchemaChecker:
-    for path in SCHEMA_PATHS:
-        if path.exists():
-            with open(path, encoding="utf-8") as handle:
-                return SchemaChecker(yaml.load(handle, Loader=yaml.CSafeLoader))
-    pytest.skip("OpenAI OpenAPI description not found")
+    return shared_checker()
 
 
 def client(env: dict[str, Any], key: str = "unused", gateway: str = "gateway",

@@ -58,19 +58,23 @@ def test_streamed_chat_from_the_real_model(smol: openai.OpenAI) -> None:
 
 def test_responses_are_translated_for_llamacpp(smol: openai.OpenAI) -> None:
     """llama.cpp has no /v1/responses: the gateway translates to chat completions and back."""
-    response = smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16,
+    response = smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=48,
                                      instructions="You are terse.", temperature=0)
-    assert response.status == "completed" and response.output_text.strip()
+    # A reply cut by max_output_tokens is "incomplete", as OpenAI reports it.
+    assert response.status in ("completed", "incomplete") and response.output_text.strip()
     assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
 
-    events = list(smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16,
+    events = list(smol.responses.create(model=MODEL, input="Say hi.", max_output_tokens=48,
                                         temperature=0, stream=True))
     types = [e.type for e in events]
     assert types[:2] == ["response.created", "response.in_progress"]
-    assert "response.output_text.delta" in types and types[-1] == "response.completed"
+    assert "response.output_text.delta" in types
+    assert types[-1] in ("response.completed", "response.incomplete")
     seq = [e.sequence_number for e in events]
     assert seq == sorted(set(seq))
     final = events[-1].response
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert final.output_text == deltas
-    assert final.usage.output_tokens > 0
+    # llama-cpp-python's server sends no usage in streams (no stream_options support), and
+    # the gateway reports only the engine's own counts, never an estimate.
+    assert final.usage is None

@@ -306,3 +306,20 @@ def test_router_with_mutual_tls(cluster: Cluster, tls_etcd: tuple[str, dict[str,
     wait_for(lambda: router_sees_endpoint(url), 20, "router loads its table over TLS")
     _status, body = http_get(url + "/debug/endpoints")
     assert "127.0.0.1:9" in json.dumps(json.loads(body))
+
+
+def test_cli_wrong_password_is_one_line(cluster: Cluster) -> None:
+    """The operator CLI: a refused password is one clear line and a non-zero exit."""
+    enable_auth(cluster.etcd_endpoint)
+    good = subprocess.run([str(BIN / "nebula"), "--etcd-endpoints", cluster.etcd_endpoint,
+                           "--etcd-username", "root", "--etcd-password", PASSWORD, "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert good.returncode == 0, good.stderr
+    bad = subprocess.run([str(BIN / "nebula"), "--etcd-endpoints", cluster.etcd_endpoint,
+                          "--etcd-username", "root", "--etcd-password", "wrong", "status"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert "auth" in bad.stderr.lower() or "password" in bad.stderr.lower(), bad.stderr
+    assert "wrong" not in bad.stderr  # the password itself is not echoed

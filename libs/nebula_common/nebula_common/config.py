@@ -50,6 +50,16 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def on_off(value: str) -> bool:
+    """Flag type for switches given as on/off (also true/false, yes/no, 1/0)."""
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected on or off, got {value!r}")
+
+
 def listen_address(value: str) -> tuple[str, int]:
     """``"0.0.0.0:18081"`` -> ``("0.0.0.0", 18081)``; raises ValueError otherwise."""
     host, sep, port = value.rpartition(":")

@@ -20,7 +20,7 @@ from hypercorn.config import Config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response
 
-from .config import fail, listen_address
+from .config import Parser, fail, listen_address
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ def hypercorn_config(sock: socket.socket, **overrides: Any) -> Config:
     return config
 
 
+HTTP_SERVERS = ("hypercorn", "uvicorn")
+
+
+def add_http_server_flag(parser: Parser) -> None:
+    """``--http-server`` for the roles on the request path (router, gateway)."""
+    parser.add_flag("--http-server", default="hypercorn", choices=list(HTTP_SERVERS),
+                    help="ASGI server of this role's HTTP port: hypercorn (default) or "
+                         "uvicorn (httptools; less CPU per request)")
+
+
 def run_app(
     app: Quart,
     *,
@@ -81,13 +91,18 @@ def run_app(
     prog: str,
     before: Callable[[], Awaitable[None]] | None = None,
     after: Callable[[], Awaitable[None]] | None = None,
+    server: str = "hypercorn",
     **hypercorn_overrides: Any,
 ) -> None:
     """Bind, then serve ``app`` on uvloop until SIGTERM/SIGINT; exit 0 on a clean stop.
 
     ``before`` runs once the loop exists and before the first request;
     ``after`` runs after the server stopped accepting (drain, deregister...).
+    ``server="uvicorn"`` serves the same ASGI app with uvicorn's httptools protocol.
     """
+    if server == "uvicorn":
+        _run_uvicorn(app, listen=listen, prog=prog, before=before, after=after)
+        return
     sock = bind_socket(listen, prog)
     config = hypercorn_config(sock, **hypercorn_overrides)
 
@@ -109,6 +124,36 @@ def run_app(
     # Hypercorn closes the fd it was given; closing it again raised EBADF (or could
     # close an unrelated fd that reused the number), so only forget it here.
     sock.detach()
+
+
+def _run_uvicorn(app: Any, *, listen: str, prog: str,
+                 before: Callable[[], Awaitable[None]] | None,
+                 after: Callable[[], Awaitable[None]] | None) -> None:
+    """The same contract as :func:`run_app` (pre-bound socket, uvloop, hooks) on uvicorn."""
+    try:
+        import uvicorn
+    except ImportError:
+        fail(prog, "--http-server uvicorn needs the uvicorn package (pip install uvicorn)")
+    sock = bind_socket(listen, prog)
+    config = uvicorn.Config(
+        app, loop="none", http="auto", lifespan="off", access_log=False, log_config=None,
+        proxy_headers=False, server_header=False, timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        if before is not None:
+            await before()
+        try:
+            await server.serve(sockets=[sock])  # handles SIGTERM/SIGINT itself
+        finally:
+            if after is not None:
+                await after()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    sock.close()
 
 
 def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -349,6 +349,7 @@ class PrefixMirror:
         self.revision = 0
         self.synced = asyncio.Event()
         self.healthy = False
+        self.last_error = ""
         self.relists = 0
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
@@ -386,6 +387,7 @@ class PrefixMirror:
         self.revision = revision
         self.relists += 1
         self.healthy = True
+        self.last_error = ""
         self.synced.set()
         self._notify()
 
@@ -423,9 +425,15 @@ class PrefixMirror:
                 need_list = True
                 continue
             except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if self.healthy:
-                    log.warning("watch %s broken (%s); resuming from revision %d",
-                                self.name, exc or type(exc).__name__, self.revision)
+                    log.warning("etcd watch %s broken (%s); resuming from revision %d",
+                                self.name, reason, self.revision)
+                elif reason != self.last_error:
+                    # Never synced, or failing differently: say why (a refused password or
+                    # certificate must not look like a silent hang).
+                    log.warning("etcd: cannot list/watch %s: %s", self.name, reason)
+                self.last_error = reason
                 self.healthy = False
             await self._cancel_watch()
             await asyncio.sleep(delay * (0.5 + random.random()))

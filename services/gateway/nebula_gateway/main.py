@@ -7,9 +7,9 @@ import gc
 import logging
 import os
 
-from nebula_common.config import Parser, add_common_flags, fail
+from nebula_common.config import Parser, add_common_flags, fail, on_off
 from nebula_common.logs import setup_logging
-from nebula_common.service import run_app
+from nebula_common.service import add_http_server_flag, run_app
 
 from .auth import KeyFileError, load_keys
 from .edge import GatewayConfig
@@ -47,18 +47,10 @@ def build_parser() -> Parser:
                     help="how long the router's model list is cached")
     parser.add_flag("--store-responses", default=1024, type=int,
                     help="responses kept in memory for previous_response_id (0 = none)")
+    add_http_server_flag(parser)
     parser.add_flag("--access-log", default=True, type=on_off,
                     help="one JSON line per request (logger nebula.gateway.access): on/off")
     return parser
-
-
-def on_off(value: str) -> bool:
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected on or off, got {value!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -111,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             "listen": args.listen, "routers": config.router_urls,
             "api_keys": len(config.keys), "auth": "on" if config.keys else "off"})
 
-    run_app(app, listen=args.listen, prog=PROG, before=started)  # type: ignore[arg-type]
+    run_app(app, listen=args.listen, prog=PROG, before=started,  # type: ignore[arg-type]
+            server=args.http_server)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_NESTING = 64
+MAX_EMBEDDING_DIMENSIONS = 65536
+"""A sanity bound checked at the edge; each engine then enforces its model's own size."""
 """JSON nested deeper than this is refused (hostile bodies, recursion bombs)."""
 
 
@@ -314,7 +316,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
         raise _bad("input must not be empty", "input")
     if body.get("encoding_format") not in (None, "float", "base64"):
         raise _bad("encoding_format must be 'float' or 'base64'", "encoding_format")
-    _optional_int(body, "dimensions", 1)
+    _optional_int(body, "dimensions", 1, MAX_EMBEDDING_DIMENSIONS)
 
 
 _RESPONSE_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning",

@@ -6,29 +6,19 @@ import logging
 import os
 import random
 
-from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys
+from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys, on_off
 from nebula_common.logs import setup_logging
-from nebula_common.service import run_app
+from nebula_common.service import add_http_server_flag, run_app
 from nebula_common.store import EtcdStore
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
 
 from .app import RouterApp, build_quart
 from .policy import POLICIES, OutlierPolicy, Pipeline
 from .proxy import Proxy, ProxyConfig
-from .server import run_uvicorn
 from .table import EndpointTable
 
 PROG = "nebula-router"
 log = logging.getLogger("nebula.router")
-
-
-def on_off(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("on", "true", "1", "yes"):
-        return True
-    if v in ("off", "false", "0", "no"):
-        return False
-    raise ValueError(value)
 
 
 def build_parser() -> Parser:
@@ -69,8 +59,7 @@ def build_parser() -> Parser:
                help="leading prompt characters hashed by the prefix policy")
     p.add_flag("--no-replica-header", action="store_true",
                help="do not add x-nebula-replica to responses")
-    p.add_flag("--http-server", default="hypercorn", choices=["hypercorn", "uvicorn"],
-               help="ASGI server of the router's own HTTP port")
+    add_http_server_flag(p)
     p.add_flag("--access-log", default=True, type=on_off, help="one JSON line per request: on/off")
     return p
 
@@ -110,10 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         await store.close()
         shutdown_tracing()
 
-    if args.http_server == "uvicorn":
-        run_uvicorn(app, listen=args.listen, prog=PROG, before=before, after=after)
-    else:
-        run_app(app, listen=args.listen, prog=PROG, before=before, after=after)  # type: ignore[arg-type]
+    run_app(app, listen=args.listen, prog=PROG, before=before, after=after,  # type: ignore[arg-type]
+            server=args.http_server)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from nebula_gateway.responses_translate import (
     sse_event,
 )
 from nebula_gateway.validation import ValidationError
-from tests.unit.gateway.conftest import SchemaChecker
+from tests.support.openai_schema import SchemaChecker
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "weather by city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

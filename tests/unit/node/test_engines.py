@@ -66,7 +66,8 @@ def test_llamacpp_command_uses_default_gguf(tmp_path: Path):
     s = spec(engine="llamacpp", model_name="smollm2")
     assert adapter.command(s, 10900, "0.0.0.0") == [
         "/usr/bin/python3", "-m", "llama_cpp.server", "--model", str(gguf), "--host", "0.0.0.0",
-        "--port", "10900", "--chat_format", "chatml", "--model_alias", "smollm2"]
+        "--port", "10900", "--chat_format", "chatml", "--model_alias", "smollm2",
+        "--interrupt_requests", "False"]
     assert adapter.has_metrics is False
 
 

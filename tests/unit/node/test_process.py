@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nebula_node.process import (
-    EngineProcess,
-    cmd_matches,
-    group_members,
-    pick_port,
-    port_free,
-    reap_stale_engines,
-)
+from nebula_common.procs import cmd_matches, group_members
+from nebula_node.process import EngineProcess, pick_port, port_free, reap_stale_engines
 
 # A leader that spawns a child in its own group (like vLLM's EngineCore) and then sleeps.
 FAMILY = ("import subprocess,sys,time; subprocess.Popen([sys.executable,'-c',"

@@ -58,6 +58,11 @@ class LlamaCppAdapter(EngineAdapter):
             argv += ["--chat_format", "chatml"]
         if "--model_alias" not in args:
             argv += ["--model_alias", replica.model_name]
+        if "--interrupt_requests" not in args:
+            # llama.cpp's server otherwise ends a stream early (sometimes before its first
+            # token) whenever another request waits for the model, our own health checks
+            # on /v1/models included: a silent truncation no client can tell from an answer.
+            argv += ["--interrupt_requests", "False"]
         return argv + args
 
     async def ready(self, session: aiohttp.ClientSession, base_url: str,

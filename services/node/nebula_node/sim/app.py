@@ -266,6 +266,10 @@ def create_app(engine: SimEngine) -> Quart:
         try:
             inputs = embedding_inputs(body)
             dimensions = int_param(body, "dimensions") or engine.embedding_dim
+            if dimensions > engine.embedding_dim:
+                # As vLLM: a model cannot return more dimensions than it has.
+                raise BadRequest(f"dimensions must be at most {engine.embedding_dim} for this "
+                                 f"model, got {dimensions}", "dimensions")
         except BadRequest as exc:
             return error_response(400, str(exc), param=exc.param)
         encoding = body.get("encoding_format") or "float"
