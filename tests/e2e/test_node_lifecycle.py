@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
@@ -453,6 +454,10 @@ def test_vllm_adapter_with_fake_vllm_binary_and_fake_gpus(cluster: Cluster, tmp_
     node = wait_for(lambda: cluster.etcd_items("/nodes/").get("/nodes/gpu1"), 20, "node status")
     assert [g["index"] for g in node["gpus"]] == [0, 1]
     assert node["gpus"][1]["memory_used_mb"] == 2048 and "vllm" in node["engines"]
+    gpu_memory = {s.labels["gpu"]: s.value for f in text_string_to_metric_families(
+        http_get(f"{url}/metrics")[1].decode()) for s in f.samples
+        if s.name == "nebula_node_gpu_memory_used_bytes"}
+    assert gpu_memory == {"0": 1024 * 2**20, "1": 2048 * 2**20}
 
     m = uid("qwen")
     put_plan(cluster, PlacementPlan(

@@ -102,6 +102,7 @@ class NodeAgent:
                                adapters=self.adapters, tracer=self.tracer)
         await self._clear_stale_keys()
         self.gpus = await query_gpus(self.nvidia_smi)
+        m.record_gpus(self.gpus)
         await self._publish_status()
         self.mirror.subscribe(self._wake.set)
         self.mirror.start()
@@ -247,6 +248,7 @@ class NodeAgent:
                 if time.monotonic() - last_gpu >= GPU_REFRESH_S:
                     last_gpu = time.monotonic()
                     gpus = await query_gpus(self.nvidia_smi)
+                    m.record_gpus(gpus)
                     if gpus != self.gpus:
                         self.gpus = gpus
                         await self._publish_status()

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from nebula_common.records import GpuInfo
+
 REPLICA_STATES = ("starting", "ready", "restarting", "draining", "stopped", "failed")
 
 REPLICAS = Gauge("nebula_node_replicas", "Replicas on this node by lifecycle state", ["state"])
@@ -17,8 +19,19 @@ ENGINE_START_SECONDS = Histogram(
 SCRAPE_ERRORS = Counter("nebula_node_scrape_errors_total",
                         "Failed scrapes of an engine's /metrics", ["engine"])
 ETCD_UP = Gauge("nebula_node_etcd_up", "1 when the last etcd call of the node succeeded")
+GPU_MEMORY_USED = Gauge("nebula_node_gpu_memory_used_bytes",
+                        "GPU memory in use, from nvidia-smi", ["gpu"])
+GPU_MEMORY_TOTAL = Gauge("nebula_node_gpu_memory_total_bytes",
+                         "GPU memory in total, from nvidia-smi", ["gpu"])
 LEASE_REGRANTS = Counter("nebula_node_lease_regrants_total",
                          "Times the node's etcd lease was lost and granted again")
+
+
+def record_gpus(gpus: list[GpuInfo]) -> None:
+    """Export the GPU memory read with the last ``nvidia-smi`` query (bounded: one per GPU)."""
+    for gpu in gpus:
+        GPU_MEMORY_USED.labels(gpu=str(gpu.index)).set(gpu.memory_used_mb * 1024 * 1024)
+        GPU_MEMORY_TOTAL.labels(gpu=str(gpu.index)).set(gpu.memory_total_mb * 1024 * 1024)
 
 
 def bind_replica_gauge(count_in_state: Callable[[str], int]) -> None:
