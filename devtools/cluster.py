@@ -21,11 +21,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -287,20 +288,28 @@ class Cluster:
         except RuntimeError as exc:
             raise RuntimeError(str(exc)) from None
 
-    # -- etcd reads for tests and make up ------------------------------------------------
-    def etcd_items(self, prefix: str) -> dict[str, Any]:
-        """Every key under ``self.prefix + prefix`` with its JSON value (decoded)."""
+    # -- etcd access for tests and make up -----------------------------------------------
+    def with_store(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op(store)`` on a fresh connection to this cluster's etcd, closed after."""
         from nebula_common.store import EtcdConfig, EtcdStore
 
-        async def read() -> dict[str, Any]:
+        async def run() -> T:
             store = EtcdStore(EtcdConfig(endpoints=(self.etcd_endpoint,), timeout=3))
             try:
-                kvs, _ = await store.get_prefix(self.prefix + prefix)
+                return await op(store)
             finally:
                 await store.close()
+
+        return asyncio.run(run())
+
+    def etcd_items(self, prefix: str) -> dict[str, Any]:
+        """Every key under ``self.prefix + prefix`` with its JSON value (decoded)."""
+
+        async def read(store: Any) -> dict[str, Any]:
+            kvs, _ = await store.get_prefix(self.prefix + prefix)
             return {kv.key[len(self.prefix):]: json.loads(kv.value) for kv in kvs}
 
-        return asyncio.run(read())
+        return self.with_store(read)
 
     def ready_endpoints(self, model_uid: str) -> list[dict[str, Any]]:
         items = self.etcd_items(f"/endpoints/{model_uid}/")

@@ -9,7 +9,6 @@ completions for it; the other (engine ``sim``) serves Responses natively.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import socket
@@ -27,7 +26,7 @@ import pytest
 from devtools.cluster import BIN, Cluster, free_port, http_get, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, Endpoint, PlacementPlan
-from nebula_common.store import EtcdConfig, EtcdStore
+from nebula_common.store import EtcdStore
 from tests.support.openai_schema import SchemaChecker
 from tests.support.openai_schema import checker as shared_checker
 from tests.unit.gateway.test_validation import CASES
@@ -81,16 +80,6 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def etcd_run(cluster: Cluster, op: Any) -> Any:
-    async def run() -> Any:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            return await op(store)
-        finally:
-            await store.close()
-    return asyncio.run(run())
-
-
 def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str) -> str:
     """Start a sim engine and register it as a node would; returns its base URL."""
     port = free_port()
@@ -117,7 +106,7 @@ def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str) -
         await store.put(keys.placement(uid), plan.to_json())
         await store.put(keys.endpoint(uid, "r0"), endpoint.to_json())
 
-    etcd_run(cluster, write)
+    cluster.with_store(write)
     return url
 
 

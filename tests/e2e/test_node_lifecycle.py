@@ -7,7 +7,6 @@ etcd, the node's HTTP API and /proc.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, PlacementPlan
-from nebula_common.store import EtcdConfig, EtcdStore
+from nebula_common.store import EtcdStore
 
 pytestmark = pytest.mark.skipif(not (BIN / "nebula-sim").exists(), reason="nebula-sim missing")
 
@@ -34,19 +33,9 @@ FAST_SIM = ["--ttft-ms", "1", "--itl-ms", "1"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def etcd_call(cluster: Cluster, fn) -> Any:
-    async def go() -> Any:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-    return asyncio.run(go())
-
-
 def put_plan(cluster: Cluster, plan: PlacementPlan) -> None:
     key = Keys(cluster.prefix).placement(plan.model_uid)
-    etcd_call(cluster, lambda s: s.put(key, plan.to_json()))
+    cluster.with_store(lambda s: s.put(key, plan.to_json()))
 
 
 def sim_plan(uid: str, node_id: str, ports: list[int], version: int = 1,
@@ -299,14 +288,14 @@ def _etcd_restart_and_lost_lease(cluster: Cluster, url: str) -> None:
         kv = await store.get(Keys(cluster.prefix).node("n1"))
         await store.revoke(kv.lease)
         return kv.lease
-    old_lease = etcd_call(cluster, revoke)
+    old_lease = cluster.with_store(revoke)
     wait_for(lambda: (ep := endpoint(cluster, m, "r0")) and ep["status"] == "ready", 30,
              "endpoint re-registered after lease loss")
 
     async def leases(store: EtcdStore) -> set[int]:
         kvs, _ = await store.get_prefix(cluster.prefix + "/")
         return {kv.lease for kv in kvs if kv.key.startswith(cluster.prefix + "/endpoints/")}
-    assert old_lease not in etcd_call(cluster, leases)
+    assert old_lease not in cluster.with_store(leases)
     wait_for(lambda: cluster.etcd_items("/nodes/"), 10, "node status back")
 
     after = pid_record(cluster, "n1", m, "r0")

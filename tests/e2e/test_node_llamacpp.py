@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 
@@ -11,7 +10,6 @@ import pytest
 from devtools.cluster import Cluster, free_port, http_get, http_post_json
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, PlacementPlan
-from nebula_common.store import EtcdConfig, EtcdStore
 
 pytestmark = [
     pytest.mark.llamacpp,
@@ -22,13 +20,8 @@ pytestmark = [
 
 
 def put_plan(cluster: Cluster, plan: PlacementPlan) -> None:
-    async def go() -> None:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            await store.put(Keys(cluster.prefix).placement(plan.model_uid), plan.to_json())
-        finally:
-            await store.close()
-    asyncio.run(go())
+    key = Keys(cluster.prefix).placement(plan.model_uid)
+    cluster.with_store(lambda store: store.put(key, plan.to_json()))
 
 
 def test_llamacpp_replica_registers_and_answers_chat(cluster: Cluster):

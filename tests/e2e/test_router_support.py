@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Endpoint
-from nebula_common.store import EtcdConfig, EtcdStore
 
 
 @dataclass
@@ -52,30 +50,19 @@ def start_sim(cluster: Cluster, name: str, model_uid: str, model_name: str,
     return proc, url
 
 
-def etcd_run(cluster: Cluster, op: Any) -> Any:
-    async def run() -> Any:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            return await op(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def register(cluster: Cluster, sim: Sim, model_name: str, status: str = "ready") -> None:
     """Write the Endpoint record a node writes for a ready replica (no lease here)."""
     keys = Keys(cluster.prefix)
     record = Endpoint(model_uid=sim.model_uid, model_name=model_name,
                       replica_id=sim.replica_id, node_id="test-node", base_url=sim.url,
                       engine="sim", status=status)
-    etcd_run(cluster, lambda s: s.put(keys.endpoint(sim.model_uid, sim.replica_id),
+    cluster.with_store(lambda s: s.put(keys.endpoint(sim.model_uid, sim.replica_id),
                                       record.to_json()))
 
 
 def deregister(cluster: Cluster, sim: Sim) -> None:
     keys = Keys(cluster.prefix)
-    etcd_run(cluster, lambda s: s.delete(keys.endpoint(sim.model_uid, sim.replica_id)))
+    cluster.with_store(lambda s: s.delete(keys.endpoint(sim.model_uid, sim.replica_id)))
 
 
 def start_sims(cluster: Cluster, model_uid: str, model_name: str, n: int,

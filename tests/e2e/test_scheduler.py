@@ -19,23 +19,11 @@ from nebula_common.store import EtcdConfig, EtcdStore
 
 
 def put_json(cluster: Cluster, key: str, value: bytes) -> None:
-    async def go() -> None:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            await store.put(key, value)
-        finally:
-            await store.close()
-    asyncio.run(go())
+    cluster.with_store(lambda store: store.put(key, value))
 
 
 def delete_key(cluster: Cluster, key: str) -> None:
-    async def go() -> None:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
-        try:
-            await store.delete(key)
-        finally:
-            await store.close()
-    asyncio.run(go())
+    cluster.with_store(lambda store: store.delete(key))
 
 
 def node_record(node_id: str, gpus: int = 0) -> bytes:

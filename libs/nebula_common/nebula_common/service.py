@@ -8,10 +8,11 @@ traceback or a silent exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvloop
@@ -23,6 +24,9 @@ from quart import Quart, Response
 from .config import Parser, fail, listen_address
 
 log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 2048
+"""Accept queue of every role's listen socket: bursts of new connections wait, not fail."""
 
 
 def bind_socket(listen: str, prog: str) -> socket.socket:
@@ -36,7 +40,7 @@ def bind_socket(listen: str, prog: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         fail(prog, f"cannot listen on {listen}: {exc.strerror or exc}")
@@ -69,6 +73,9 @@ def hypercorn_config(sock: socket.socket, **overrides: Any) -> Config:
     config.keep_alive_timeout = 75
     config.graceful_timeout = 5
     config.h11_max_incomplete_size = 64 * 1024  # bounds header size (huge headers -> 4xx)
+    # Hypercorn re-listens the socket with its own backlog (default 100): at 1,000 new
+    # connections the accept queue overflowed and clients waited seconds (make bench).
+    config.backlog = LISTEN_BACKLOG
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
@@ -84,13 +91,16 @@ def add_http_server_flag(parser: Parser) -> None:
                          "uvicorn (httptools; less CPU per request)")
 
 
+Hook = Callable[[], Awaitable[None]]
+
+
 def run_app(
     app: Quart,
     *,
     listen: str,
     prog: str,
-    before: Callable[[], Awaitable[None]] | None = None,
-    after: Callable[[], Awaitable[None]] | None = None,
+    before: Hook | None = None,
+    after: Hook | None = None,
     server: str = "hypercorn",
     **hypercorn_overrides: Any,
 ) -> None:
@@ -101,59 +111,56 @@ def run_app(
     ``server="uvicorn"`` serves the same ASGI app with uvicorn's httptools protocol.
     """
     if server == "uvicorn":
-        _run_uvicorn(app, listen=listen, prog=prog, before=before, after=after)
-        return
+        try:
+            import uvicorn
+        except ImportError:
+            fail(prog, "--http-server uvicorn needs the uvicorn package (pip install uvicorn)")
     sock = bind_socket(listen, prog)
-    config = hypercorn_config(sock, **hypercorn_overrides)
+
+    if server == "uvicorn":
+        config = uvicorn.Config(
+            app, loop="none", http="auto", lifespan="off", access_log=False, log_config=None,
+            proxy_headers=False, server_header=False, timeout_keep_alive=75,
+            timeout_graceful_shutdown=5, backlog=LISTEN_BACKLOG,
+        )
+
+        class Server(uvicorn.Server):
+            # uvicorn re-raises SIGTERM after its graceful stop, so the process would die
+            # by the signal; a clean stop here exits 0 like every other role.
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        async def serving() -> None:
+            server = Server(config)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+            await server.serve(sockets=[sock])
+    else:
+        hconfig = hypercorn_config(sock, **hypercorn_overrides)
+
+        async def serving() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await serve(app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         if before is not None:
             await before()
         try:
-            await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            await serving()
         finally:
             if after is not None:
                 await after()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-    # Hypercorn closes the fd it was given; closing it again raised EBADF (or could
-    # close an unrelated fd that reused the number), so only forget it here.
+    # Both servers close the socket they were given; closing it again raised EBADF (or
+    # could close an unrelated fd that reused the number), so only forget it here.
     sock.detach()
-
-
-def _run_uvicorn(app: Any, *, listen: str, prog: str,
-                 before: Callable[[], Awaitable[None]] | None,
-                 after: Callable[[], Awaitable[None]] | None) -> None:
-    """The same contract as :func:`run_app` (pre-bound socket, uvloop, hooks) on uvicorn."""
-    try:
-        import uvicorn
-    except ImportError:
-        fail(prog, "--http-server uvicorn needs the uvicorn package (pip install uvicorn)")
-    sock = bind_socket(listen, prog)
-    config = uvicorn.Config(
-        app, loop="none", http="auto", lifespan="off", access_log=False, log_config=None,
-        proxy_headers=False, server_header=False, timeout_keep_alive=75,
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-
-    async def main() -> None:
-        if before is not None:
-            await before()
-        try:
-            await server.serve(sockets=[sock])  # handles SIGTERM/SIGINT itself
-        finally:
-            if after is not None:
-                await after()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())
-    sock.close()
 
 
 def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

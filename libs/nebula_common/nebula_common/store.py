@@ -332,6 +332,17 @@ class EtcdStore:
 Listener = Callable[[], Any]
 
 
+async def cancel_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait for it; whatever it raised on the way out is moot."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+
+
 class PrefixMirror:
     """A local, always-converging copy of every key under a prefix.
 
@@ -373,13 +384,8 @@ class PrefixMirror:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def _relist(self) -> None:
         kvs, revision = await self.store.get_prefix(self.prefix)
@@ -520,13 +526,8 @@ class LeaseKeeper:
 
     async def stop(self, revoke: bool = True) -> None:
         """Stop refreshing; with ``revoke`` every leased key disappears at once."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
         if revoke and self.lease_id:
             try:
                 await self.store.revoke(self.lease_id)

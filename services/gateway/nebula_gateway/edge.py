@@ -411,8 +411,12 @@ class Gateway:
     async def send_whole(self, send: Any, status: int, headers: list[tuple[bytes, bytes]],
                          body: bytes, outcome: Outcome) -> None:
         outcome.status = status
+        extra = [(b"x-request-id", outcome.request_id.encode())]
+        if not any(name == b"content-length" for name, _ in headers):
+            # A sized body goes out in one write instead of chunked plus a terminator write.
+            extra.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"x-request-id", outcome.request_id.encode())]})
+                    "headers": [*headers, *extra]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def send_reply(self, send: Any, reply: Reply, outcome: Outcome,

@@ -40,6 +40,25 @@ def test_no_candidate_when_nothing_ready() -> None:
     assert Pipeline().choose(cands, RouteKeys(), 0.0) == (None, "no_candidate")
 
 
+def test_panic_routes_among_ejected_when_every_ready_replica_is_ejected() -> None:
+    p = Pipeline()
+    cands = replicas(2)
+    for c in cands:
+        c.ejected_until = 100.0  # both ejected until t=100
+    chosen, reason = p.choose(cands, RouteKeys(), now=1.0)
+    assert chosen in cands and reason.startswith("panic_")
+    # one replica healthy again: no panic, the ejected one gets nothing
+    cands[1].ejected_until = 0.0
+    assert all(p.choose(cands, RouteKeys(), now=1.0) == (cands[1], "single") for _ in range(20))
+    # a retry never goes back to a replica already tried, panic or not
+    cands[1].ejected_until = 100.0
+    assert p.choose(cands, RouteKeys(), 1.0, tried=cands) == (None, "no_candidate")
+    # draining replicas are never a panic target
+    for c in cands:
+        c.status = "draining"
+    assert p.choose(cands, RouteKeys(), 1.0) == (None, "no_candidate")
+
+
 def test_p2c_prefers_lower_load_and_spreads_equal_load() -> None:
     rng = random.Random(1)
     cands = replicas(4)
@@ -219,4 +238,8 @@ def test_ejected_replica_is_skipped_until_half_open() -> None:
     picks = [p.choose([cands[0]], RouteKeys(), 111.0)[0] for _ in range(2)]
     assert picks[0] is cands[0]
     p.outlier.on_attempt(cands[0], 111.0)
-    assert p.choose([cands[0]], RouteKeys(), 111.0)[0] is None
+    # held while its probe is out: another replica gets the traffic ...
+    assert all(p.choose(cands, RouteKeys(), 111.0)[0] is cands[1] for _ in range(20))
+    # ... and when it is the model's only replica, panic routing still uses it
+    chosen, reason = p.choose([cands[0]], RouteKeys(), 111.0)
+    assert chosen is cands[0] and reason.startswith("panic_")

@@ -188,7 +188,7 @@ class Pipeline:
 
     def filter(self, cands: Sequence[Candidate], now: float,
                tried: Sequence[Candidate] = ()) -> list[Candidate]:
-        kept = [c for c in cands if c.status == "ready" and self.outlier.available(c, now)]
+        kept = not_ejected(ready(cands), self.outlier, now)
         if tried:
             kept = excluding(kept, tried)
         return not_overloaded(kept, self.max_in_flight)
@@ -222,6 +222,14 @@ class Pipeline:
     def choose(self, cands: Sequence[Candidate], keys: RouteKeys, now: float,
                tried: Sequence[Candidate] = ()) -> tuple[Candidate | None, str]:
         kept = self.filter(cands, now, tried)
+        if kept:
+            return self.pick(kept, keys)
+        # Panic mode (Envoy's panic threshold at its limit): when outlier detection has
+        # ejected every ready replica, ejection protects nothing any more. Route among them
+        # rather than refuse the whole model: a wrong ejection (a connect storm, a slow
+        # start) must not take a model down, and a truly broken replica still fails loudly.
+        kept = excluding(ready(cands), tried)
         if not kept:
             return None, "no_candidate"
-        return self.pick(kept, keys)
+        chosen, reason = self.pick(kept, keys)
+        return chosen, f"panic_{reason}"

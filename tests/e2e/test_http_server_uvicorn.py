@@ -1,0 +1,32 @@
+"""The request path on the optional uvicorn server (`--http-server uvicorn`): same behaviour."""
+
+from __future__ import annotations
+
+import openai
+
+from devtools.cluster import Cluster, free_port, wait_for
+
+MODEL = "uv-model"
+
+
+def test_router_and_gateway_on_uvicorn(cluster: Cluster) -> None:
+    flags = ["--http-server", "uvicorn"]
+    cluster.start_node("uv-node")
+    router_proc, router = cluster.start_router(args=flags)
+    gateway_proc, gateway = cluster.start_gateway([router], args=flags)
+    cluster.start_scheduler(args=["--model-uid", "uv", "--model-name", MODEL, "--node-id",
+                                  "uv-node", "--engine", "sim", "--port", str(free_port())])
+    cluster.wait_ready("uv", 1)
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0, timeout=30)
+    wait_for(lambda: client.models.list().data, 20, "model listed")
+
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-nebula-replica"].startswith("uv/")
+    assert raw.parse().choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason
+
+    assert gateway_proc.stop() == 0 and router_proc.stop() == 0, "SIGTERM is a clean stop"
+    assert "Traceback" not in gateway_proc.log() + router_proc.log()
