@@ -312,11 +312,11 @@ MISS_NOTES = {
         "1,000 streams x 100 chunks/s is 100,000 chunks/s; the router spends about 24 µs "
         "(uvicorn) to 47 µs (Hypercorn) of CPU per chunk, i.e. 2.4-4.7 cores, on a 2-core box "
         "that also runs the client and the engine (finding 3). On top, the first wave of "
-        "1,000 new connections waits in the accept queue for seconds (finding 6: Hypercorn's "
-        "backlog of 100 and uvloop's one accept per loop iteration). What closes it: a "
-        "larger backlog and an accept loop, a cheaper per-chunk path (uvicorn), several "
-        "router processes on one SO_REUSEPORT socket on a machine with spare cores, or a "
-        "compiled data plane for the byte copy."),
+        "1,000 new connections is accepted slowly (finding 6: the listen backlog is now 2048, "
+        "which took the router's p99 from 27 s to about 7 s, but uvloop still accepts one "
+        "connection per loop iteration). What closes it: an accept loop of our own, a "
+        "cheaper per-chunk path (uvicorn), several router processes on one SO_REUSEPORT "
+        "socket on a machine with spare cores, or a compiled data plane for the byte copy."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "
