@@ -238,15 +238,19 @@ def _messages(messages: Any) -> None:
                 continue
             raise _bad(f"{where}.content is required", f"{where}.content",
                        "missing_required_parameter")
-        if isinstance(content, str):
-            continue
-        if not isinstance(content, list):
-            raise _bad(f"{where}.content must be a string or an array of parts",
-                       f"{where}.content")
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _bad(f"{where}.content[{j}] must be an object with a type",
-                           f"{where}.content[{j}]")
+        _content_parts(content, where)
+
+
+def _content_parts(content: Any, where: str) -> None:
+    """A message's content: a string, or an array of typed parts."""
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content must be a string or an array of parts", f"{where}.content")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{where}.content[{j}] must be an object with a type",
+                       f"{where}.content[{j}]")
 
 
 def _response_format(body: dict[str, Any]) -> None:
@@ -343,16 +347,7 @@ def _responses_input(value: Any) -> None:
             if item.get("role") not in _RESPONSE_ROLES:
                 raise _bad(f"{where}.role must be one of {', '.join(_RESPONSE_ROLES)}",
                            f"{where}.role")
-            content = item.get("content")
-            if isinstance(content, str):
-                continue
-            if not isinstance(content, list):
-                raise _bad(f"{where}.content must be a string or an array of parts",
-                           f"{where}.content")
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise _bad(f"{where}.content[{j}] must be an object with a type",
-                               f"{where}.content[{j}]")
+            _content_parts(item.get("content"), where)
         elif kind == "function_call":
             for name in ("call_id", "name", "arguments"):
                 if not isinstance(item.get(name), str):
