@@ -1,7 +1,8 @@
 """``make up``: etcd, scheduler, node, router and gateway as local processes on the seed's ports.
 
 Returns once the gateway answers a chat request for the placed model, then prints how to
-call it. Everything runs under ``.run/`` (logs in ``.run/logs``); ``make down`` stops it.
+call it. Everything runs under ``.run/`` (logs in ``.run/logs``), which each ``make up``
+starts afresh; ``make down`` stops it and leaves the logs for a look afterwards.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import socket
 import sys
 import time
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make up: error: ports already in use: {', '.join(busy)}", file=sys.stderr)
         return 1
 
+    # Nothing runs: start from a clean slate, so an earlier run's placements, engine pid
+    # files and logs (another engine or model) cannot leak into this one.
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
     node_id = socket.gethostname()
     cluster = Cluster(RUN_DIR, etcd_port=PORTS["etcd"])
     started = time.monotonic()

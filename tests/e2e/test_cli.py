@@ -148,3 +148,18 @@ def test_drain_adds_replacement_before_removing(cluster: Cluster) -> None:
     uncordon = cluster.nebula("uncordon", victim["node_id"])
     assert uncordon.returncode == 0 and "uncordoned" in uncordon.stdout
     assert cluster.etcd_items("/cordon/") == {}
+
+
+def test_etcd_flags_work_before_or_after_the_command(cluster: Cluster) -> None:
+    register_node(cluster, "flag-node")
+    for argv in (["--etcd-endpoints", cluster.etcd_endpoint, "status", "--json"],
+                 ["status", "--json", "--etcd-endpoints", cluster.etcd_endpoint]):
+        result = subprocess.run([str(BIN / "nebula"), *argv], capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert "flag-node" in result.stdout
+    # given both before and after the command, the one after it wins
+    result = subprocess.run([str(BIN / "nebula"), "--etcd-endpoints", "127.0.0.1:1",
+                             "status", "--etcd-endpoints", cluster.etcd_endpoint],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, "the flag after the command wins"

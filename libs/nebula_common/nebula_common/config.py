@@ -68,20 +68,24 @@ def listen_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def add_etcd_flags(parser: Parser, *, timeout: float = 5.0) -> None:
+    """How to reach etcd: endpoints, key prefix, auth, TLS, per-call timeout."""
+    parser.add_flag("--etcd-endpoints", default="127.0.0.1:2379",
+                    help="comma-separated etcd endpoints")
+    parser.add_flag("--etcd-prefix", default="", help="key prefix shared by one cluster")
+    parser.add_flag("--etcd-username", default=None, help="etcd user (auth enabled)")
+    parser.add_flag("--etcd-password", default=None, help="etcd password")
+    parser.add_flag("--etcd-ca-cert", default=None, help="CA bundle for etcd TLS")
+    parser.add_flag("--etcd-cert", default=None, help="client certificate for etcd TLS")
+    parser.add_flag("--etcd-key", default=None, help="client key for etcd TLS")
+    parser.add_flag("--etcd-timeout", default=timeout, type=float, help="seconds per etcd call")
+
+
 def add_common_flags(parser: Parser, *, listen: str, etcd: bool = True) -> None:
     """Flags every role takes: listen address, etcd connection, logging."""
     parser.add_flag("--listen", default=listen, help="HOST:PORT of this service's HTTP server")
     if etcd:
-        parser.add_flag("--etcd-endpoints", default="127.0.0.1:2379",
-                        help="comma-separated etcd endpoints")
-        parser.add_flag("--etcd-prefix", default="", help="key prefix shared by one cluster")
-        parser.add_flag("--etcd-username", default=None, help="etcd user (auth enabled)")
-        parser.add_flag("--etcd-password", default=None, help="etcd password")
-        parser.add_flag("--etcd-ca-cert", default=None, help="CA bundle for etcd TLS")
-        parser.add_flag("--etcd-cert", default=None, help="client certificate for etcd TLS")
-        parser.add_flag("--etcd-key", default=None, help="client key for etcd TLS")
-        parser.add_flag("--etcd-timeout", default=5.0, type=float,
-                        help="seconds per etcd call")
+        add_etcd_flags(parser)
     parser.add_flag("--log-level", default="info", help="debug, info, warning or error")
     parser.add_flag("--log-format", default="json", choices=["json", "text"],
                     help="log line format")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-from nebula_common.config import Parser, etcd_config
+from nebula_common.config import Parser, add_etcd_flags, etcd_config
 from nebula_common.keys import Keys
 from nebula_common.records import ENGINES, EndpointState, ModelSpec
 from nebula_common.store import EtcdStore, StoreUnavailable
@@ -37,21 +37,23 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="Operate a Nebula cluster (state lives in etcd).")
-    p.add_flag("--etcd-endpoints", default="127.0.0.1:2379", help="comma-separated etcd endpoints")
-    p.add_flag("--etcd-prefix", default="", help="key prefix shared by one cluster")
-    p.add_flag("--etcd-username", default=None, help="etcd user (auth enabled)")
-    p.add_flag("--etcd-password", default=None, help="etcd password")
-    p.add_flag("--etcd-ca-cert", default=None, help="CA bundle for etcd TLS")
-    p.add_flag("--etcd-cert", default=None, help="client certificate for etcd TLS")
-    p.add_flag("--etcd-key", default=None, help="client key for etcd TLS")
-    p.add_flag("--etcd-timeout", default=2.0, type=float, help="seconds per etcd call")
+    add_etcd_flags(p, timeout=2.0)
+    # The same flags after the command (`nebula status --etcd-endpoints ...`); SUPPRESS keeps
+    # a subcommand from overwriting what was given before it with its defaults.
+    after = Parser(add_help=False)
+    add_etcd_flags(after, timeout=2.0)
+    for action in after._actions:
+        action.default = argparse.SUPPRESS
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    s = sub.add_parser("status", help="nodes, models and replicas")
+    def command(name: str, help: str) -> Parser:
+        return sub.add_parser(name, help=help, parents=[after])
+
+    s = command("status", "nodes, models and replicas")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
-    d = sub.add_parser("deploy", help="declare a model deployment")
+    d = command("deploy", "declare a model deployment")
     d.add_argument("model_uid")
     d.add_argument("--model", required=True, help="model name (e.g. a Hugging Face id)")
     d.add_argument("--engine", required=True, choices=list(ENGINES))
@@ -64,21 +66,21 @@ def build_parser() -> Parser:
     d.add_argument("--wait", action="store_true", help="wait until every replica is ready")
     d.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
 
-    sc = sub.add_parser("scale", help="change a model's replica count")
+    sc = command("scale", "change a model's replica count")
     sc.add_argument("model_uid")
     sc.add_argument("replicas", type=int)
     sc.add_argument("--wait", action="store_true", help="wait until that many are ready")
     sc.add_argument("--timeout", type=float, default=300.0)
 
-    u = sub.add_parser("undeploy", help="remove a model deployment")
+    u = command("undeploy", "remove a model deployment")
     u.add_argument("model_uid")
 
-    dr = sub.add_parser("drain", help="move every replica off a node (cordon it)")
+    dr = command("drain", "move every replica off a node (cordon it)")
     dr.add_argument("node_id")
     dr.add_argument("--wait", action="store_true", help="wait until the node hosts nothing")
     dr.add_argument("--timeout", type=float, default=300.0)
 
-    uc = sub.add_parser("uncordon", help="let a drained node take replicas again")
+    uc = command("uncordon", "let a drained node take replicas again")
     uc.add_argument("node_id")
     return p
 
