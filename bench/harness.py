@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from devtools.cluster import BIN, Cluster, Proc, free_port, http_get, wait_for
+from devtools.cluster import Cluster, Proc, free_port, http_get, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, Endpoint, EndpointStats, PlacementPlan
 from nebula_common.store import EtcdConfig, EtcdStore
@@ -88,12 +88,8 @@ class Bench:
         return Replica(model, "vllm", "r0", port)
 
     def start_sim(self, name: str, model: str, replica_id: str, args: Sequence[str]) -> Replica:
-        port = free_port()
-        proc = self.cluster.spawn(name, [str(BIN / "nebula-sim"), "--host", "127.0.0.1",
-                                         "--port", str(port), "--model-name", model,
-                                         "--log-level", "warning", *args])
-        self._wait_http(proc, f"http://127.0.0.1:{port}/health")
-        return Replica(model, "sim", replica_id, port)
+        _, url = self.cluster.start_sim(name, model, args=["--log-level", "warning", *args])
+        return Replica(model, "sim", replica_id, int(url.rsplit(":", 1)[1]))
 
     def start_pacer(self, name: str, model: str, interval_ms: float = 10.0,
                     chunks: int = 64) -> Replica:

@@ -271,6 +271,18 @@ class Cluster:
         self.wait_healthy(proc, url)
         return proc, url
 
+    def start_sim(self, name: str, model_name: str, served_names: list[str] = (),
+                  args: list[str] = (), port: int = 0) -> tuple[Proc, str]:
+        """A ``nebula-sim`` engine on its own (no node agent), for tests and benchmarks."""
+        port = port or free_port()
+        served = ["--served-model-name", *served_names] if served_names else []
+        proc = self.spawn(name, [str(BIN / "nebula-sim"), "--host", "127.0.0.1",
+                                 "--port", str(port), "--model-name", model_name, *served,
+                                 "--log-format", "json", *args])
+        url = f"http://127.0.0.1:{port}"
+        self.wait_healthy(proc, url)
+        return proc, url
+
     def nebula(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run the operator CLI against this cluster."""
         return subprocess.run([str(BIN / "nebula"), *self.common()[:2],

@@ -82,23 +82,11 @@ def sha(text: str) -> str:
 
 def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str) -> str:
     """Start a sim engine and register it as a node would; returns its base URL."""
-    port = free_port()
-    proc = cluster.spawn(f"sim-{uid}", [str(BIN / "nebula-sim"), "--host", "127.0.0.1",
-                                        "--port", str(port), "--model-name", name,
-                                        "--served-model-name", uid, "--log-format", "json",
-                                        *extra])
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"sim {uid} exited:\n{proc.log()[-2000:]}")
-        return http_get(f"{url}/health")[0] == 200
-
-    wait_for(up, 30, f"sim {uid} /health")
+    _, url = cluster.start_sim(f"sim-{uid}", name, [uid], list(extra))
     keys = Keys(cluster.prefix)
     plan = PlacementPlan(model_uid=uid, model_name=name, engine=engine, version=1,
                          assignments=[Assignment(replica_id="r0", node_id="test-node",
-                                                 port=port)])
+                                                 port=int(url.rsplit(":", 1)[1]))])
     endpoint = Endpoint(model_uid=uid, model_name=name, replica_id="r0", node_id="test-node",
                         base_url=url, engine=engine, status="ready", plan_version=1)
 

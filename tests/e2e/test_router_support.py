@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
+from devtools.cluster import Cluster, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Endpoint
 
@@ -33,23 +33,6 @@ class Sim:
         assert status == 200, body
 
 
-def start_sim(cluster: Cluster, name: str, model_uid: str, model_name: str,
-              *extra: str) -> tuple[Any, str]:
-    port = free_port()
-    proc = cluster.spawn(name, [str(BIN / "nebula-sim"), "--host", "127.0.0.1", "--port",
-                                str(port), "--model-name", model_name, "--served-model-name",
-                                model_uid, "--log-format", "json", *extra])
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"{name} exited:\n{proc.log()[-2000:]}")
-        return http_get(f"{url}/health")[0] == 200
-
-    wait_for(up, 30, f"{name} /health")
-    return proc, url
-
-
 def register(cluster: Cluster, sim: Sim, model_name: str, status: str = "ready") -> None:
     """Write the Endpoint record a node writes for a ready replica (no lease here)."""
     keys = Keys(cluster.prefix)
@@ -69,7 +52,8 @@ def start_sims(cluster: Cluster, model_uid: str, model_name: str, n: int,
                *extra: str) -> list[Sim]:
     sims = []
     for i in range(n):
-        proc, url = start_sim(cluster, f"sim-{model_uid}-{i}", model_uid, model_name, *extra)
+        proc, url = cluster.start_sim(f"sim-{model_uid}-{i}", model_name, [model_uid],
+                                      list(extra))
         sim = Sim(f"sim-{model_uid}-{i}", url, model_uid, str(i), proc)
         register(cluster, sim, model_name)
         sims.append(sim)

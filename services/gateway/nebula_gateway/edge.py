@@ -26,6 +26,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from nebula_common import openai_errors
+from nebula_common.asgi import DisconnectWatcher
 from nebula_common.tracing import setup_tracing, tracing_enabled
 
 from . import metrics
@@ -324,8 +325,7 @@ class Gateway:
             headers[name.decode("latin-1")] = value.decode("latin-1")
         path = scope["path"]
         outcome = self.begin(path, "POST", headers)
-        disconnected = [False]
-        watcher: asyncio.Task[None] | None = None
+        watcher: DisconnectWatcher | None = None
         reply: Reply | None = None
         started = [False]
         try:
@@ -333,10 +333,7 @@ class Gateway:
                 try:
                     self.authenticate(outcome, headers)
                     raw = await self.read_body(receive, headers)
-                    task = asyncio.current_task()
-                    assert task is not None
-                    watcher = asyncio.ensure_future(self.watch_disconnect(receive, task,
-                                                                          disconnected))
+                    watcher = DisconnectWatcher(receive)
                     reply = await self.handle(path, headers, raw, outcome)
                 except (ValidationError, AuthError, RouterUnavailable, RouterTimeout) as exc:
                     reply = self.error_reply(outcome, exc)
@@ -345,11 +342,8 @@ class Gateway:
                 outcome.note = "client disconnected while sending the body"
                 outcome.status = 499
             except asyncio.CancelledError:
-                if not disconnected[0]:
+                if watcher is None or not watcher.absorb():
                     raise
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
                 outcome.note = "client disconnected"
                 outcome.status = 499
             except Exception:  # never a traceback to the client
@@ -361,9 +355,9 @@ class Gateway:
                         outcome)
         finally:
             if watcher is not None:
-                watcher.cancel()
+                watcher.stop()
             if reply is not None and reply.upstream is not None:
-                if outcome.status == 200 and not disconnected[0]:
+                if outcome.status == 200 and not (watcher and watcher.disconnected):
                     reply.upstream.release()
                 else:
                     reply.upstream.close()  # drop the connection: the router cancels upstream
@@ -397,16 +391,6 @@ class Gateway:
                                   f"{self.config.body_timeout:g}s", None,
                                   "body_timeout") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    async def watch_disconnect(receive: Any, task: asyncio.Task[Any],
-                               flag: list[bool]) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                flag[0] = True
-                task.cancel()
-                return
 
     async def send_whole(self, send: Any, status: int, headers: list[tuple[bytes, bytes]],
                          body: bytes, outcome: Outcome) -> None:

@@ -22,6 +22,7 @@ import aiohttp
 from opentelemetry import propagate, trace
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from nebula_common.asgi import DisconnectWatcher
 from nebula_common.openai_errors import error_json, sse_error_event
 from nebula_common.tracing import extract
 
@@ -159,27 +160,21 @@ class Proxy:
                                           kind=trace.SpanKind.SERVER,
                                           attributes={"http.request.method": "POST",
                                                       "url.path": scope["path"]})
-        watcher: asyncio.Task[None] | None = None
-        disconnected = [False]
+        watcher: DisconnectWatcher | None = None
         try:
             try:
                 body = await self._read_body(receive, length, out, send)
                 if body is None:
                     return
-                task = asyncio.current_task()
-                assert task is not None
-                watcher = asyncio.ensure_future(self._watch_disconnect(receive, task, out,
-                                                                       disconnected))
+                # A disconnect after the response completed cancels nothing.
+                watcher = DisconnectWatcher(receive, ignore=lambda: out.closing)
                 async with asyncio.timeout(self.config.total_timeout):
                     await self._route(scope, body, send, out, span, req_id, session_hdr)
                 if out.abort:
                     raise IncompleteBody(f"upstream body cut mid-way ({out.replica})")
             except asyncio.CancelledError:
-                if not disconnected[0]:
+                if watcher is None or not watcher.absorb():
                     raise
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
                 out.status = 499
                 m.CLIENT_DISCONNECTS.inc()
             except TimeoutError:
@@ -198,7 +193,7 @@ class Proxy:
                     raise IncompleteBody(message) from None
         finally:
             if watcher is not None:
-                watcher.cancel()
+                watcher.stop()
             self._finish(out, started, span, out.request_id or req_id, incoming_tp)
 
     async def _read_body(self, receive: Any, length: int, out: _Outcome, send: Any
@@ -226,18 +221,6 @@ class Proxy:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    async def _watch_disconnect(receive: Any, task: asyncio.Task[Any], out: _Outcome,
-                                flag: list[bool]) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if out.closing:
-                    return
-                flag[0] = True
-                task.cancel()
-                return
 
     async def _reject(self, send: Any, out: _Outcome, status: int, message: str,
                       headers: list[tuple[bytes, bytes]] | None = None, **kw: Any) -> None:
