@@ -1,10 +1,83 @@
-"""Helpers for the raw ASGI request paths of the router and the gateway."""
+"""Typed ASGI aliases and the helpers the router's and the gateway's raw request paths share."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+OPENAI_POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                               "/v1/responses"})
+"""The POST paths served by the raw hot paths (gateway and router); the rest goes to Quart."""
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class BodyTooLarge(Exception):
+    """The request body is (or says it is) over the limit."""
+
+    def __init__(self, limit: int, declared: int | None = None):
+        self.limit = limit
+        self.declared = declared
+        if declared is not None:
+            message = f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+        else:
+            message = f"request body exceeds the limit of {limit} bytes"
+        super().__init__(message)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+def declared_length(value: bytes | str | None) -> int | None:
+    """A ``content-length`` header value as an int; None when absent or not a number."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return int(text) if text.isdigit() else None
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None = None) -> bytes:
+    """The whole request body, refused early when it is over ``limit`` bytes.
+
+    Raises :class:`BodyTooLarge` (before reading when ``content-length`` already says
+    so) and :class:`ClientGone`. A time limit is the caller's (``asyncio.timeout``).
+    """
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit, declared)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: bytes,
+                    headers: RawHeaders | None = None) -> None:
+    """A whole JSON answer in one sized write (no chunked encoding, no terminator write)."""
+    hdrs: RawHeaders = [JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
+    if headers:
+        hdrs.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class DisconnectWatcher:
@@ -17,16 +90,15 @@ class DisconnectWatcher:
     Create it from inside the request task, after the body was read.
     """
 
-    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]],
-                 ignore: Callable[[], bool] | None = None):
+    def __init__(self, receive: Receive, ignore: Callable[[], bool] | None = None):
         task = asyncio.current_task()
         assert task is not None, "DisconnectWatcher must be created inside the request task"
         self.disconnected = False
         self._request = task
+        # Kept on self and cancelled by stop(): the watcher lives exactly as long as its request.
         self._watch = asyncio.ensure_future(self._run(receive, ignore))
 
-    async def _run(self, receive: Callable[[], Awaitable[dict[str, Any]]],
-                   ignore: Callable[[], bool] | None) -> None:
+    async def _run(self, receive: Receive, ignore: Callable[[], bool] | None) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":

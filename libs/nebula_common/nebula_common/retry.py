@@ -1,32 +1,22 @@
-"""tenacity retry policies shared by the roles."""
+"""Backoff shared by the roles: one pure function instead of hand-built tenacity states."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
-
-from .store import StoreUnavailable
-
-T = TypeVar("T")
+import random
 
 
-async def retry_etcd(
-    op: Callable[[], Awaitable[T]], *, deadline_s: float = 30.0, max_wait_s: float = 2.0
-) -> T:
-    """Run ``op`` until it succeeds, retrying only while etcd is unreachable."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(StoreUnavailable),
-        wait=wait_exponential_jitter(initial=0.1, max=max_wait_s),
-        stop=stop_after_delay(deadline_s),
-        reraise=True,
-    ):
-        with attempt:
-            return await op()
-    raise AssertionError("unreachable")  # pragma: no cover
+def backoff_delay(attempt: int, *, initial: float, maximum: float, jitter: float = 0.0,
+                  rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based).
+
+    ``initial * 2 ** (attempt - 1)`` capped at ``maximum``, plus up to ``jitter``
+    seconds drawn uniformly (so many clients retrying at once spread out); the
+    result never exceeds ``maximum``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt is 1-based")
+    # 2 ** 64 is far above any cap; bounding the exponent keeps the float finite.
+    delay = min(initial * 2.0 ** min(attempt - 1, 64), maximum)
+    if jitter > 0:
+        delay += (rng or random).uniform(0.0, jitter)
+    return min(delay, maximum)

@@ -26,6 +26,8 @@ import aetcd
 import aetcd.exceptions as etcd_errors
 import grpc
 
+from .tasks import cancel_task
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -330,17 +332,6 @@ class EtcdStore:
 
 
 Listener = Callable[[], Any]
-
-
-async def cancel_task(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait for it; whatever it raised on the way out is moot."""
-    if task is None:
-        return
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
 
 
 class PrefixMirror:
