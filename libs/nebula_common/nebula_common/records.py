@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from enum import StrEnum
+from typing import Any, ClassVar, Self, TypeVar
+
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+INVALID_RECORDS = Counter("nebula_records_invalid_total",
+                          "Values read from etcd that are not valid records, skipped "
+                          "(every such value is also logged with its key).", ["kind"])
 
 SCHEMA_VERSION = 1
 
@@ -160,7 +170,7 @@ class NodeStatus(Record):
         self.gpus = [g if isinstance(g, GpuInfo) else GpuInfo.from_dict(g) for g in self.gpus]
 
 
-class EndpointState:
+class EndpointState(StrEnum):
     """Values of ``Endpoint.status``."""
 
     READY = "ready"
@@ -203,3 +213,21 @@ class EndpointStats(Record):
     kv_cache_usage: float = 0.0
     prefix_cache_hit_rate: float = 0.0
     updated_at: float = field(default_factory=time.time)
+
+
+R = TypeVar("R", bound=Record)
+
+
+def decode_or_skip(cls: type[R], key: str, raw: bytes | str) -> R | None:
+    """The record stored at ``key``, or None when it is not a valid ``cls``.
+
+    One bad value must cost only itself: it is logged with its key, counted in
+    ``nebula_records_invalid_total{kind}``, and skipped, so every other record
+    keeps being served.
+    """
+    try:
+        return cls.from_json(raw)
+    except RecordError as exc:
+        INVALID_RECORDS.labels(cls.KIND).inc()
+        log.warning("skipping invalid record at %s: %s", key, exc)
+        return None
