@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-COMPOSE_SCHEMA = SHARED / "schemas" / "compose-spec.json"
+SCHEMAS = REPO / "tests" / "schemas"
+COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
 BIN = Path(__import__("sys").executable).parent
 
 ROLES = ("scheduler", "node", "router", "gateway")

@@ -1,7 +1,7 @@
 """compose.yaml and compose.cpu.yaml: valid Compose, and they mean what the docs say.
 
 There is no Docker engine here: the files are validated against the Compose specification's
-JSON schema (shared/schemas/compose-spec.json), then the merged GPU and CPU deployments are
+JSON schema (tests/schemas/compose-spec.json, Apache-2.0), then the merged GPU and CPU deployments are
 checked for the topology, ports, GPU reservation, healthchecks and environment they promise.
 """
 
@@ -41,7 +41,7 @@ SCRIPT = {role: f"nebula-{role}" for role in ROLES}
 @pytest.fixture(scope="module")
 def schema() -> Validator:
     if not COMPOSE_SCHEMA.exists():
-        pytest.fail(f"{COMPOSE_SCHEMA} is missing: shared/ must sit beside the repository")
+        pytest.fail(f"{COMPOSE_SCHEMA} is missing from the repository")
     spec = json.loads(COMPOSE_SCHEMA.read_text())
     # The spec declares draft-07 (its "$schema" URL lacks the "#" jsonschema looks up).
     jsonschema.Draft7Validator.check_schema(spec)

@@ -1,4 +1,4 @@
-"""OpenAI's own API description (../shared/schemas/openai-openapi.yaml), loaded once per
+"""OpenAI's own API description (tests/schemas/openai-openapi.yaml, MIT, with its licence), loaded once per
 session, and a checker that validates objects against its components with refs resolved."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from referencing.jsonschema import DRAFT202012
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATHS = tuple(Path(p) for p in (
     os.environ.get("NEBULA_OPENAI_SCHEMA", ""),
-    REPO.parent / "shared" / "schemas" / "openai-openapi.yaml",
+    REPO / "tests" / "schemas" / "openai-openapi.yaml",
 ) if str(p))
 URI = "urn:openai-openapi"
 
@@ -40,7 +40,7 @@ def _nullable_to_31(node: Any) -> Any:
 
 @cache
 def load_spec() -> dict[str, Any]:
-    """The parsed description; a missing file is an error, not a skip (CI has ../shared)."""
+    """The parsed description; a missing file is an error, not a skip."""
     for path in SCHEMA_PATHS:
         if path.is_file():
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
