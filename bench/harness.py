@@ -21,7 +21,13 @@ import aiohttp
 
 from devtools.cluster import Cluster, Proc, free_port, http_get, wait_for
 from nebula_common.keys import Keys
-from nebula_common.records import Assignment, Endpoint, EndpointStats, PlacementPlan
+from nebula_common.records import (
+    Assignment,
+    Endpoint,
+    EndpointState,
+    EndpointStats,
+    PlacementPlan,
+)
 from nebula_common.store import EtcdConfig, EtcdStore
 
 from .standin import nginx_binary, write_nginx_files
@@ -54,7 +60,8 @@ def registration_records(keys: Keys, model: str, engine: str, replicas: Sequence
     out = {keys.placement(model): plan.to_json()}
     for r in replicas:
         ep = Endpoint(model_uid=model, model_name=model, replica_id=r.replica_id,
-                      node_id=NODE_ID, base_url=r.base_url, engine=engine, status="ready",
+                      node_id=NODE_ID, base_url=r.base_url, engine=engine,
+                      status=EndpointState.READY,
                       plan_version=1)
         out[keys.endpoint(model, r.replica_id)] = ep.to_json()
         out[keys.endpoint_stats(model, r.replica_id)] = EndpointStats().to_json()
@@ -150,7 +157,7 @@ class Bench:
                 return False
             for item in json.loads(body).get("data", []):
                 if item.get("id") == model:
-                    return item.get("nebula", {}).get("ready_replicas", 0) >= replicas
+                    return int(item.get("nebula", {}).get("ready_replicas", 0)) >= replicas
             return False
         wait_for(ready, timeout, f"router to see {replicas} ready replicas of {model}", 0.1)
 

@@ -150,6 +150,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream connection is given a Transport; the base signature says BaseTransport.
         self.transport = transport  # type: ignore[assignment]
         self.send()
 
@@ -216,7 +217,7 @@ async def drained_closed_loop(url: str, body: bytes, *, connections: int, durati
     async def connect() -> None:
         try:
             _, proto = await loop.create_connection(lambda: _Conn(run), host, port)
-            conns.append(proto)  # type: ignore[arg-type]
+            conns.append(proto)
         except OSError:
             run.errors += 1
             run.active -= 1

@@ -249,14 +249,16 @@ def evaluate_targets(rows: Sequence[Row], ttft_means: dict[str, float],
     direct = find_row(rows, paced_wide, "direct")
     for path in ("router", "gateway"):
         row = find_row(rows, paced_wide, path)
-        ratio = (row.p99.median / direct.p99.median - 1.0) if row and direct else math.nan
+        ratio, shown = math.nan, "-"
+        if row is not None and direct is not None:
+            ratio = row.p99.median / direct.p99.median - 1.0
+            shown = (f"{ratio * 100:+.1f} % "
+                     f"({fmt(row.p99.median, 0)} vs {fmt(direct.p99.median, 0)} ms)")
         results.append(TargetResult(
             f"paced_p99:{path}",
             f"10 ms-spaced streams, c1000: time-to-last-byte p99 within 5 % of direct "
             f"({PATH_LABELS[path]})",
-            "-" if math.isnan(ratio) else f"{ratio * 100:+.1f} % "
-            f"({fmt(row.p99.median, 0)} vs {fmt(direct.p99.median, 0)} ms)",
-            _check(ratio, ratio <= 0.05)))
+            "-" if math.isnan(ratio) else shown, _check(ratio, ratio <= 0.05)))
     rr, pf = ttft_means.get("round_robin", math.nan), ttft_means.get("prefix", math.nan)
     speedup = rr / pf if pf and not math.isnan(pf) and pf > 0 else math.nan
     results.append(TargetResult("prefix_ttft", "prefix cuts mean TTFT >= 2x vs round_robin",

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -36,7 +37,7 @@ from devtools.cluster import REPO, http_get, http_post_json
 
 from . import report
 from .harness import Bench, Replica, StatsPublisher
-from .load import LoadResult, run_wrk
+from .load import LoadResult, StreamTiming, run_wrk
 from .rawload import drained_closed_loop
 from .routing import PolicyResult, Workload, parse_decisions, run_workload, summarize
 from .standin import MODEL, STREAM_AGENT
@@ -253,7 +254,8 @@ def run_routing(bench: Bench, workload: Workload, cache_blocks: int, prefill_ms:
     return results
 
 
-async def _policy_run(bench: Bench, url: str, replicas: Sequence[Replica], workload: Workload):
+async def _policy_run(bench: Bench, url: str, replicas: Sequence[Replica], workload: Workload
+                      ) -> tuple[list[StreamTiming], dict[str, dict[str, Any]]]:
     import aiohttp
 
     publisher = StatsPublisher(bench, PREFIX_MODEL, replicas)
@@ -262,7 +264,7 @@ async def _policy_run(bench: Bench, url: str, replicas: Sequence[Replica], workl
         timings = await run_workload(url, PREFIX_MODEL, workload)
     finally:
         await publisher.stop()
-    stats = {}
+    stats: dict[str, dict[str, Any]] = {}
     async with aiohttp.ClientSession() as http:
         for r in replicas:
             async with http.get(f"{r.base_url}/sim/stats") as resp:

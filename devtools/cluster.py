@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +35,8 @@ def free_port() -> int:
     """A loopback port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def etcd_binary() -> str:
@@ -47,8 +48,8 @@ def etcd_binary() -> str:
 
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
+    predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05
+) -> T:
     """Poll ``predicate`` until it returns something truthy; TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -231,7 +232,7 @@ class Cluster:
                  30, "etcd health")
         return proc
 
-    def start_router(self, name: str = "router", port: int = 0, args: list[str] = (),
+    def start_router(self, name: str = "router", port: int = 0, args: Sequence[str] = (),
                      env: dict[str, str] | None = None) -> tuple[Proc, str]:
         port = port or free_port()
         proc = self.spawn(name, [str(BIN / "nebula-router"), "--listen", f"127.0.0.1:{port}",
@@ -241,7 +242,7 @@ class Cluster:
         return proc, url
 
     def start_gateway(self, router_urls: list[str], name: str = "gateway", port: int = 0,
-                      args: list[str] = (), env: dict[str, str] | None = None
+                      args: Sequence[str] = (), env: dict[str, str] | None = None
                       ) -> tuple[Proc, str]:
         port = port or free_port()
         proc = self.spawn(name, [str(BIN / "nebula-gateway"), "--listen", f"127.0.0.1:{port}",
@@ -251,7 +252,7 @@ class Cluster:
         self.wait_healthy(proc, url)
         return proc, url
 
-    def start_node(self, node_id: str, args: list[str] = (), port: int = 0,
+    def start_node(self, node_id: str, args: Sequence[str] = (), port: int = 0,
                    env: dict[str, str] | None = None) -> tuple[Proc, str]:
         port = port or free_port()
         proc = self.spawn(f"node-{node_id}", [
@@ -262,7 +263,7 @@ class Cluster:
         self.wait_healthy(proc, url)
         return proc, url
 
-    def start_scheduler(self, name: str = "scheduler", args: list[str] = (), port: int = 0,
+    def start_scheduler(self, name: str = "scheduler", args: Sequence[str] = (), port: int = 0,
                         env: dict[str, str] | None = None) -> tuple[Proc, str]:
         port = port or free_port()
         proc = self.spawn(name, [str(BIN / "nebula-scheduler"), "--listen", f"127.0.0.1:{port}",
@@ -271,8 +272,8 @@ class Cluster:
         self.wait_healthy(proc, url)
         return proc, url
 
-    def start_sim(self, name: str, model_name: str, served_names: list[str] = (),
-                  args: list[str] = (), port: int = 0) -> tuple[Proc, str]:
+    def start_sim(self, name: str, model_name: str, served_names: Sequence[str] = (),
+                  args: Sequence[str] = (), port: int = 0) -> tuple[Proc, str]:
         """A ``nebula-sim`` engine on its own (no node agent), for tests and benchmarks."""
         port = port or free_port()
         served = ["--served-model-name", *served_names] if served_names else []
@@ -291,7 +292,7 @@ class Cluster:
 
     def wait_healthy(self, proc: Proc, url: str, timeout: float = 30) -> None:
         def check() -> bool:
-            if not proc.alive():
+            if proc.popen is not None and proc.popen.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n"
                                    + proc.log()[-3000:])
             return http_get(f"{url}/healthz")[0] == 200
@@ -324,12 +325,17 @@ class Cluster:
         return self.with_store(read)
 
     def ready_endpoints(self, model_uid: str) -> list[dict[str, Any]]:
+        from nebula_common.records import EndpointState
+
         items = self.etcd_items(f"/endpoints/{model_uid}/")
-        return [v for v in items.values() if v.get("status") == "ready"]
+        return [v for v in items.values() if v.get("status") == EndpointState.READY]
 
     def wait_ready(self, model_uid: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
-        return wait_for(lambda: (eps := self.ready_endpoints(model_uid)) and len(eps) >= count
-                        and eps, timeout, f"{count} ready endpoints of {model_uid}", 0.2)
+        def enough() -> list[dict[str, Any]]:
+            eps = self.ready_endpoints(model_uid)
+            return eps if len(eps) >= count else []
+
+        return wait_for(enough, timeout, f"{count} ready endpoints of {model_uid}", 0.2)
 
     # -- teardown ---------------------------------------------------------------------
     def stop_all(self, grace: float = 10.0) -> None:

@@ -3,6 +3,8 @@
 Returns once the gateway answers a chat request for the placed model, then prints how to
 call it. Everything runs under ``.run/`` (logs in ``.run/logs``), which each ``make up``
 starts afresh; ``make down`` stops it and leaves the logs for a look afterwards.
+``--port gateway=8091`` (``make up PORTS="gateway=8091"``) moves one service off its seed
+port; ``--run-dir`` (``RUN_DIR=``) runs a second cluster beside the first.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from devtools.cluster import REPO, Cluster, group_alive, http_post_json, wait_for
+from devtools.step import PROGRESS_EVERY_S, elapsed
 
 RUN_DIR = REPO / ".run"
 DEFAULT_MODELS = {
@@ -35,13 +40,30 @@ def model_uid(model_name: str) -> str:
     return uid.removesuffix("_instruct") or "model"
 
 
+def chosen_ports(specs: Sequence[str]) -> dict[str, int]:
+    """The seed's ports with ``name=port`` overrides applied; ValueError names a bad one."""
+    ports = dict(PORTS)
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or name not in PORTS:
+            raise ValueError(f"--port takes NAME=PORT with NAME one of {', '.join(PORTS)}: "
+                             f"{spec!r}")
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ValueError(f"not a TCP port: {spec!r}")
+        ports[name] = int(value)
+    clashes = sorted({p for p in ports.values() if list(ports.values()).count(p) > 1})
+    if clashes:
+        raise ValueError(f"two services on one port: {', '.join(map(str, clashes))}")
+    return ports
+
+
 def port_busy(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def already_up() -> bool:
-    pidfile = RUN_DIR / "pids.json"
+def already_up(run_dir: Path) -> bool:
+    pidfile = run_dir / "pids.json"
     if not pidfile.exists():
         return False
     try:
@@ -51,16 +73,20 @@ def already_up() -> bool:
     return any(group_alive(pid) for pid in pids.values())
 
 
-def usage(model: str) -> str:
-    gw = f"http://127.0.0.1:{PORTS['gateway']}"
+def usage(model: str, ports: dict[str, int], run_dir: Path) -> str:
+    gw = f"http://127.0.0.1:{ports['gateway']}"
     chat = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
     stream = json.dumps({"model": model, "stream": True,
                          "messages": [{"role": "user", "content": "Count to five"}]})
     responses = json.dumps({"model": model, "input": "Write one sentence about etcd."})
+    status = ".venv/bin/nebula status"
+    if ports["etcd"] != PORTS["etcd"]:
+        status += f" --etcd-endpoints 127.0.0.1:{ports['etcd']}"
+    stop = "make down" if run_dir.resolve() == RUN_DIR else f"make down RUN_DIR={run_dir}"
     return f"""
-Nebula is up: gateway {gw}, router http://127.0.0.1:{PORTS['router']}, \
-etcd 127.0.0.1:{PORTS['etcd']}
-Logs: {RUN_DIR / 'logs'}    Stop: make down    Status: .venv/bin/nebula status
+Nebula is up: gateway {gw}, router http://127.0.0.1:{ports['router']}, \
+etcd 127.0.0.1:{ports['etcd']}
+Logs: {run_dir / 'logs'}    Stop: {stop}    Status: {status}
 
   curl -s {gw}/v1/models
   curl -s {gw}/v1/chat/completions -H 'content-type: application/json' \\
@@ -72,45 +98,71 @@ Logs: {RUN_DIR / 'logs'}    Stop: make down    Status: .venv/bin/nebula status
 """
 
 
+def wait_showing_progress(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """``wait_for`` that prints the elapsed time every ``PROGRESS_EVERY_S`` (engines take
+    minutes to load); TimeoutError after ``timeout`` as ``wait_for`` raises it."""
+    started = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - started)
+        try:
+            wait_for(predicate, min(PROGRESS_EVERY_S, left), what, interval=1.0)
+            return
+        except TimeoutError:
+            if left <= PROGRESS_EVERY_S:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}") from None
+            print(f"  waiting for {what} ... {elapsed(time.monotonic() - started)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make up")
     parser.add_argument("--engine", choices=sorted(DEFAULT_MODELS), default="llamacpp")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR,
+                        help="where processes keep state and logs (make down --run-dir)")
+    parser.add_argument("--port", action="append", default=[], metavar="NAME=PORT",
+                        help=f"move one service off its seed port ({', '.join(PORTS)})")
     args = parser.parse_args(argv)
+    try:
+        ports = chosen_ports(args.port)
+    except ValueError as exc:
+        parser.error(str(exc))
     model = args.model or DEFAULT_MODELS[args.engine]
+    run_dir: Path = args.run_dir.resolve()
 
-    if already_up():
+    if already_up(run_dir):
         print("Nebula is already running (make down stops it).")
-        print(usage(model))
+        print(usage(model, ports, run_dir))
         return 0
-    busy = [f"{name} {port}" for name, port in PORTS.items() if port_busy(port)]
+    busy = [f"{name} {port}" for name, port in ports.items() if port_busy(port)]
     if busy:
-        print(f"make up: error: ports already in use: {', '.join(busy)}", file=sys.stderr)
+        print(f"make up: error: ports already in use: {', '.join(busy)}; stop what holds "
+              f"them or move Nebula, e.g. make up PORTS=\"{busy[0].split()[0]}=...\"",
+              file=sys.stderr)
         return 1
 
     # Nothing runs: start from a clean slate, so an earlier run's placements, engine pid
     # files and logs (another engine or model) cannot leak into this one.
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     node_id = socket.gethostname()
-    cluster = Cluster(RUN_DIR, etcd_port=PORTS["etcd"])
+    cluster = Cluster(run_dir, etcd_port=ports["etcd"])
     started = time.monotonic()
     try:
-        print(f"starting etcd on 127.0.0.1:{PORTS['etcd']} (data in {RUN_DIR / 'etcd-data'})")
+        print(f"starting etcd on 127.0.0.1:{ports['etcd']} (data in {run_dir / 'etcd-data'})")
         cluster.start_etcd()
-        print(f"starting node {node_id}, router :{PORTS['router']}, gateway :{PORTS['gateway']}")
-        cluster.start_node(node_id, port=PORTS["node"])
-        _, router = cluster.start_router(port=PORTS["router"])
-        _, gateway = cluster.start_gateway([router], port=PORTS["gateway"])
+        print(f"starting node {node_id}, router :{ports['router']}, gateway :{ports['gateway']}")
+        cluster.start_node(node_id, port=ports["node"])
+        _, router = cluster.start_router(port=ports["router"])
+        _, gateway = cluster.start_gateway([router], port=ports["gateway"])
         uid = model_uid(model)
-        sched, _ = cluster.start_scheduler(port=PORTS["scheduler"], args=[
+        sched, _ = cluster.start_scheduler(port=ports["scheduler"], args=[
             "--model-uid", uid, "--model-name", model, "--node-id", node_id,
-            "--engine", args.engine, "--port", str(PORTS["engine"])])
+            "--engine", args.engine, "--port", str(ports["engine"])])
         placed = wait_for(lambda: next((line for line in sched.log().splitlines()
                                         if line.startswith("placed:")), None),
                           30, "the scheduler's placed: line")
         print(placed)
         print(f"waiting for {model} on {args.engine} to answer (engine log: "
-              f"{RUN_DIR / 'nodes' / node_id / 'logs'}) ...")
+              f"{run_dir / 'nodes' / node_id / 'logs'}) ...", flush=True)
 
         def answers() -> bool:
             status, _ = http_post_json(f"{gateway}/v1/chat/completions", {
@@ -118,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                 "messages": [{"role": "user", "content": "Say hello"}]}, timeout=60)
             return status == 200
 
-        wait_for(answers, READY_TIMEOUT[args.engine], f"{model} to answer", interval=1.0)
+        wait_showing_progress(answers, READY_TIMEOUT[args.engine], f"{model} to answer")
     except (TimeoutError, RuntimeError) as exc:
         print(f"make up: error: {exc}", file=sys.stderr)
-        print(f"logs are in {RUN_DIR / 'logs'}; run make down to stop what started",
+        print(f"logs are in {run_dir / 'logs'}; run make down to stop what started",
               file=sys.stderr)
         return 1
     print(f"ready in {time.monotonic() - started:.1f}s")
-    print(usage(model))
+    print(usage(model, ports, run_dir))
     return 0
 
 

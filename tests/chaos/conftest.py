@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from devtools.cluster import Cluster, Proc, free_port, group_alive, http_get, wait_for
+from nebula_common.records import EndpointState
 from tests.chaos.driver import LoadResult, LoadSpec, LoadThread
 
 NODE_IDS = ("n1", "n2", "n3")
@@ -101,7 +102,7 @@ class ChaosCluster:
         return list(self.cluster.etcd_items(f"/endpoints/{model_uid}/").values())
 
     def ready_counts(self) -> dict[str, int]:
-        return {uid: sum(1 for e in self.endpoints(uid) if e.get("status") == "ready")
+        return {uid: sum(1 for e in self.endpoints(uid) if e.get("status") == EndpointState.READY)
                 for uid in MODELS}
 
     def pidfiles(self, node_id: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -119,7 +120,8 @@ class ChaosCluster:
             if model_uid and uid != model_uid:
                 continue
             for ep in sorted(self.endpoints(uid), key=lambda e: e["replica_id"]):
-                if ep.get("status") != "ready" or (node_id and ep["node_id"] != node_id):
+                elsewhere = node_id and ep["node_id"] != node_id
+                if ep.get("status") != EndpointState.READY or elsewhere:
                     continue
                 for path, rec in self.pidfiles(ep["node_id"]):
                     if path.stem == f"{uid}__{ep['replica_id']}" and group_alive(rec["pgid"]):

@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 
 from devtools.cluster import group_alive, http_get, http_post_json, wait_for
+from nebula_common.records import EndpointState
 from tests.chaos.conftest import (
     CONVERGE_S,
     MODELS,
@@ -118,7 +119,7 @@ def test_kill_engine(chaos: ChaosCluster, tmp_path: Path) -> None:
     ref = f"{ep['model_uid']}/{ep['replica_id']}"
     # The endpoint leaves etcd promptly (issue 3: within a second; a 3 s bound here).
     wait_for(lambda: not any(e["replica_id"] == ep["replica_id"] and e["base_url"] ==
-                             ep["base_url"] and e.get("status") == "ready"
+                             ep["base_url"] and e.get("status") == EndpointState.READY
                              for e in chaos.endpoints(ep["model_uid"])),
              3, f"dead replica {ref} leaves etcd")
     gone_s = round(time.monotonic() - killed, 2)

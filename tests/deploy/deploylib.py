@@ -121,7 +121,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
     """``(host_ip, published, target)`` for each short-syntax port of a service."""
     result = []
     for spec in service.get("ports", []):
-        parts = str(spec).split(":")
+        parts = interpolation_defaults(str(spec)).split(":")
         if len(parts) == 3:
             ip, pub, target = parts
         elif len(parts) == 2:

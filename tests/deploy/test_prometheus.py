@@ -14,41 +14,39 @@ import pytest
 import yaml
 
 from tests.deploy.deploylib import REPO, load_compose, strip_tags
+from tests.support import needs
 
 PROM = REPO / "deploy" / "prometheus"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (make prometheus: Debian's prometheus)")
 ALERTS = {"NebulaNoReadyReplica", "NebulaHigh5xxRatio", "NebulaSlowTTFT", "NebulaNodeMissing",
           "NebulaEtcdUnreachable"}
 
 
+def promtool_path() -> str:
+    return needs.binary("promtool", "make prometheus installs it (Debian's prometheus)")
+
+
 def promtool(*args: str, cwd: Path = PROM) -> str:
-    assert PROMTOOL is not None
-    out = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    out = subprocess.run([promtool_path(), *args], capture_output=True, text=True, timeout=120,
+                         cwd=cwd)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout + out.stderr
 
 
-@needs_promtool
 @pytest.mark.prometheus
 def test_check_config() -> None:
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
 
 
-@needs_promtool
 @pytest.mark.prometheus
 def test_check_rules() -> None:
     assert f"SUCCESS: {len(ALERTS)} rules found" in promtool("check", "rules", "alerts.yml")
 
 
-@needs_promtool
 @pytest.mark.prometheus
 def test_alert_unit_tests_pass() -> None:
     assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
 
 
-@needs_promtool
 @pytest.mark.prometheus
 def test_alert_unit_tests_can_fail(tmp_path: Path) -> None:
     """A rule that never fires makes the unit tests fail (they are not vacuous)."""
@@ -58,8 +56,8 @@ def test_alert_unit_tests_can_fail(tmp_path: Path) -> None:
     for rule in rules["groups"][0]["rules"]:
         rule["expr"] = "vector(1) == 0"
     (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
-    out = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], capture_output=True,
-                         text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run([promtool_path(), "test", "rules", "alerts_test.yml"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode != 0
     for alert in ALERTS:
         assert f"alertname: {alert}," in out.stdout + out.stderr, alert

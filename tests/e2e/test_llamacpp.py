@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 
 import openai
 import pytest
 
 from devtools.cluster import Cluster, free_port, wait_for
+from tests.support import needs
 
-pytestmark = [
-    pytest.mark.llamacpp,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python is not installed (make llamacpp)"),
-]
+pytestmark = pytest.mark.llamacpp
 
 MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    needs.module("llama_cpp", "make llamacpp builds and installs llama-cpp-python")
     cluster = Cluster(tmp_path_factory.mktemp("llamacpp") / "run")
     try:
         cluster.start_etcd()

@@ -49,9 +49,10 @@ def test_rpc_cancelled_by_channel_close_is_a_connection_error(cluster: Cluster):
         await store._rotate(store._client)  # what a failing call in another task does
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(call, 10)
-        # A real cancellation of the caller is still a cancellation.
+        # A real cancellation of the caller, with its RPC in flight, is still a cancellation.
+        started.clear()
         call = asyncio.create_task(store.call(hanging_rpc))
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(started.wait(), 10)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call

@@ -22,17 +22,27 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.cluster import BIN, Cluster, free_port, http_get, http_post_json, wait_for
+from devtools.cluster import BIN, REPO, Cluster, free_port, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Assignment, PlacementPlan
 from nebula_common.store import EtcdStore
-
-pytestmark = pytest.mark.skipif(not (BIN / "nebula-sim").exists(), reason="nebula-sim missing")
+from tests.support import needs
 
 FAST_SIM = ["--ttft-ms", "1", "--itl-ms", "1"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def require_binaries(*names: str) -> None:
+    """A missing entry point is a broken install: the test fails and says which, never skips."""
+    for name in names:
+        needs.binary(str(BIN / name), "the venv is incomplete (run make venv)")
+
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    require_binaries("nebula-node", "nebula-sim")
+
+
 def put_plan(cluster: Cluster, plan: PlacementPlan) -> None:
     key = Keys(cluster.prefix).placement(plan.model_uid)
     cluster.with_store(lambda s: s.put(key, plan.to_json()))
@@ -381,7 +391,7 @@ def test_changed_assignment_restarts_only_that_replica(cluster: Cluster):
 
 def test_engine_that_keeps_failing_is_reported_failed_with_log_tail(cluster: Cluster):
     m = uid()
-    _proc, url = cluster.start_node("n1", node_args(**{"--restart-max": 2}))
+    proc, url = cluster.start_node("n1", node_args(**{"--restart-max": 2}))
     put_plan(cluster, sim_plan(m, "n1", [free_port()], engine_args=["--no-such-flag"]))
     ep = wait_for(lambda: (e := endpoint(cluster, m, "r0")) and e["status"] == "failed" and e,
                   60, "replica reported failed")
@@ -390,9 +400,16 @@ def test_engine_that_keeps_failing_is_reported_failed_with_log_tail(cluster: Clu
     rep = node_replicas(url)[(m, "r0")]
     assert rep["state"] == "failed" and rep["restarts"] == 2
     assert engine_processes(m) == []
-    # Not restarted forever: the state stays failed.
-    time.sleep(0.5)
-    assert node_replicas(url)[(m, "r0")]["restarts"] == 2
+    assert "failed 3 times in a row; not restarting" in proc.log()
+    # Not restarted again. With --restart-backoff 0.1 a third restart would start 0.4 s
+    # after the last failure; watching for 3 s (over 7 times that) makes the check mean
+    # something: any restart would show as a counter, a pid, a process or a state.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        rep = node_replicas(url)[(m, "r0")]
+        assert (rep["state"], rep["restarts"], rep["pid"]) == ("failed", 2, None), rep
+        assert engine_processes(m) == []
+        time.sleep(0.1)
     metrics = http_get(f"{url}/metrics")[1]
     assert b'nebula_node_replicas{state="failed"} 1.0' in metrics
 
@@ -479,8 +496,7 @@ def test_vllm_adapter_with_fake_vllm_binary_and_fake_gpus(cluster: Cluster, tmp_
 
 
 def test_router_sends_each_model_to_its_own_replicas(cluster: Cluster):
-    if not (BIN / "nebula-router").exists():
-        pytest.skip("nebula-router missing")
+    require_binaries("nebula-router")
     a, b = uid("a"), uid("b")
     cluster.start_node("n1", node_args())
     put_plan(cluster, sim_plan(a, "n1", [free_port(), free_port()]))
@@ -498,3 +514,18 @@ def test_router_sends_each_model_to_its_own_replicas(cluster: Cluster):
             assert status == 200 and replica and replica.split("/")[0] == model
             seen.add(replica)
         assert seen == {f"{model}/r0", f"{model}/r1"}
+
+
+def test_default_state_dir_is_per_user_state_not_the_working_directory(
+        cluster: Cluster, tmp_path: Path):
+    node_id = uid("state")
+    port = free_port()
+    proc = cluster.spawn(f"node-{node_id}", [
+        str(BIN / "nebula-node"), "--node-id", node_id, "--listen", f"127.0.0.1:{port}",
+        "--advertise-host", "127.0.0.1", *cluster.common()],
+        env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    cluster.wait_healthy(proc, f"http://127.0.0.1:{port}")
+    wait_for(lambda: cluster.etcd_items("/nodes/").get(f"/nodes/{node_id}"), 20, "node status")
+    assert (tmp_path / "state" / "nebula" / "node" / node_id).is_dir()
+    assert not (REPO / ".nebula-node" / node_id).exists(), "the node ran in the checkout"
+    assert proc.stop(grace=15) == 0

@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from devtools.cluster import BIN, Cluster, free_port, wait_for
-from tests.e2e.test_node_lifecycle import node_args, put_plan, sim_plan, uid
+from devtools.cluster import Cluster, free_port, wait_for
+from tests.e2e.test_node_lifecycle import node_args, put_plan, require_binaries, sim_plan, uid
 
-pytestmark = pytest.mark.skipif(not (BIN / "nebula-sim").exists(), reason="nebula-sim missing")
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    require_binaries("nebula-node", "nebula-sim")
 
 
 class Receiver:

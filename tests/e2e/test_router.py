@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from devtools.cluster import Cluster, http_get, http_post_json, wait_for
+from devtools.cluster import BIN, REPO, Cluster, http_get, http_post_json, wait_for
 from tests.e2e.test_router_support import (
     Sim,
     debug_endpoints,
@@ -30,6 +31,7 @@ from tests.e2e.test_router_support import (
 
 MODEL = "Org/Tiny-Chat"
 UID = "tiny"
+PROFILE = REPO / "deploy" / "router" / "policy-prefix.yaml"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
 
@@ -158,6 +160,29 @@ def test_no_ready_replica_is_503_with_retry_after(env: dict) -> None:
     assert json.loads(resp.read())["error"]["type"] == "service_unavailable"
     conn.close()
     deregister(cluster, lone)
+
+
+def test_unreachable_replicas_are_503_with_retry_after(env: dict) -> None:
+    """A host gone before its lease expires: nothing could be sent, so it is 503 + when to
+    retry (not a 502, which says an upstream answered wrongly)."""
+    cluster: Cluster = env["cluster"]
+    gone = [Sim("none", "http://127.0.0.1:9", "gone", str(i), None) for i in range(2)]
+    for sim in gone:
+        register(cluster, sim, "Org/Gone")
+    wait_router_sees(env["router"], "gone", 2)
+    try:
+        req = json.dumps({**CHAT, "model": "Org/Gone"}).encode()
+        conn = http.client.HTTPConnection(env["router"].removeprefix("http://"), timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=req,
+                     headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        err = json.loads(resp.read())["error"]
+        conn.close()
+        assert resp.status == 503 and resp.getheader("retry-after") == "1", err
+        assert err["code"] == "no_reachable_replica" and "cannot connect" in err["message"]
+    finally:
+        for sim in gone:
+            deregister(cluster, sim)
 
 
 def test_draining_endpoint_gets_no_new_requests(env: dict) -> None:
@@ -414,6 +439,44 @@ def test_prefix_policy_keeps_a_conversation_on_one_replica(env: dict) -> None:
     text = http_get(f"{router}/metrics")[1].decode()
     assert metric_value(text, "nebula_router_policy_decisions_total", policy="prefix",
                         reason="prefix_hit") >= 36
+
+
+def test_policy_profile_routes_by_weighted_scores_and_is_shown(env: dict) -> None:
+    cluster: Cluster = env["cluster"]
+    # the preset the module's router runs, as /debug/policy shows it
+    preset = json.loads(http_get(f"{env['router']}/debug/policy")[1])
+    assert (preset["name"], preset["kind"], preset["needs"]) == ("least_load", "preset",
+                                                                 ["session"])
+    _, router = cluster.start_router(name="router-profile",
+                                     args=["--policy-profile", str(PROFILE)])
+    wait_router_sees(router, UID, 3)
+    status, body = http_get(f"{router}/debug/policy")
+    assert status == 200 and json.loads(body) == {
+        "name": "prefix-weighted", "kind": "profile", "path": str(PROFILE),
+        "filters": ["ready", "not-ejected", "not-overloaded"],
+        "scorers": {"prefix-affinity": 1.0, "load": 2.0}, "picker": ["max-score"],
+        "needs": ["prefix"]}
+    c = client(router)
+    system = {"role": "system", "content": "You answer in French. " * 10}
+    for conv in range(6):  # one at a time: the home replica is never the busier one
+        messages = [system, {"role": "user", "content": f"conversation {conv}"}]
+        seen = {c.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=4).headers["x-nebula-replica"]
+            for _ in range(3)}
+        assert len(seen) == 1, (conv, seen)
+    text = http_get(f"{router}/metrics")[1].decode()
+    assert metric_value(text, "nebula_router_policy_decisions_total",
+                        policy="prefix-weighted", reason="max_score") >= 18
+
+
+def test_bad_policy_profile_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("picker: max-score\nscorers: {load: -1}\n", encoding="utf-8")
+    done = subprocess.run([str(BIN / "nebula-router"), "--policy-profile", str(bad)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr == (f"nebula-router: error: {bad}: scorer 'load': the weight must be "
+                           f"a number above 0, got -1\n")
 
 
 def test_round_robin_spreads_evenly(env: dict) -> None:

@@ -122,12 +122,20 @@ def test_seed_keeps_running_as_reconciler(cluster: Cluster) -> None:
     wait_for(lambda: (p := placed()) and {a["node_id"] for a in p["assignments"]} == {"n1"},
              20, "replica moved off n2")
     moved = placed()
-    # n2 returns: nothing flaps back.
+    # n2 returns: nothing flaps back. Counted in reconcile passes, not seconds: three more
+    # passes (the loop ticks every second) saw n2 back and none rewrote the plan.
     register_node(cluster, "n2")
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+    passes = scheduler_metric(url, RECONCILE_OK)
+    assert passes is not None
+    deadline = time.monotonic() + 20
+    while (scheduler_metric(url, RECONCILE_OK) or 0) < passes + 3:
         assert placed()["version"] == moved["version"]
+        assert time.monotonic() < deadline, "the reconciler stopped making passes"
         time.sleep(0.2)
+    assert placed()["version"] == moved["version"]
+
+
+RECONCILE_OK = 'nebula_scheduler_reconcile_total{result="ok"}'
 
 
 def scheduler_metric(url: str, name: str) -> float | None:

@@ -19,12 +19,14 @@ from pathlib import Path
 import openai
 import pytest
 
-from devtools.cluster import BIN, Cluster, wait_for
+from devtools.cluster import Cluster, wait_for
+from tests.e2e.test_node_lifecycle import require_binaries
 
-pytestmark = pytest.mark.skipif(
-    not (BIN / "nebula-node").exists() or not (BIN / "nebula-sim").exists(),
-    reason="needs the node agent and the sim engine",
-)
+
+@pytest.fixture(autouse=True)
+def installed() -> None:
+    require_binaries("nebula-node", "nebula-sim", "nebula-scheduler", "nebula-router",
+                     "nebula-gateway", "nebula")
 
 UID = "demo"
 MODEL = "nebula/demo"

@@ -1,5 +1,6 @@
-"""OpenAI's own API description (tests/schemas/openai-openapi.yaml, MIT, with its licence), loaded once per
-session, and a checker that validates objects against its components with refs resolved."""
+"""OpenAI's own API description (tests/schemas/openai-openapi.yaml, MIT, licence beside it),
+loaded once per session, and a checker that validates objects against its components
+with refs resolved."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class Keys:
         return f"{self.nodes}{node_id}"
 
     def cordon(self, node_id: str) -> str:
-        """Present while an operator drains a node (``nebula drain``); no lease."""
+        """A :class:`~nebula_common.records.Cordon` while an operator drains the node; no lease."""
         return f"{self.cordons}{node_id}"
 
     def endpoint(self, model_uid: str, replica_id: str) -> str:

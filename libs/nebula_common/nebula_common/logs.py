@@ -7,19 +7,103 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
+REDACTED = "[redacted]"
+
 # Bearer tokens and key-looking values never reach a log line, whoever logs them.
 _SECRET = re.compile(
-    r"(?i)((?:authorization[\"'=: ]+)?bearer\s+|api[_-]?key[\"'=: ]+|authorization[\"'=: ]+)"
-    r"[^\s\"',]+"
+    r"(?i)((?:authorization[\"'=: ]+)?bearer\s+|api[_-]?key[\"'=: ]+|authorization[\"'=: ]+"
+    r"|(?:password|passwd|secret|token)[\"']?=[\"']?)"
+    r"[^\s\"',&]+"
 )
+# Hugging Face access tokens, wherever they appear (an env dump, a URL, an error).
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}")
+
+# Names (of a log field, a header, a flag, an env variable) whose value is a secret.
+# ``token`` is a whole word: ``hf_token`` is a secret, ``prompt_tokens`` a count.
+_SECRET_NAME = re.compile(
+    r"(?i)(?:^|[_-])(?:api[_-]?key|apikey|authorization|cookie|credentials?|passw(?:or)?d"
+    r"|token|secret|(?:secret|access|private)[_-]?key)$")
+
+
+# A word every pattern above needs: text without one is returned untouched, cheaply.
+_TRIGGER = re.compile("key|bearer|authoriz|passw|secret|token|hf_")
+_names: dict[str, bool] = {}
 
 
 def scrub(text: str) -> str:
-    return _SECRET.sub(lambda m: m.group(1) + "[redacted]", text)
+    # Nearly every value is a plain id or name; the case-blind patterns cost ten times more.
+    # Each pattern needs a separator, so an alphanumeric value (a request id) holds none.
+    if text.isalnum() or _TRIGGER.search(text.lower()) is None:
+        return text
+    return _HF_TOKEN.sub(REDACTED, _SECRET.sub(lambda m: m.group(1) + REDACTED, text))
+
+
+def secret_name(name: str) -> bool:
+    """True when a field, flag (``--api-key``) or variable (``HF_TOKEN``) holds a secret."""
+    known = _names.get(name)
+    if known is None:
+        known = bool(_SECRET_NAME.search(name.lstrip("-")))
+        if len(_names) < 4096:  # names are a small set; a flood of odd ones is not cached
+            _names[name] = known
+    return known
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of secret flags (``--api-key X``, ``--api-key=X``) replaced."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        name, eq, _value = arg.partition("=")
+        if name.startswith("-") and secret_name(name):
+            if eq:
+                out.append(f"{name}={REDACTED}")
+                continue
+            hide_next = True
+        out.append(scrub(arg))
+    return out
+
+
+def clean(value: Any, depth: int = 0) -> Any:
+    """A log field's value with secrets scrubbed; in mappings, secret keys' values hidden."""
+    if type(value) is str:
+        return scrub(value)
+    if value is None or isinstance(value, int | float):  # bool is an int
+        return value
+    if depth < 4 and isinstance(value, Mapping):
+        return {k: REDACTED if isinstance(k, str) and secret_name(k) else clean(v, depth + 1)
+                for k, v in value.items()}
+    if depth < 4 and isinstance(value, list | tuple):
+        if all(type(v) is str for v in value):
+            return redact_argv(value)  # a list of words may be a command line
+        return [clean(v, depth + 1) for v in value]
+    return scrub(str(value))  # what json's default=str would print, scrubbed
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra=`` fields of ``record``, scrubbed (secret names show only ``[redacted]``).
+
+    Runs for every access-log line: plain values take the shortest path.
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.__dict__.items():
+        if key in _STANDARD or key[:1] == "_":
+            continue
+        if secret_name(key):
+            out[key] = REDACTED
+        elif type(value) is str:
+            out[key] = scrub(value)
+        else:
+            out[key] = clean(value)
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,9 +121,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        entry.update(extra_fields(record))
         if record.exc_info:
             entry["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, separators=(",", ":"))
@@ -51,10 +133,7 @@ class TextFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}" for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
+        extras = " ".join(f"{k}={v}" for k, v in extra_fields(record).items())
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp} {record.levelname.lower():7} {self.service}: {record.getMessage()}"
         if extras:

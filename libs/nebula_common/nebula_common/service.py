@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
 from hypercorn.asyncio import serve
@@ -21,7 +21,12 @@ from hypercorn.config import Config
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response
 
+from .asgi import ASGIApp
 from .config import Parser, fail, listen_address
+from .tasks import TaskSet, cancel_task
+
+if TYPE_CHECKING:
+    from hypercorn.typing import Framework
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +100,14 @@ Hook = Callable[[], Awaitable[None]]
 
 
 def run_app(
-    app: Quart,
+    app: Quart | ASGIApp,
     *,
     listen: str,
     prog: str,
     before: Hook | None = None,
     after: Hook | None = None,
     server: str = "hypercorn",
+    tasks: TaskSet | None = None,
     **hypercorn_overrides: Any,
 ) -> None:
     """Bind, then serve ``app`` on uvloop until SIGTERM/SIGINT; exit 0 on a clean stop.
@@ -109,6 +115,8 @@ def run_app(
     ``before`` runs once the loop exists and before the first request;
     ``after`` runs after the server stopped accepting (drain, deregister...).
     ``server="uvicorn"`` serves the same ASGI app with uvicorn's httptools protocol.
+    When a task of ``tasks`` that must not die crashes, the role stops the same
+    way (``after`` included) and exits 1 with a one-line reason: never half-alive.
     """
     if server == "uvicorn":
         try:
@@ -131,28 +139,37 @@ def run_app(
             def capture_signals(self) -> Iterator[None]:
                 yield
 
-        async def serving() -> None:
+        async def serving(stop: asyncio.Event) -> None:
             server = Server(config)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, setattr, server, "should_exit", True)
-            await server.serve(sockets=[sock])
+
+            async def stopper() -> None:
+                await stop.wait()
+                server.should_exit = True
+
+            watcher = asyncio.get_running_loop().create_task(stopper())
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                await cancel_task(watcher)
     else:
         hconfig = hypercorn_config(sock, **hypercorn_overrides)
 
-        async def serving() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await serve(app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        async def serving(stop: asyncio.Event) -> None:
+            # hypercorn types apps with its own TypedDict scopes; any ASGI callable serves.
+            await serve(cast("Framework", app), hconfig, shutdown_trigger=stop.wait)
 
     async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        watcher = None if tasks is None else loop.create_task(_stop_on_failure(tasks, stop))
         if before is not None:
             await before()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         try:
-            await serving()
+            await serving(stop)
         finally:
+            await cancel_task(watcher)
             if after is not None:
                 await after()
 
@@ -161,6 +178,20 @@ def run_app(
     # Both servers close the socket they were given; closing it again raised EBADF (or
     # could close an unrelated fd that reused the number), so only forget it here.
     sock.detach()
+    if tasks is not None and tasks.failed.is_set():
+        fail(prog, f"a task it cannot run without crashed: {_reason(tasks.error)}", code=1)
+
+
+async def _stop_on_failure(tasks: TaskSet, stop: asyncio.Event) -> None:
+    await tasks.failed.wait()
+    stop.set()
+
+
+def _reason(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = " ".join(str(error).split())  # one line, whatever the message holds
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -175,7 +206,3 @@ def run_forever(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(wrapper())
-
-
-def metrics_text() -> bytes:
-    return generate_latest()

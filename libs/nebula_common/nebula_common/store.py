@@ -1,32 +1,51 @@
 """Async etcd store on ``aetcd``: what aetcd lacks, done once for every role.
 
-aetcd gives plain RPCs. Nebula needs three more things from etcd, and they live
-here so that no role re-implements them:
+aetcd gives plain RPCs. Nebula needs more from etcd, and it lives here so that no
+role re-implements it:
 
 * **several endpoints** - calls rotate to the next endpoint when one is down;
-* **leases that stay alive** - :class:`LeaseKeeper` refreshes a lease, and when
-  etcd says it is gone (etcd restarted past the TTL, a partition) re-grants one
-  and puts every key it owns again, without the caller restarting anything;
-* **watches that survive** - :class:`PrefixMirror` lists a prefix, then watches
-  from the listed revision + 1; a broken watch resumes from the last seen
-  revision, a compacted one re-lists (the informer pattern of etcd's clients).
+* **fenced writes** - a compare-and-swap that also requires a :class:`Fence` (the
+  election key still holding the writer's identity under the writer's lease);
+* **leases that stay alive** - :class:`LeaseKeeper` refreshes a lease, writes only
+  keys that are absent or its own, and when etcd says the lease is gone (etcd
+  restarted past the TTL, a partition) re-grants one and registers again what the
+  role's *current* state says, without the caller restarting anything;
+* **watches that survive and cannot go silently stale** - :class:`PrefixMirror`
+  lists a prefix, then watches from the listed revision + 1 on its own stream
+  (:class:`WatchStream`) that requires a leader and asks etcd for progress while
+  quiet; a broken or silent watch resumes from the last seen revision on the next
+  endpoint, a compacted one re-lists (the informer pattern of etcd's clients).
+
+Their background tasks run in a :class:`~nebula_common.tasks.TaskSet`, the
+role's own when it passes one: a mirror that crashes is restarted, a lease
+keeper that crashes is fatal (the role cannot keep its keys any more).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions as etcd_errors
+import aetcd.transactions
+import aetcd.utils
 import grpc
+from aetcd import rpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
-from .tasks import cancel_task
+from .tasks import TaskSet, cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +84,60 @@ def _rpc_cancelled_under_us() -> bool:
 
 class StoreUnavailable(RuntimeError):
     """etcd could not be reached on any endpoint within the deadline."""
+
+
+class FenceLost(RuntimeError):
+    """A fenced write was refused: the fence key no longer holds the writer's identity."""
+
+
+class WatchBroken(ConnectionError):
+    """A watch ended: etcd cancelled it (no leader...), its stream failed, or it went silent."""
+
+
+PROGRESS_INTERVAL_S = 1.0
+"""How often a quiet watch asks etcd to confirm it is still following (a progress request)."""
+
+WATCH_STALL_S = 5.0
+"""A watch that etcd has not answered for this long is given up and opened again."""
+
+REQUIRE_LEADER = ("hasleader", "true")
+"""gRPC metadata: etcd refuses, or cancels, a watch while its member has no leader."""
+
+
+class _LeaseCompare(aetcd.transactions.BaseCompare):  # type: ignore[misc]  # untyped aetcd
+    """``lease(key) == id`` in a transaction (aetcd has VALUE, VERSION, CREATE, MOD only).
+
+    etcd compares an absent key as lease 0.
+    """
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = rpc.Compare.LEASE
+        compare.lease = int(self.value)
+
+
+def _lease_is(key: bytes, lease: int) -> Any:
+    return _LeaseCompare(key) == lease
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A condition of a write: ``key`` still holds ``value`` under ``lease``.
+
+    The scheduler fences plan writes with the election key: a leader that stalled
+    past its lease (and lost the key to a follower) has every later write refused.
+    """
+
+    key: str
+    value: bytes
+    lease: int
+
+    def compares(self, txn: Any) -> list[Any]:
+        key = self.key.encode()
+        return [txn.value(key) == self.value, _lease_is(key, self.lease)]
+
+    def held_in(self, kvs: Any) -> bool:
+        """True when a transaction's range result of :attr:`key` shows the fence holding."""
+        return any(value == self.value and meta.lease == self.lease for value, meta in kvs)
 
 
 @dataclass(frozen=True)
@@ -110,7 +183,7 @@ class KeyValue:
     lease: int = 0
 
 
-class _TlsClient(aetcd.Client):
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped: Client is Any
     """aetcd only opens plaintext channels; this one opens a TLS channel."""
 
     def __init__(self, *args: Any, credentials: grpc.ChannelCredentials, **kwargs: Any):
@@ -139,6 +212,12 @@ def _read(path: str | None) -> bytes | None:
         return None
     with open(path, "rb") as fh:
         return fh.read()
+
+
+async def _close_quietly(client: aetcd.Client) -> None:
+    """Close a client within 2 s; a channel that is already broken may fail to close."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 2)
 
 
 class EtcdStore:
@@ -186,10 +265,7 @@ class EtcdStore:
                 return  # another task already rotated
             self._client = None
             self._index += 1
-        try:
-            await asyncio.wait_for(failed.close(), 2)
-        except Exception:
-            pass
+        await _close_quietly(failed)
 
     @property
     def healthy(self) -> bool:
@@ -229,25 +305,17 @@ class EtcdStore:
 
     async def wait_until_ready(self, deadline_s: float = 30.0) -> None:
         """Block until etcd answers, or raise :class:`StoreUnavailable` after ``deadline_s``."""
-        end = time.monotonic() + deadline_s
-        delay = 0.1
-        while True:
-            try:
+        retrying = AsyncRetrying(retry=retry_if_exception_type(StoreUnavailable),
+                                 wait=wait_exponential(multiplier=0.1, max=1.0),
+                                 stop=stop_after_delay(deadline_s), reraise=True)
+        async for attempt in retrying:
+            with attempt:
                 await self.call(lambda c: c.status())
-                return
-            except StoreUnavailable:
-                if time.monotonic() + delay > end:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            try:
-                await asyncio.wait_for(client.close(), 2)
-            except Exception:
-                pass
+            await _close_quietly(client)
 
     # -- key/value --------------------------------------------------------------------
     @staticmethod
@@ -340,13 +408,17 @@ class PrefixMirror:
     ``items`` maps key -> value bytes. Listeners are called (with no argument)
     after every change, so consumers stay level-triggered: they look at the
     whole mirror, never at a single event. While etcd is unreachable the mirror
-    keeps its last known content and ``healthy`` is False.
+    keeps its last known content and ``healthy`` is False. Its watch loop and
+    the coroutines async listeners return run in ``tasks`` (its own set if None).
     """
 
-    def __init__(self, store: EtcdStore, prefix: str, name: str = ""):
+    def __init__(self, store: EtcdStore, prefix: str, name: str = "",
+                 tasks: TaskSet | None = None):
         self.store = store
         self.prefix = prefix
         self.name = name or prefix
+        self._own_tasks = tasks is None
+        self.tasks = TaskSet(f"mirror:{self.name}") if tasks is None else tasks
         self.items: dict[str, bytes] = {}
         self.revision = 0
         self.synced = asyncio.Event()
@@ -365,18 +437,20 @@ class PrefixMirror:
             try:
                 result = listener()
                 if asyncio.iscoroutine(result):
-                    asyncio.ensure_future(result)
+                    self.tasks.spawn(result, f"mirror-listener:{self.name}")
             except Exception:  # a listener bug must not stop the mirror
                 log.exception("mirror %s listener failed", self.name)
 
     def start(self) -> asyncio.Task[None]:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"mirror:{self.name}")
+            self._task = self.tasks.supervise(f"mirror:{self.name}", self._run)
         return self._task
 
     async def stop(self) -> None:
         await cancel_task(self._task)
         self._task = None
+        if self._own_tasks:
+            await self.tasks.close()  # listener coroutines still running
 
     async def _relist(self) -> None:
         kvs, revision = await self.store.get_prefix(self.prefix)
@@ -453,6 +527,10 @@ class LeaseKeeper:
     lease gone (TTL <= 0 on refresh), a new lease is granted and every
     remembered key is written again under it; ``on_regrant`` listeners run
     after that, so a role can re-announce derived state.
+
+    The keepalive runs in ``tasks`` as a task that must not die: a role passes
+    its own set and exits when the set's ``failed`` fires, instead of living on
+    while its keys expire.
     """
 
     store: EtcdStore
@@ -462,13 +540,14 @@ class LeaseKeeper:
     regrants: int = 0
     alive: bool = False
     on_regrant: list[Callable[[], Any]] = field(default_factory=list)
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("lease"))
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         self.lease_id = await self.store.grant(self.ttl)
         self.alive = True
-        self._task = asyncio.create_task(self._keepalive(), name="lease-keepalive")
+        self._task = self.tasks.supervise("lease-keepalive", self._keepalive, restart=False)
 
     async def put(self, key: str, value: bytes) -> None:
         """Write ``key`` under the lease and remember it for re-registration."""

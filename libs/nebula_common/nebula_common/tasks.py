@@ -21,7 +21,7 @@ from .retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
-TASK_CRASHES = Counter("nebula_task_crashes_total",
+TASK_CRASHES = Counter("nebula_common_task_crashes_total",
                        "Long-running tasks that raised, by kind of task (a restart follows "
                        "for supervised loops).", ["task"])
 

@@ -1,5 +1,5 @@
 """The gateway's ASGI application: the OpenAI POST paths on the raw hot path
-(:mod:`edge`), everything else (models, health, metrics, OpenAPI) on Quart."""
+(:mod:`gateway`), everything else (models, health, metrics, OpenAPI) on Quart."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from nebula_common import openai_errors
+from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send
 from nebula_common.service import add_basic_routes
+from nebula_common.tasks import TaskSet
 
 from .auth import AuthError
-from .edge import POST_PATHS, Gateway, GatewayConfig, Outcome, request_id_from
-from .proxy import RouterUnavailable
+from .config import GatewayConfig
+from .gateway import Gateway
+from .outcome import Outcome, request_id_from
+from .reply import refusal
+from .routers import RouterUnavailable
 from .validation import ValidationError
 
 __all__ = ["GatewayApp", "GatewayConfig", "create_app"]
@@ -44,12 +49,13 @@ class GatewayApp:
         self.quart = quart
         self.gateway = gateway
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in POST_PATHS):
+                and scope["path"] in OPENAI_POST_PATHS):
             await self.gateway(scope, receive, send)
         else:
-            await self.quart(scope, receive, send)
+            quart: Any = self.quart  # (its types are Hypercorn's TypedDicts, ours the ASGI spec's)
+            await quart(scope, receive, send)
 
 
 def build_quart(gateway: Gateway) -> Quart:
@@ -65,6 +71,7 @@ def build_quart(gateway: Gateway) -> Quart:
         return ok, "ready" if ok else "no router reachable"
 
     add_basic_routes(app, ready)
+    tasks = app.extensions["nebula_tasks"] = TaskSet("gateway")
 
     async def probe_loop() -> None:
         while True:
@@ -73,18 +80,16 @@ def build_quart(gateway: Gateway) -> Quart:
 
     @app.before_serving
     async def startup() -> None:
-        app.extensions["nebula_probe"] = asyncio.get_running_loop().create_task(probe_loop())
+        tasks.supervise("router-probe", probe_loop)  # a crash restarts it after a backoff
 
     @app.after_serving
     async def shutdown() -> None:
-        task = app.extensions.get("nebula_probe")
-        if task is not None:
-            task.cancel()
+        await tasks.close()
         await pool.close()
 
     @app.before_request
     async def assign_request_id() -> None:
-        g.request_id = request_id_from(request.headers)
+        g.request_id = request_id_from(request.headers.get("x-request-id"))
 
     @app.after_request
     async def echo_request_id(response: Response) -> Response:
@@ -120,7 +125,7 @@ def build_quart(gateway: Gateway) -> Quart:
         # the routes exist so that other methods get 405 with Allow, not 404
         return error_response(500, "unreachable", code="internal_error")
 
-    for path in POST_PATHS:
+    for path in sorted(OPENAI_POST_PATHS):
         app.add_url_rule(path, f"post:{path}", served_by_the_hot_path, methods=["POST"])
 
     @app.get("/openapi.json")
@@ -128,27 +133,26 @@ def build_quart(gateway: Gateway) -> Quart:
         from .openapi import openapi_document
         return Response(json.dumps(openapi_document()), content_type="application/json")
 
-    def begin(endpoint: str) -> Outcome:
+    def begin(endpoint: str) -> tuple[Outcome, dict[str, str]]:
         headers = {k.lower(): v for k, v in request.headers.items()}
         outcome = gateway.begin(endpoint, request.method, headers)
         outcome.request_id = g.request_id
         g.outcome = outcome
-        return outcome
+        return outcome, headers
 
     def refused(outcome: Outcome, exc: Exception) -> Response:
-        reply = gateway.error_reply(outcome, exc)
-        outcome.finish(reply.status)
-        resp = Response(reply.body, status=reply.status, content_type="application/json")
-        for name, value in reply.headers:
-            if name != b"content-type":
-                resp.headers[name.decode()] = value.decode()
+        status, body, headers = refusal(outcome, exc)
+        outcome.finish(status)
+        resp = Response(body, status=status, content_type="application/json")
+        for name, value in headers:
+            resp.headers[name.decode()] = value.decode()
         return resp
 
     @app.get("/v1/models")
     async def list_models() -> Response:
-        outcome = begin("/v1/models")
+        outcome, headers = begin("/v1/models")
         try:
-            gateway.authenticate(outcome, request.headers)
+            gateway.authenticate(outcome, headers)
             items = await catalog.items()
         except (AuthError, RouterUnavailable) as exc:
             return refused(outcome, exc)
@@ -162,9 +166,9 @@ def build_quart(gateway: Gateway) -> Quart:
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        outcome = begin("/v1/models/{model}")
+        outcome, headers = begin("/v1/models/{model}")
         try:
-            gateway.authenticate(outcome, request.headers)
+            gateway.authenticate(outcome, headers)
             info = await catalog.lookup(model_id)
             key = outcome.key
             if info is None or (key is not None and not (key.allows(info.id)

@@ -12,7 +12,7 @@ from nebula_common.logs import setup_logging
 from nebula_common.service import add_http_server_flag, run_app
 
 from .auth import KeyFileError, load_keys
-from .edge import GatewayConfig
+from .config import GatewayConfig
 
 PROG = "nebula-gateway"
 log = logging.getLogger("nebula.gateway")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             "listen": args.listen, "routers": config.router_urls,
             "api_keys": len(config.keys), "auth": "on" if config.keys else "off"})
 
-    run_app(app, listen=args.listen, prog=PROG, before=started,  # type: ignore[arg-type]
+    run_app(app, listen=args.listen, prog=PROG, before=started,
             server=args.http_server)
 
 

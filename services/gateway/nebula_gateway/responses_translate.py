@@ -311,7 +311,8 @@ def chat_to_response(chat: dict[str, Any], body: dict[str, Any],
 
 def sse_event(event: dict[str, Any]) -> bytes:
     """One Responses SSE frame with its ``event:`` line."""
-    return (b"event: " + event["type"].encode() + b"\ndata: "
+    kind: str = event["type"]
+    return (b"event: " + kind.encode() + b"\ndata: "
             + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
 
 
@@ -344,7 +345,8 @@ class StreamTranslator:
         return event
 
     def _snapshot(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.response))
+        copy: dict[str, Any] = json.loads(json.dumps(self.response))
+        return copy
 
     def start(self) -> list[dict[str, Any]]:
         return [self._event("response.created", response=self._snapshot()),

@@ -12,15 +12,23 @@ import aiohttp
 from opentelemetry import trace
 
 from nebula_common.keys import Keys
-from nebula_common.records import Endpoint, GpuInfo, NodeStatus, RecordError
+from nebula_common.records import (
+    Endpoint,
+    GpuInfo,
+    NodeStatus,
+    PlacementPlan,
+    RecordCache,
+    decode_or_skip,
+)
 from nebula_common.store import EtcdStore, LeaseKeeper, PrefixMirror
+from nebula_common.tasks import TaskSet, cancel_task
 
 from . import node_metrics as m
 from .context import NodeContext, NodeSettings, Publisher
 from .engines import EngineAdapter
 from .gpus import query_gpus
 from .process import reap_stale_engines
-from .reconcile import ReplicaKey, decode_plans, diff_replicas, replicas_for_node
+from .reconcile import ReplicaKey, diff_replicas, replicas_for_node
 from .supervisor import ReplicaSupervisor
 
 log = logging.getLogger(__name__)
@@ -30,18 +38,29 @@ RESYNC_S = 5.0
 
 
 class NodeAgent:
+    """Runs this node's share of the placements and keeps its etcd records true.
+
+    Every long-running task lives in :attr:`tasks`: the reconcile and housekeeping
+    loops and the replicas' own loops restart when they crash; boot and the lease
+    keepalive must not die (``main`` exits non-zero when ``tasks.failed`` fires).
+    """
+
     def __init__(self, settings: NodeSettings, store: EtcdStore, keys: Keys, lease_ttl: int,
                  adapters: dict[str, EngineAdapter], engines_available: list[str],
                  tracer: trace.Tracer, nvidia_smi: str = "nvidia-smi"):
         self.settings = settings
         self.store = store
         self.keys = keys
-        self.lease = LeaseKeeper(store, ttl=lease_ttl)
+        self.tasks = TaskSet("node")
+        self._loops: list[asyncio.Task[None]] = []
+        """Boot and the node's own loops: the first to go at shutdown."""
+        self.lease = LeaseKeeper(store, ttl=lease_ttl, tasks=self.tasks)
         self.adapters = adapters
         self.engines_available = engines_available
         self.tracer = tracer
         self.nvidia_smi = nvidia_smi
-        self.mirror = PrefixMirror(store, keys.placements, name="placements")
+        self.mirror = PrefixMirror(store, keys.placements, "placements", self.tasks)
+        self.plans = RecordCache(PlacementPlan)
         self.replicas: dict[ReplicaKey, ReplicaSupervisor] = {}
         self.stopping: dict[ReplicaKey, asyncio.Task[None]] = {}
         self.stopping_sups: dict[ReplicaKey, ReplicaSupervisor] = {}
@@ -49,7 +68,6 @@ class NodeAgent:
         self.started_at = time.time()
         self.ctx: NodeContext | None = None
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
         self._shutting_down = False
         self.reaped: list[str] = []
         m.bind_replica_gauge(self.count_in_state)
@@ -84,7 +102,8 @@ class NodeAgent:
         compose file starts at the same time.
         """
         self.reaped = await reap_stale_engines(self.settings.state_dir, self.settings.stop_grace)
-        self._tasks.append(asyncio.create_task(self._boot(), name="boot"))
+        # Without boot the node would answer /healthz forever and never run a replica.
+        self._loops.append(self.tasks.supervise("boot", self._boot, restart=False))
 
     async def _boot(self) -> None:
         while True:
@@ -106,10 +125,8 @@ class NodeAgent:
         await self._publish_status()
         self.mirror.subscribe(self._wake.set)
         self.mirror.start()
-        self._tasks += [
-            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-            asyncio.create_task(self._housekeeping_loop(), name="housekeeping"),
-        ]
+        self._loops += [self.tasks.supervise("reconcile", self._reconcile_loop),
+                        self.tasks.supervise("housekeeping", self._housekeeping_loop)]
         log.info("node %s started (advertise host %s, engines %s, %d GPUs)",
                  self.settings.node_id, self.settings.advertise_host,
                  ",".join(self.engines_available), len(self.gpus))
@@ -119,11 +136,9 @@ class NodeAgent:
         self._shutting_down = True
         timeout = timeout if timeout is not None else (
             self.settings.drain_timeout + self.settings.stop_grace + 10)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # The lease stays kept while replicas drain: their "draining" keys must not expire.
+        for task in self._loops:
+            await cancel_task(task)
         await self.mirror.stop()
         for key in list(self.replicas):
             self._begin_stop(key)
@@ -138,6 +153,7 @@ class NodeAgent:
             await self.ctx.session.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.lease.stop(revoke=True), 5)
+        await self.tasks.close()  # what is left: stops past their timeout, announcements
         await self.store.close()
         log.info("node %s stopped", self.settings.node_id)
 
@@ -154,11 +170,8 @@ class NodeAgent:
             log.warning("could not look for stale endpoints: %s", exc)
             return
         for kv in kvs:
-            try:
-                ep = Endpoint.from_json(kv.value)
-            except RecordError:
-                continue
-            if ep.node_id == node_id and kv.lease != self.lease.lease_id:
+            ep = decode_or_skip(Endpoint, kv.key, kv.value)
+            if ep is not None and ep.node_id == node_id and kv.lease != self.lease.lease_id:
                 log.warning("removing stale endpoint %s left by a previous run of this node",
                             kv.key)
                 with contextlib.suppress(Exception):
@@ -167,13 +180,11 @@ class NodeAgent:
 
     # -- reconcile -------------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
+        """A pass on every placement change and every RESYNC_S; a crash restarts it (backoff)."""
         await self.mirror.synced.wait()
         while True:
             self._wake.clear()
-            try:
-                self.reconcile()
-            except Exception:  # a bug in one pass must not end the loop
-                log.exception("reconcile failed")
+            self.reconcile()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESYNC_S)
 
@@ -182,8 +193,8 @@ class NodeAgent:
         if self._shutting_down or self.ctx is None:
             return
         with self.tracer.start_as_current_span("node.reconcile") as span:
-            plans, bad_keys = decode_plans(self.mirror.items)
-            desired = replicas_for_node(plans, self.settings.node_id)
+            plans, bad_keys = self.plans.decode(self.mirror.items)
+            desired = replicas_for_node(plans.values(), self.settings.node_id)
             protected = {k[len(self.keys.placements):] for k in bad_keys}
             current = {key: sup.spec for key, sup in self.replicas.items()}
             diff = diff_replicas(desired, current, busy=self.stopping, protected_models=protected)
@@ -195,14 +206,15 @@ class NodeAgent:
                 log.info("assignment %s/%s removed or changed; draining", *key)
                 self._begin_stop(key)
             for spec in diff.version_only:
-                asyncio.create_task(self.replicas[spec.key].update_plan_version(spec))
+                self.tasks.spawn(self.replicas[spec.key].update_plan_version(spec),
+                                 f"plan-version:{spec.name}")
             for spec in diff.start:
                 if spec.engine not in self.adapters:
                     log.error("unknown engine %r for %s/%s", spec.engine, *spec.key)
                     continue
                 log.info("starting replica %s/%s (engine %s, port %d)", spec.model_uid,
                          spec.replica_id, spec.engine, spec.port)
-                sup = ReplicaSupervisor(spec, self.ctx)
+                sup = ReplicaSupervisor(spec, self.ctx, self.tasks)
                 self.replicas[spec.key] = sup
                 sup.start()
 
@@ -224,7 +236,7 @@ class NodeAgent:
                 self._wake.set()  # a changed replica can start now
 
         self.stopping_sups[key] = sup
-        self.stopping[key] = asyncio.create_task(stop(), name=f"stop:{key[0]}/{key[1]}")
+        self.stopping[key] = self.tasks.spawn(stop(), f"stop:{key[0]}/{key[1]}")
 
     # -- status, retries, GPUs -------------------------------------------------------------
     def node_status(self) -> NodeStatus:
@@ -239,18 +251,16 @@ class NodeAgent:
                                      self.node_status().to_json())
 
     async def _housekeeping_loop(self) -> None:
+        """Retry failed etcd writes, refresh the GPU inventory; a crash restarts it (backoff)."""
         assert self.ctx is not None
         last_gpu = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            try:
-                await self.ctx.publisher.flush()
-                if time.monotonic() - last_gpu >= GPU_REFRESH_S:
-                    last_gpu = time.monotonic()
-                    gpus = await query_gpus(self.nvidia_smi)
-                    m.record_gpus(gpus)
-                    if gpus != self.gpus:
-                        self.gpus = gpus
-                        await self._publish_status()
-            except Exception:
-                log.exception("housekeeping failed")
+            await self.ctx.publisher.flush()
+            if time.monotonic() - last_gpu >= GPU_REFRESH_S:
+                last_gpu = time.monotonic()
+                gpus = await query_gpus(self.nvidia_smi)
+                m.record_gpus(gpus)
+                if gpus != self.gpus:
+                    self.gpus = gpus
+                    await self._publish_status()

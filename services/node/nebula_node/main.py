@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from quart import Quart, Response, jsonify, request
@@ -32,6 +33,17 @@ def default_advertise_host() -> str:
     return address or "127.0.0.1"
 
 
+def default_state_dir(node_id: str, env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_STATE_HOME/nebula/node/<node-id>`` (``~/.local/state`` when unset).
+
+    Per user and per node id, never the working directory: a node started from a
+    checkout leaves nothing in it, and two nodes on one host do not share pid files.
+    """
+    base = env.get("XDG_STATE_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "nebula" / "node" / node_id
+
+
 def parse_port_range(value: str) -> tuple[int, int]:
     low, sep, high = value.partition("-")
     if not sep or not low.strip().isdigit() or not high.strip().isdigit():
@@ -50,7 +62,9 @@ def build_parser() -> Parser:
     parser.add_flag("--advertise-host", default=None,
                     help="host other machines reach engines at (default: host name's address)")
     parser.add_flag("--state-dir", default=None,
-                    help="pid files and engine logs (default ./.nebula-node/<node-id>)")
+                    help="pid files and engine logs "
+                         "(default $XDG_STATE_HOME/nebula/node/<node-id>, "
+                         "XDG_STATE_HOME defaulting to ~/.local/state)")
     parser.add_flag("--lease-ttl", default=5, type=int, help="etcd lease TTL in seconds")
     parser.add_flag("--drain-timeout", default=30.0, type=float,
                     help="seconds to wait for in-flight requests before stopping a replica")
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, str(exc))
     if "/" in args.node_id:
         fail(PROG, f"node id {args.node_id!r} must not contain '/'")
-    state_dir = Path(args.state_dir or os.path.join(".nebula-node", args.node_id)).resolve()
+    state_dir = Path(args.state_dir or default_state_dir(args.node_id)).resolve()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         await agent.shutdown()
         shutdown_tracing()
 
-    run_app(app, listen=args.listen, prog=PROG, before=before, after=after)
+    run_app(app, listen=args.listen, prog=PROG, before=before, after=after, tasks=agent.tasks)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from nebula_common.records import GpuInfo
+from nebula_common.records import EndpointState, GpuInfo
 
-REPLICA_STATES = ("starting", "ready", "restarting", "draining", "stopped", "failed")
+
+class ReplicaState(StrEnum):
+    """Lifecycle of one replica on its node: ``/replicas`` and ``nebula_node_replicas{state}``.
+
+    The three an endpoint record also carries are the records' own values.
+    """
+
+    STARTING = "starting"
+    READY = EndpointState.READY.value
+    RESTARTING = "restarting"
+    DRAINING = EndpointState.DRAINING.value
+    STOPPED = "stopped"
+    FAILED = EndpointState.FAILED.value
+
+
+REPLICA_STATES = tuple(ReplicaState)
 
 REPLICAS = Gauge("nebula_node_replicas", "Replicas on this node by lifecycle state", ["state"])
 ENGINE_RESTARTS = Counter("nebula_node_engine_restarts_total",
@@ -36,5 +52,8 @@ def record_gpus(gpus: list[GpuInfo]) -> None:
 
 def bind_replica_gauge(count_in_state: Callable[[str], int]) -> None:
     """Make ``nebula_node_replicas{state}`` read live counts at scrape time."""
+    def reader(state: str) -> Callable[[], int]:
+        return lambda: count_in_state(state)
+
     for state in REPLICA_STATES:
-        REPLICAS.labels(state=state).set_function(lambda s=state: count_in_state(s))
+        REPLICAS.labels(state=state).set_function(reader(state))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nebula_common.logs import redact_argv
 from nebula_common.procs import cmd_matches, group_members, read_cmdline
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def pick_port(wanted: int, port_range: tuple[int, int], reserved: set[int],
         return wanted
     low, high = port_range
     start = wanted + 1 if low <= wanted < high else low
-    for port in [*range(start, high + 1), *range(low, start)]:
+    for port in itertools.chain(range(start, high + 1), range(low, start)):
         if port not in reserved and port_free(port, host):
             return port
     raise RuntimeError(f"no free port in {low}-{high} (wanted {wanted})")
@@ -123,6 +125,10 @@ class EngineProcess:
     async def spawn(self, argv: list[str], env: dict[str, str], port: int) -> None:
         """Start ``argv`` in a new session, log to the log file, write the pid file.
 
+        The log file's header line shows ``argv`` with secret values hidden (its tail
+        is published with a failed replica); the pid file keeps it whole, to be
+        compared with the live command line, and is readable by this user only.
+
         ``subprocess.Popen`` (vfork + exec) rather than the event loop's spawn: a
         plain fork() of a process with gRPC threads runs gRPC's fork handlers in
         the child, which can crash it before it execs.
@@ -132,7 +138,7 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 - a local append, tiny
             logf.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
-                       f"{' '.join(argv)}\n".encode())
+                       f"{' '.join(redact_argv(argv))}\n".encode())
             logf.flush()
             self.popen = subprocess.Popen(  # noqa: ASYNC220 - vfork+exec returns at once
                 argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -140,15 +146,21 @@ class EngineProcess:
         self.record = PidRecord(pgid=self.popen.pid, pid=self.popen.pid, port=port, cmd=argv,
                                 started_at=time.time())
         tmp = self.pid_path.with_suffix(".tmp")
-        tmp.write_text(self.record.to_json())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.record.to_json())
         tmp.replace(self.pid_path)
         # One waiter thread per engine reaps it and wakes the loop the moment it exits.
         self._exited = loop.create_future()
         popen, future = self.popen, self._exited
 
+        def settle(code: int) -> None:
+            if not future.done():
+                future.set_result(code)
+
         def wait() -> None:
             code = popen.wait()
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(code))
+            loop.call_soon_threadsafe(settle, code)
 
         threading.Thread(target=wait, name=f"wait:{self.name}", daemon=True).start()
 

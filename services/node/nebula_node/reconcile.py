@@ -2,45 +2,31 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from nebula_common.records import PlacementPlan, RecordError
+from nebula_common.records import PlacementPlan
 
 from .engines.base import ReplicaSpec
-
-log = logging.getLogger(__name__)
 
 ReplicaKey = tuple[str, str]
 
 
 def replicas_for_node(plans: Iterable[PlacementPlan],
                       node_id: str) -> dict[ReplicaKey, ReplicaSpec]:
-    """Every assignment of ``node_id`` across all plans, keyed by (model_uid, replica_id)."""
+    """Every assignment of ``node_id`` across all plans, keyed by (model_uid, replica_id).
+
+    The plans were decoded with their field types checked, so values are used as they are.
+    """
     desired: dict[ReplicaKey, ReplicaSpec] = {}
     for plan in plans:
         for a in plan.for_node(node_id):
             spec = ReplicaSpec(
                 model_uid=plan.model_uid, model_name=plan.model_name, engine=plan.engine,
-                replica_id=a.replica_id, port=int(a.port),
-                gpu_indices=tuple(int(i) for i in a.gpu_indices),
-                engine_args=tuple(str(x) for x in a.engine_args),
-                plan_version=int(plan.version))
+                replica_id=a.replica_id, port=a.port, gpu_indices=tuple(a.gpu_indices),
+                engine_args=tuple(a.engine_args), plan_version=plan.version)
             desired[spec.key] = spec
     return desired
-
-
-def decode_plans(items: Mapping[str, bytes]) -> tuple[list[PlacementPlan], set[str]]:
-    """Decode mirrored placement values; also return the keys that could not be decoded."""
-    plans, bad = [], set()
-    for key, raw in items.items():
-        try:
-            plans.append(PlacementPlan.from_json(raw))
-        except RecordError as exc:
-            log.warning("ignoring placement %s: %s", key, exc)
-            bad.add(key)
-    return plans, bad
 
 
 @dataclass

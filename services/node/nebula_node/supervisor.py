@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from typing import Any
 
 import aiohttp
-from tenacity import RetryCallState, wait_exponential
 
+from nebula_common.logs import redact_argv, scrub
 from nebula_common.records import Endpoint, EndpointState, EndpointStats
+from nebula_common.retry import backoff_delay
+from nebula_common.tasks import TaskSet, cancel_task
 
 from . import node_metrics as m
 from .context import NodeContext
 from .engines import EngineAdapter, MetricsSample, ReplicaSpec, prefix_hit_rate
+from .node_metrics import ReplicaState
 from .process import EngineProcess, pick_port
 
 log = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 2048
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 class EngineFailure(Exception):
@@ -29,10 +32,21 @@ class EngineFailure(Exception):
 
 
 def backoff_seconds(attempt: int, base: float, maximum: float) -> float:
-    """Exponential backoff before restart number ``attempt`` (1-based), via tenacity."""
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    return float(wait_exponential(multiplier=base, max=maximum)(state))
+    """Backoff before restart number ``attempt`` (1-based): ``base * 2**(attempt-1)``, capped.
+
+    No jitter: one node restarts its own replica, and tests and operators read the
+    delay from ``--restart-backoff``.
+    """
+    return backoff_delay(attempt, initial=base, maximum=maximum)
+
+
+def engine_listen_host(engine_host: str, advertise_host: str) -> str:
+    """The address engines listen on: ``--engine-host``, or the advertise host for a wildcard.
+
+    Never every interface: an engine has no authentication of its own, and only the
+    routers (at the advertised address) and this node (on the same host) call it.
+    """
+    return advertise_host if engine_host in WILDCARDS else engine_host
 
 
 def engine_base_env() -> dict[str, str]:
@@ -47,13 +61,18 @@ def engine_base_env() -> dict[str, str]:
 
 
 class ReplicaSupervisor:
-    """Keeps one replica's engine running and its etcd records true."""
+    """Keeps one replica's engine running and its etcd records true.
 
-    def __init__(self, spec: ReplicaSpec, ctx: NodeContext):
+    Its loop and its stats loop run in the node's ``tasks``: a crash of either
+    (a bug, not an engine failure: those are handled here) restarts it.
+    """
+
+    def __init__(self, spec: ReplicaSpec, ctx: NodeContext, tasks: TaskSet):
         self.spec = spec
         self.ctx = ctx
+        self.tasks = tasks
         self.adapter: EngineAdapter = ctx.adapters[spec.engine]
-        self.state = "starting"
+        self.state = ReplicaState.STARTING
         self.engine = EngineProcess(spec.name, ctx.settings.state_dir)
         self.port: int | None = None
         self.restarts = 0
@@ -77,14 +96,17 @@ class ReplicaSupervisor:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.ctx.settings.advertise_host}:{self.port}"
+        port = self.spec.port if self.port is None else self.port  # refused: never started
+        return f"http://{self.ctx.settings.advertise_host}:{port}"
+
+    @property
+    def listen_host(self) -> str:
+        return engine_listen_host(self.ctx.settings.engine_host, self.ctx.settings.advertise_host)
 
     @property
     def local_url(self) -> str:
-        """Where the node itself probes the engine (same host)."""
-        host = self.ctx.settings.engine_host
-        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        return f"http://{host}:{self.port}"
+        """Where the node itself probes the engine (same host, the address it listens on)."""
+        return f"http://{self.listen_host}:{self.port}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,7 +120,7 @@ class ReplicaSupervisor:
             "ready_since": self.ready_since, "log": str(self.engine.log_path),
         }
 
-    def _endpoint(self, status: str, reason: str = "", log_tail: str = "") -> Endpoint:
+    def _endpoint(self, status: EndpointState, reason: str = "", log_tail: str = "") -> Endpoint:
         return Endpoint(model_uid=self.spec.model_uid, model_name=self.spec.model_name,
                         replica_id=self.spec.replica_id, node_id=self.ctx.settings.node_id,
                         base_url=self.base_url, engine=self.spec.engine, status=status,
@@ -106,17 +128,23 @@ class ReplicaSupervisor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"replica:{self.spec.name}")
+        self._task = self.tasks.supervise(f"replica:{self.spec.name}", self._run)
 
     async def update_plan_version(self, spec: ReplicaSpec) -> None:
         """Same engine, newer plan: re-announce the endpoint with the new version only."""
         self.spec = spec
-        if self.registered and self.state == "ready":
+        if self.registered and self.state == ReplicaState.READY:
             await self.ctx.publisher.put(self.endpoint_key, self._endpoint(EndpointState.READY)
                                          .to_json())
 
     async def _run(self) -> None:
         settings = self.ctx.settings
+        refused = self.adapter.refusal(self.spec)
+        if refused:  # starting it again would not change the plan's arguments
+            await self._mark_failed(f"refused: {refused}", tail="")
+            log.error("replica model_uid=%s replica_id=%s not started: %s", self.spec.model_uid,
+                      self.spec.replica_id, refused)
+            return
         while True:
             try:
                 await self._start_engine()
@@ -134,9 +162,12 @@ class ReplicaSupervisor:
                 self.failures += 1
                 if self.failures > settings.restart_max:
                     await self._mark_failed(str(exc))
+                    log.error("replica model_uid=%s replica_id=%s failed %d times in a row; "
+                              "not restarting (last: %s)", self.spec.model_uid,
+                              self.spec.replica_id, self.failures, exc)
                     return
                 delay = backoff_seconds(self.failures, settings.backoff_base, settings.backoff_max)
-                self.state = "restarting"
+                self.state = ReplicaState.RESTARTING
                 log.warning("engine %s/%s failed (%s); restart %d/%d in %.1fs",
                             self.spec.model_uid, self.spec.replica_id, exc, self.failures,
                             settings.restart_max, delay)
@@ -146,7 +177,10 @@ class ReplicaSupervisor:
 
     async def _start_engine(self) -> None:
         ctx, settings = self.ctx, self.ctx.settings
-        self.state = "starting"
+        self.state = ReplicaState.STARTING
+        if not self.engine.exited:
+            # A crashed loop restarted by the task set may have left its engine running.
+            await self.engine.stop(settings.stop_grace)
         with ctx.tracer.start_as_current_span("node.engine_start", attributes={
                 "nebula.model_uid": self.spec.model_uid, "nebula.replica_id": self.spec.replica_id,
                 "nebula.engine": self.spec.engine, "nebula.node_id": settings.node_id}) as span:
@@ -154,14 +188,14 @@ class ReplicaSupervisor:
                 if self.port is not None:
                     ctx.reserved_ports.discard(self.port)
                 self.port = pick_port(self.spec.port, settings.port_range, ctx.reserved_ports,
-                                      settings.engine_host)
+                                      self.listen_host)
                 ctx.reserved_ports.add(self.port)
             span.set_attribute("nebula.port", self.port)
             if self.port != self.spec.port:
                 log.warning("port %d is taken on this host; %s/%s uses port %d instead",
                             self.spec.port, self.spec.model_uid, self.spec.replica_id, self.port)
             try:
-                argv = self.adapter.command(self.spec, self.port, settings.engine_host)
+                argv = self.adapter.command(self.spec, self.port, self.listen_host)
             except Exception as exc:  # a bad spec fails this replica, not the node
                 raise EngineFailure(f"cannot build the engine command: {exc}") from None
             env = self.adapter.env(self.spec, engine_base_env())
@@ -174,7 +208,7 @@ class ReplicaSupervisor:
                 raise EngineFailure(f"cannot start {argv[0]}: {exc}") from None
             log.info("started engine %s/%s pid=%s port=%d", self.spec.model_uid,
                      self.spec.replica_id, self.engine.pid, self.port,
-                     extra={"cmd": " ".join(argv)})
+                     extra={"cmd": " ".join(redact_argv(argv))})
             await self._wait_ready(began)
             seconds = time.monotonic() - began
             span.set_attribute("nebula.start_seconds", seconds)
@@ -196,15 +230,15 @@ class ReplicaSupervisor:
             delay = min(delay * 1.5, 1.0)
 
     async def _register(self) -> None:
-        self.state = "ready"
+        self.state = ReplicaState.READY
         self.ready_since = time.monotonic()
         self.registered = True
         await self.ctx.publisher.put(self.endpoint_key,
                                      self._endpoint(EndpointState.READY).to_json())
         log.info("registered endpoint model_uid=%s replica_id=%s base_url=%s",
                  self.spec.model_uid, self.spec.replica_id, self.base_url)
-        self._stats_task = asyncio.create_task(self._stats_loop(),
-                                               name=f"stats:{self.spec.name}")
+        await self._stop_stats()  # a restarted loop may have left the previous one
+        self._stats_task = self.tasks.supervise(f"stats:{self.spec.name}", self._stats_loop)
 
     async def _monitor(self) -> None:
         """Return never; raise EngineFailure when the engine dies or stops answering."""
@@ -224,10 +258,7 @@ class ReplicaSupervisor:
 
     async def _stop_stats(self) -> None:
         task, self._stats_task = self._stats_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_task(task)
 
     async def _deregister_and_kill(self, reason: str) -> None:
         # Deregister first, before anything else, so routers stop sending at once.
@@ -240,13 +271,15 @@ class ReplicaSupervisor:
         await self.ctx.publisher.delete(self.stats_key)
         await self.engine.stop(self.ctx.settings.stop_grace)
 
-    async def _mark_failed(self, reason: str) -> None:
-        self.state = "failed"
-        tail = self.engine.log_tail(LOG_TAIL_BYTES)
+    async def _mark_failed(self, reason: str, tail: str | None = None) -> None:
+        """Publish ``failed`` with ``reason`` and the engine log's tail (secrets scrubbed)."""
+        self.state = ReplicaState.FAILED
+        self.last_error = reason
+        if tail is None:
+            # Engines print their own arguments (vLLM: api_key=...); the tail goes to etcd.
+            tail = scrub(self.engine.log_tail(LOG_TAIL_BYTES))
         await self.ctx.publisher.put(self.endpoint_key,
                                      self._endpoint(EndpointState.FAILED, reason, tail).to_json())
-        log.error("replica model_uid=%s replica_id=%s failed %d times in a row; not restarting "
-                  "(last: %s)", self.spec.model_uid, self.spec.replica_id, self.failures, reason)
 
     # -- stats -------------------------------------------------------------------------
     async def scrape(self) -> MetricsSample | None:
@@ -285,16 +318,13 @@ class ReplicaSupervisor:
     async def drain_and_stop(self, timeout: float) -> None:
         """Mark draining, wait for in-flight requests (up to ``timeout``), stop, delete keys."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_task(task)
         was_ready = self.registered and not self.engine.exited
         with self.ctx.tracer.start_as_current_span("node.replica_drain", attributes={
                 "nebula.model_uid": self.spec.model_uid,
                 "nebula.replica_id": self.spec.replica_id}):
             if was_ready:
-                self.state = "draining"
+                self.state = ReplicaState.DRAINING
                 await self.ctx.publisher.put(self.endpoint_key,
                                              self._endpoint(EndpointState.DRAINING).to_json())
                 await self._wait_idle(timeout)
@@ -305,7 +335,7 @@ class ReplicaSupervisor:
             await self.engine.stop(self.ctx.settings.stop_grace)
         if self.port is not None:
             self.ctx.reserved_ports.discard(self.port)
-        self.state = "stopped"
+        self.state = ReplicaState.STOPPED
         log.info("stopped replica model_uid=%s replica_id=%s", self.spec.model_uid,
                  self.spec.replica_id)
 

@@ -2,7 +2,7 @@
 
 Requests on the hot path (POST /v1/chat/completions, ...) go straight to
 :class:`Proxy` without building framework request/response objects; health,
-metrics, /v1/models and /debug/endpoints are ordinary Quart routes.
+metrics, /v1/models, /debug/endpoints and /debug/policy are ordinary Quart routes.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 
 from quart import Quart, Response
 
+from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send
 from nebula_common.openai_errors import error_json
 from nebula_common.service import add_basic_routes
 
 from . import metrics
-from .proxy import PROXY_PATHS, Proxy
+from .proxy import Proxy
 from .table import EndpointTable, ModelEntry, debug_rows, dumps
 
 
@@ -54,9 +55,13 @@ def build_quart(table: EndpointTable, proxy: Proxy) -> Quart:
     @app.get("/debug/endpoints")
     async def debug_endpoints() -> Response:
         return json_response({
-            "policy": proxy.pipeline.policy, "synced": table.synced,
+            "policy": proxy.pipeline.name, "synced": table.synced,
             "etcd_connected": table.connected, "endpoints": debug_rows(
                 table, time.monotonic(), outlier.state)})
+
+    @app.get("/debug/policy")
+    async def debug_policy() -> Response:
+        return json_response(proxy.pipeline.describe())
 
     metrics.install_collector(lambda: (list(table.replicas.values()), table.connected,
                                        outlier.state))
@@ -70,9 +75,10 @@ class RouterApp:
         self.quart = quart
         self.proxy = proxy
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in PROXY_PATHS):
+                and scope["path"] in OPENAI_POST_PATHS):
             await self.proxy(scope, receive, send)
         else:
-            await self.quart(scope, receive, send)
+            # Quart types its scope as hypercorn's TypedDicts; ASGI gives us the plain mapping.
+            await self.quart(scope, receive, send)  # type: ignore[arg-type]

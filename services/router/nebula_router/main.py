@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -13,7 +14,7 @@ from nebula_common.store import EtcdStore
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
 
 from .app import RouterApp, build_quart
-from .policy import POLICIES, OutlierPolicy, Pipeline
+from .policy import POLICIES, OutlierPolicy, Pipeline, PolicyError, Settings, load_profile
 from .proxy import Proxy, ProxyConfig
 from .table import EndpointTable
 
@@ -27,6 +28,8 @@ def build_parser() -> Parser:
     p.add_flag("--policy", default="least_load", choices=list(POLICIES), metavar="POLICY",
                help="replica choice: least_load (power of two choices), round_robin, random, "
                     "session (affinity on x-session-id or user), prefix (prompt-prefix affinity)")
+    p.add_flag("--policy-profile", default=None, metavar="PATH",
+               help="YAML policy profile (filters, weighted scorers, picker); replaces --policy")
     p.add_flag("--max-retries", default=2, type=int,
                help="extra replicas tried when one fails before the first byte")
     p.add_flag("--max-body-bytes", default=16 * 1024 * 1024, type=int,
@@ -67,6 +70,14 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging("router", args.log_level, args.log_format)
+    settings = Settings(outlier=OutlierPolicy(args.eject_after, args.eject_base, args.eject_max),
+                        bound_c=args.bound_load, max_in_flight=args.max_in_flight,
+                        rng=random.Random())
+    try:
+        profile = load_profile(args.policy_profile) if args.policy_profile else args.policy
+        pipeline = Pipeline.build(profile, settings)
+    except PolicyError as exc:
+        fail(PROG, str(exc))
     try:
         cfg = etcd_config(args)
     except ValueError as exc:
@@ -74,10 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     tracer = setup_tracing("router") if tracing_enabled() else None
     store = EtcdStore(cfg)
     table = EndpointTable(store, keys(args))
-    pipeline = Pipeline(policy=args.policy,
-                        outlier=OutlierPolicy(args.eject_after, args.eject_base, args.eject_max),
-                        bound_c=args.bound_load, max_in_flight=args.max_in_flight,
-                        rng=random.Random())
     proxy = Proxy(table, pipeline, ProxyConfig(
         max_retries=max(args.max_retries, 0), max_body_bytes=args.max_body_bytes,
         connect_timeout=args.connect_timeout, ttfb_timeout=args.ttfb_timeout,
@@ -90,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     async def before() -> None:
         await proxy.start()
         table.start()
-        log.info("router listening on %s, policy %s, etcd %s", args.listen, args.policy,
+        log.info("router listening on %s, policy %s, etcd %s", args.listen, pipeline.name,
                  ",".join(cfg.endpoints))
+        log.info("routing policy %s", json.dumps(pipeline.describe(), separators=(",", ":")))
 
     async def after() -> None:
         await table.stop()
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         await store.close()
         shutdown_tracing()
 
-    run_app(app, listen=args.listen, prog=PROG, before=before, after=after,  # type: ignore[arg-type]
+    run_app(app, listen=args.listen, prog=PROG, before=before, after=after,
             server=args.http_server)
 
 

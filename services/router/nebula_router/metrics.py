@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+from nebula_common.records import EndpointState
+
+from .policy import Candidate
+
+M = TypeVar("M", bound=MetricWrapperBase)
+Snapshot = Callable[[], tuple[list[Candidate], bool, Callable[[Candidate, float], str]]]
+"""Scrape-time view of the table: replicas, etcd connected, outlier state of a replica."""
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 120.0, 300.0)
@@ -38,14 +48,14 @@ CLIENT_DISCONNECTS = Counter("nebula_router_client_disconnects_total",
                              "Requests whose client went away; the upstream call was cancelled")
 
 
-class Labelled:
+class Labelled(Generic[M]):
     """Caches labelled children: ``labels()`` takes a lock and builds tuples each call."""
 
-    def __init__(self, metric):  # type: ignore[no-untyped-def]
+    def __init__(self, metric: M):
         self.metric = metric
-        self.children: dict[tuple[str, ...], object] = {}
+        self.children: dict[tuple[str, ...], M] = {}
 
-    def __call__(self, *values: str):  # type: ignore[no-untyped-def]
+    def __call__(self, *values: str) -> M:
         child = self.children.get(values)
         if child is None:
             child = self.children[values] = self.metric.labels(*values)
@@ -64,7 +74,7 @@ upstream_errors_c = Labelled(UPSTREAM_ERRORS)
 class TableCollector(Collector):
     """Scrape-time gauges over the endpoint table."""
 
-    def __init__(self, snapshot: Callable[[], tuple[list, bool, Callable]]):  # type: ignore[type-arg]
+    def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -72,13 +82,13 @@ class TableCollector(Collector):
         now = time.monotonic()
         in_flight = GaugeMetricFamily("nebula_router_in_flight",
                                       "Requests in flight per replica", labels=["model", "replica"])
-        states: dict[str, int] = {"ready": 0, "draining": 0, "failed": 0, "ejected": 0,
-                                  "half_open": 0}
+        states: dict[str, int] = {**dict.fromkeys(map(str, EndpointState), 0),
+                                  "ejected": 0, "half_open": 0}
         for c in replicas:
             in_flight.add_metric([c.model_uid, c.replica_id], c.in_flight)
             st = state_of(c, now)
             if st == "closed":
-                key = c.status if c.status in states else "failed"
+                key = c.status if c.status in states else EndpointState.FAILED
             else:
                 key = st
             states[key] += 1
@@ -100,7 +110,7 @@ class TableCollector(Collector):
 _collector: TableCollector | None = None
 
 
-def install_collector(snapshot: Callable[[], tuple[list, bool, Callable]]) -> None:  # type: ignore[type-arg]
+def install_collector(snapshot: Snapshot) -> None:
     global _collector
     if _collector is not None:
         REGISTRY.unregister(_collector)

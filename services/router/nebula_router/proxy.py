@@ -1,8 +1,8 @@
 """The request path: read the body, pick a replica, stream the answer through.
 
 This is a raw ASGI handler (no framework objects per request): the router's hot
-path parses only what routing needs (``model``, and the prompt prefix or
-``user`` for the affinity policies), forwards the original body bytes, and
+path parses only what routing needs (``model``, and what the policy's plugins
+declared they read: ``policy.request``), forwards the original body bytes, and
 passes upstream chunks to the client as they arrive. Retries happen only before
 the first byte reached the client; afterwards a broken upstream ends an SSE
 stream with an error event so OpenAI clients raise instead of truncating.
@@ -16,29 +16,34 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from opentelemetry import propagate, trace
-from tenacity import RetryCallState, wait_exponential_jitter
 
-from nebula_common.asgi import DisconnectWatcher
+from nebula_common.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    DisconnectWatcher,
+    RawHeaders,
+    Receive,
+    Scope,
+    Send,
+    declared_length,
+    read_body,
+    send_json,
+)
 from nebula_common.openai_errors import error_json, sse_error_event
+from nebula_common.retry import backoff_delay
 from nebula_common.tracing import extract
 
 from . import metrics as m
 from .headers import request_headers, response_headers
-from .policy import Candidate, Pipeline, RouteKeys, prefix_text
-from .policy.pipeline import LOAD_BASED
+from .policy import Candidate, KeyReader, Pipeline, RouteKeys
+from .policy.request import PRIORITY_HEADER, SESSION_HEADER, TENANT_HEADER
 from .table import EndpointTable, ModelEntry
 
 access_log = logging.getLogger("nebula.router.access")
 log = logging.getLogger(__name__)
-
-PROXY_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                         "/v1/responses"})
-
-JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 @dataclass
@@ -102,12 +107,9 @@ class Proxy:
         self.config = config
         self.tracer = tracer
         self.session: aiohttp.ClientSession | None = None
-        self._wait = wait_exponential_jitter(multiplier=config.retry_initial_s,
-                                             max=config.retry_max_s,
-                                             jitter=config.retry_initial_s)
-        self._policy = pipeline.policy
-        self._needs_prefix = pipeline.policy == "prefix"
-        self._header_affinity = pipeline.policy in LOAD_BASED
+        self._policy = pipeline.name
+        # What to read from each request is what the pipeline's plugins declared.
+        self.keys = KeyReader(pipeline.needs, config.prefix_chars)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -130,29 +132,37 @@ class Proxy:
             self.session = None
 
     def backoff(self, retry_number: int) -> float:
-        """Jittered exponential pause before retry ``retry_number`` (1-based), via tenacity."""
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = retry_number
-        return self._wait(state)
+        """Jittered exponential pause before retry ``retry_number`` (1-based)."""
+        cfg = self.config
+        return backoff_delay(retry_number, initial=cfg.retry_initial_s,
+                             maximum=cfg.retry_max_s, jitter=cfg.retry_initial_s)
 
     # -- entry point --------------------------------------------------------------------
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         out = _Outcome()
-        span = None
+        span: trace.Span | None = None
         req_id = ""
         incoming_tp = ""
-        session_hdr = None
-        length = -1
+        length: int | None = None
+        reader = self.keys
+        keys = RouteKeys()
+        more = reader.more_headers  # else every other header skips two compares
         for name, value in scope["headers"]:
             if name == b"content-length":
-                length = int(value) if value.isdigit() else -1
+                length = declared_length(value)
             elif name == b"x-request-id":
                 req_id = value.decode("latin-1")
-            elif name == b"x-session-id":
-                session_hdr = value.decode("latin-1")
+            elif name == SESSION_HEADER:
+                if reader.session:
+                    keys.session = value.decode("latin-1")
             elif name == b"traceparent":
                 incoming_tp = value.decode("latin-1")
+            elif more:
+                if name == TENANT_HEADER and reader.tenant:
+                    keys.tenant = value.decode("latin-1")
+                elif name == PRIORITY_HEADER and reader.priority:
+                    keys.priority = value.decode("latin-1")
         if self.tracer is not None:
             ctx = extract({n.decode("latin-1"): v.decode("latin-1")
                            for n, v in scope["headers"]})
@@ -163,13 +173,13 @@ class Proxy:
         watcher: DisconnectWatcher | None = None
         try:
             try:
-                body = await self._read_body(receive, length, out, send)
+                body = await self._body(receive, send, out, length)
                 if body is None:
                     return
                 # A disconnect after the response completed cancels nothing.
                 watcher = DisconnectWatcher(receive, ignore=lambda: out.closing)
                 async with asyncio.timeout(self.config.total_timeout):
-                    await self._route(scope, body, send, out, span, req_id, session_hdr)
+                    await self._route(scope, body, send, out, span, req_id, keys)
                 if out.abort:
                     raise IncompleteBody(f"upstream body cut mid-way ({out.replica})")
             except asyncio.CancelledError:
@@ -182,7 +192,7 @@ class Proxy:
                            f"({self.config.total_timeout:g}s)")
                 if out.ttfb is None:
                     out.status = 504
-                    await _respond(send, 504, error_json(504, message, code="timeout"))
+                    await send_json(send, 504, error_json(504, message, code="timeout"))
                 elif out.sse and not out.closing:
                     m.STREAM_ERRORS.inc()
                     out.closing = True
@@ -196,41 +206,28 @@ class Proxy:
                 watcher.stop()
             self._finish(out, started, span, out.request_id or req_id, incoming_tp)
 
-    async def _read_body(self, receive: Any, length: int, out: _Outcome, send: Any
-                         ) -> bytes | None:
-        limit = self.config.max_body_bytes
-        if length > limit:
-            await self._reject(send, out, 413, f"request body of {length} bytes exceeds the "
-                               f"limit of {limit} bytes", code="request_too_large")
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                out.status = 499
-                return None
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    await self._reject(send, out, 413, f"request body exceeds the limit of "
-                                       f"{limit} bytes", code="request_too_large")
-                    return None
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    async def _body(self, receive: Receive, send: Send, out: _Outcome, declared: int | None
+                    ) -> bytes | None:
+        """The request body; None when the client got its 413 or went away."""
+        try:
+            return await read_body(receive, self.config.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            await self._reject(send, out, 413, str(exc), code="request_too_large")
+        except ClientGone:
+            out.status = 499
+        return None
 
-    async def _reject(self, send: Any, out: _Outcome, status: int, message: str,
-                      headers: list[tuple[bytes, bytes]] | None = None, **kw: Any) -> None:
+    async def _reject(self, send: Send, out: _Outcome, status: int, message: str,
+                      headers: RawHeaders | None = None, *, param: str | None = None,
+                      code: str | None = None) -> None:
         out.status = status
         out.closing = True
-        await _respond(send, status, error_json(status, message, **kw), headers)
+        await send_json(send, status, error_json(status, message, param=param, code=code),
+                        headers)
 
     # -- routing ------------------------------------------------------------------------
-    async def _route(self, scope: dict, body: bytes, send: Any, out: _Outcome,
-                     span: Any, req_id: str, session_hdr: str | None) -> None:
+    async def _route(self, scope: Scope, body: bytes, send: Send, out: _Outcome,
+                     span: trace.Span | None, req_id: str, keys: RouteKeys) -> None:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -259,14 +256,8 @@ class Proxy:
             span.set_attribute("nebula.model_uid", entry.model_uid)
             span.set_attribute("nebula.policy", self._policy)
 
-        keys = RouteKeys()
-        if session_hdr and self._header_affinity:
-            keys.session = session_hdr
-        elif self._policy == "session":
-            user = data.get("user")
-            keys.session = user if isinstance(user, str) and user else None
-        if self._needs_prefix:
-            keys.prefix = prefix_text(data, self.config.prefix_chars)
+        if self.keys.body:
+            self.keys.from_body(keys, data)
 
         headers = request_headers(scope["headers"])
         if not req_id:
@@ -279,10 +270,11 @@ class Proxy:
         await self._attempts(entry, keys, body, headers, url_tail, send, out, span)
 
     async def _attempts(self, entry: ModelEntry, keys: RouteKeys, body: bytes,
-                        headers: dict[str, str], url_tail: str, send: Any, out: _Outcome,
-                        span: Any) -> None:
+                        headers: dict[str, str], url_tail: str, send: Send, out: _Outcome,
+                        span: trace.Span | None) -> None:
         tried: list[Candidate] = []
         last: tuple[Candidate, AttemptFailed] | None = None
+        unreachable = True  # every attempt so far failed to connect: nothing was sent
         pipeline = self.pipeline
         for attempt in range(self.config.max_retries + 1):
             cand, reason = pipeline.choose(entry.candidates, keys, time.monotonic(), tried)
@@ -301,6 +293,7 @@ class Proxy:
                 return
             except AttemptFailed as failure:
                 last = (cand, failure)
+                unreachable = unreachable and failure.kind == "connect"
                 m.upstream_errors_c(failure.kind).inc()
                 log.debug("attempt on %s failed: %s", cand.ref, failure.message)
         if last is None:
@@ -308,13 +301,20 @@ class Proxy:
                                f"'{entry.model_name}'", [(b"retry-after", b"1")],
                                code="no_ready_replica")
             return
-        cand, failure = last
+        cand, final = last
+        if unreachable:
+            # No replica could even be connected to (a host gone, before its lease expires):
+            # the model is unavailable for now, as with no replica at all, so say when to retry.
+            await self._reject(send, out, 503, f"no replica of model '{entry.model_name}' is "
+                               f"reachable ({len(tried)} tried; last: {final.message})",
+                               [(b"retry-after", b"1")], code="no_reachable_replica")
+            return
         await self._reject(send, out, 502, f"all {len(tried)} attempts failed; last: replica "
-                           f"{cand.ref}: {failure.message}", code="upstream_failed")
+                           f"{cand.ref}: {final.message}", code="upstream_failed")
 
     async def _attempt(self, cand: Candidate, entry: ModelEntry, body: bytes,
-                       headers: dict[str, str], url_tail: str, send: Any, out: _Outcome,
-                       parent: Any) -> None:
+                       headers: dict[str, str], url_tail: str, send: Send, out: _Outcome,
+                       parent: trace.Span | None) -> None:
         """One try on ``cand``; raises :class:`AttemptFailed` if nothing was sent yet."""
         outlier = self.pipeline.outlier
         outlier.on_attempt(cand, time.monotonic())
@@ -341,6 +341,11 @@ class Proxy:
             except AttemptFailed as failure:
                 verdict = False if failure.replica_fault else None
                 raise
+            except aiohttp.ConnectionTimeoutError:
+                # aiohttp's connect timeout is also a TimeoutError: tell it apart first.
+                verdict = False
+                raise AttemptFailed("connect", "cannot connect within "
+                                    f"{self.config.connect_timeout:g}s") from None
             except TimeoutError:
                 verdict = False
                 raise AttemptFailed("ttfb_timeout", "no first byte within "
@@ -374,8 +379,8 @@ class Proxy:
                                     "failed" if verdict is False else "abandoned")
                 span.end()
 
-    def _client_span(self, parent: Any, cand: Candidate, headers: dict[str, str]
-                     ) -> tuple[Any, dict[str, str]]:
+    def _client_span(self, parent: trace.Span, cand: Candidate, headers: dict[str, str]
+                     ) -> tuple[trace.Span, dict[str, str]]:
         assert self.tracer is not None
         ctx = trace.set_span_in_context(parent)
         span = self.tracer.start_span("router.upstream", context=ctx,
@@ -389,7 +394,7 @@ class Proxy:
         return span, headers
 
     async def _stream(self, cand: Candidate, resp: aiohttp.ClientResponse, first: bytes,
-                      send: Any, out: _Outcome) -> bool:
+                      send: Send, out: _Outcome) -> bool:
         """Send status, headers and body to the client; returns the replica's verdict."""
         hdrs = response_headers(resp.raw_headers, keep_length=True)
         if self.config.replica_header:
@@ -435,7 +440,7 @@ class Proxy:
         resp.release()
         return True
 
-    def _finish(self, out: _Outcome, started: float, span: Any, req_id: str,
+    def _finish(self, out: _Outcome, started: float, span: trace.Span | None, req_id: str,
                 incoming_tp: str) -> None:
         now = time.perf_counter()
         status = out.status or 500
@@ -469,12 +474,3 @@ class Proxy:
 def _status_class(status: int) -> str:
     """Status label: exact code (a bounded set: what the router and engines answer)."""
     return str(status) if 100 <= status <= 599 else "other"
-
-
-async def _respond(send: Any, status: int, body: bytes,
-                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    hdrs = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if headers:
-        hdrs.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,7 +1,12 @@
 """The router's endpoint table: etcd mirrors folded into an in-memory lookup.
 
-Three :class:`PrefixMirror` copies (endpoints, stats, placements) feed
-:func:`build_index`, a pure function that maps every model name and uid to a
+Four :class:`PrefixMirror` copies (endpoints, stats, placements, nodes) are
+decoded through :class:`RecordCache` (a value is parsed once while it is
+unchanged; a bad one is logged, counted and skipped). :func:`screen_endpoints`
+then refuses every endpoint whose ``base_url`` is not a plain ``http(s)://host:port``
+on the advertise host of the node that registered it: whoever can write one key
+to etcd must not be able to point the router at an arbitrary URL. What is left goes
+to :func:`build_index`, a pure function that maps every model name and uid to a
 :class:`ModelEntry` with its candidates. The table is rebuilt on every change
 (level-triggered), reusing the same :class:`Candidate` object per replica so
 local state survives; while etcd is unreachable the last table keeps serving.
@@ -10,14 +15,24 @@ local state survives; while etcd is unreachable the last table keeps serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from nebula_common.keys import Keys
-from nebula_common.records import Endpoint, EndpointStats, PlacementPlan, RecordError
+from nebula_common.records import (
+    INVALID_RECORDS,
+    Endpoint,
+    EndpointState,
+    EndpointStats,
+    NodeStatus,
+    PlacementPlan,
+    RecordCache,
+)
 from nebula_common.store import EtcdStore, PrefixMirror
 
 from .policy import Candidate
@@ -38,49 +53,69 @@ class ModelEntry:
 
     @property
     def ready_replicas(self) -> int:
-        return sum(1 for c in self.candidates if c.status == "ready")
+        return sum(1 for c in self.candidates if c.status == EndpointState.READY)
 
 
-def _decode(raw: bytes, cls, key: str):  # type: ignore[no-untyped-def]
+REFUSED = "refused"
+"""The ``status`` /debug/endpoints shows for a refused endpoint."""
+
+
+@functools.lru_cache(maxsize=4096)
+def url_host(url: str) -> tuple[str, str]:
+    """``(host, "")`` for a plain ``http(s)://host:port`` (no path, query, fragment or user);
+    ``("", problem)`` otherwise. Cached: the table is rebuilt whenever any stats change."""
+    if any(c.isspace() or c in "?#@\\" for c in url):
+        return "", "base_url carries a query, fragment, credentials or odd characters"
     try:
-        return cls.from_json(raw)
-    except RecordError as exc:
-        log.warning("ignoring bad record at %s: %s", key, exc)
-        return None
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return "", f"base_url is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "", f"base_url scheme {parts.scheme!r} is not http or https"
+    if not parts.hostname or port is None:
+        return "", "base_url is not http(s)://host:port"
+    if parts.path not in ("", "/"):
+        return "", f"base_url has a path ({parts.path!r})"
+    return parts.hostname, ""
 
 
-class DecodeCache:
-    """Decoded records by key, re-decoded only when the stored bytes change.
+def endpoint_refusal(ep: Endpoint, node: NodeStatus | None) -> str:
+    """Why the router must not send requests to ``ep`` ("" when it may)."""
+    host, problem = url_host(ep.base_url)
+    if problem:
+        return problem
+    if node is None:
+        return f"node {ep.node_id!r} that registered it is not live"
+    advertised = node.advertise_host.strip("[]").lower()
+    if host != advertised:
+        return f"base_url host {host!r} is not node {ep.node_id!r}'s advertise host {advertised!r}"
+    return ""
 
-    Nodes rewrite /stats often; without this every rebuild would parse every
-    record again.
-    """
 
-    def __init__(self) -> None:
-        self._items: dict[str, tuple[bytes, object]] = {}
-
-    def __call__(self, raw: bytes, cls, key: str):  # type: ignore[no-untyped-def]
-        hit = self._items.get(key)
-        if hit is not None and hit[0] == raw:
-            return hit[1]
-        record = _decode(raw, cls, key)
-        self._items[key] = (raw, record)
-        return record
-
-    def prune(self, live: set[str]) -> None:
-        for key in [k for k in self._items if k not in live]:
-            del self._items[key]
+def screen_endpoints(keys: Keys, endpoints: Mapping[str, Endpoint],
+                     nodes: Mapping[str, NodeStatus]
+                     ) -> tuple[dict[str, Endpoint], dict[str, tuple[Endpoint, str]]]:
+    """Pure: endpoints by key -> (the ones to route to, the refused ones with the reason)."""
+    accepted: dict[str, Endpoint] = {}
+    refused: dict[str, tuple[Endpoint, str]] = {}
+    for key, ep in endpoints.items():
+        reason = endpoint_refusal(ep, nodes.get(keys.node(ep.node_id)))
+        if reason:
+            refused[key] = (ep, reason)
+        else:
+            accepted[key] = ep
+    return accepted, refused
 
 
 def build_index(
     keys: Keys,
-    endpoints: Mapping[str, bytes],
-    stats: Mapping[str, bytes],
-    placements: Mapping[str, bytes],
+    endpoints: Mapping[str, Endpoint],
+    stats: Mapping[str, EndpointStats],
+    placements: Mapping[str, PlacementPlan],
     previous: Mapping[tuple[str, str], Candidate] | None = None,
-    decode=_decode,  # type: ignore[no-untyped-def]
 ) -> tuple[dict[str, ModelEntry], dict[tuple[str, str], Candidate]]:
-    """Pure: mirrored key/values -> (lookup by model name or uid, candidate by replica).
+    """Pure: decoded records by key -> (lookup by model name or uid, candidate by replica).
 
     ``previous`` candidates are updated in place and reused, so in-flight counts
     and ejection state carry over; replicas whose endpoint key vanished are dropped.
@@ -89,20 +124,14 @@ def build_index(
     by_replica: dict[tuple[str, str], Candidate] = {}
     entries: dict[str, ModelEntry] = {}  # by uid
 
-    for key, raw in placements.items():
-        plan = decode(raw, PlacementPlan, key)
-        if plan is None:
-            continue
+    for plan in placements.values():
         entries[plan.model_uid] = ModelEntry(plan.model_uid, plan.model_name, plan.engine,
                                              placed=True, created=int(plan.updated_at))
 
-    for key, raw in endpoints.items():
+    for key, ep in endpoints.items():
         try:
             uid, rid = keys.split_replica_key(key, keys.endpoints)
         except ValueError:
-            continue
-        ep = decode(raw, Endpoint, key)
-        if ep is None:
             continue
         cand = previous.get((uid, rid)) or Candidate(uid, rid)
         cand.base_url = ep.base_url.rstrip("/")
@@ -110,9 +139,7 @@ def build_index(
         cand.engine = ep.engine
         cand.status = ep.status
         cand.node_id = ep.node_id
-        st_key = keys.endpoint_stats(uid, rid)
-        st_raw = stats.get(st_key)
-        st = decode(st_raw, EndpointStats, st_key) if st_raw is not None else None
+        st = stats.get(keys.endpoint_stats(uid, rid))
         if st is not None:
             cand.running, cand.waiting = float(st.running), float(st.waiting)
             cand.kv_cache_usage = float(st.kv_cache_usage)
@@ -147,13 +174,19 @@ class EndpointTable:
         self.mirrors: list[PrefixMirror] = []
         self.built_at = 0.0
         self.rebuilds = 0
-        self._decode = DecodeCache()
+        self.refused: dict[str, tuple[Endpoint, str]] = {}
+        """Endpoints not routed to, by key, with the reason (see :func:`screen_endpoints`)."""
+        self._endpoints = RecordCache(Endpoint)
+        self._stats = RecordCache(EndpointStats)
+        self._placements = RecordCache(PlacementPlan)
+        self._nodes = RecordCache(NodeStatus)
         self._pending = False
         if store is not None:
             self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints")
             self.stats = PrefixMirror(store, keys.stats, "stats")
             self.placements = PrefixMirror(store, keys.placements, "placements")
-            self.mirrors = [self.endpoints, self.stats, self.placements]
+            self.nodes = PrefixMirror(store, keys.nodes, "nodes")
+            self.mirrors = [self.endpoints, self.stats, self.placements, self.nodes]
             for mirror in self.mirrors:
                 mirror.subscribe(self.rebuild)
 
@@ -167,15 +200,25 @@ class EndpointTable:
     def _rebuild_now(self) -> None:
         self._pending = False
         try:
-            self.load(self.endpoints.items, self.stats.items, self.placements.items)
+            self.load(self.endpoints.items, self.stats.items, self.placements.items,
+                      self.nodes.items)
         except Exception:  # a bad record must not stop the table from ever updating
             log.exception("endpoint table rebuild failed")
 
     def load(self, endpoints: Mapping[str, bytes], stats: Mapping[str, bytes],
-             placements: Mapping[str, bytes]) -> None:
-        self.lookup, self.replicas = build_index(self.keys, endpoints, stats, placements,
-                                                 self.replicas, self._decode)
-        self._decode.prune({*endpoints, *stats, *placements})
+             placements: Mapping[str, bytes], nodes: Mapping[str, bytes]) -> None:
+        """Rebuild from the mirrored raw values (nodes rewrite /stats often: see the caches)."""
+        accepted, refused = screen_endpoints(self.keys, self._endpoints.decode(endpoints)[0],
+                                             self._nodes.decode(nodes)[0])
+        for key, (_ep, reason) in refused.items():
+            seen = self.refused.get(key)
+            if seen is None or seen[1] != reason:  # once per endpoint and reason, not per pass
+                INVALID_RECORDS.labels(Endpoint.KIND).inc()
+                log.warning("refusing endpoint at %s: %s", key, reason)
+        self.refused = refused
+        self.lookup, self.replicas = build_index(
+            self.keys, accepted, self._stats.decode(stats)[0],
+            self._placements.decode(placements)[0], self.replicas)
         self.built_at = time.monotonic()
         self.rebuilds += 1
 
@@ -217,20 +260,31 @@ class EndpointTable:
         return True, "ready"
 
 
-def debug_rows(table: EndpointTable, now: float, outlier_state) -> list[dict]:  # type: ignore[no-untyped-def]
-    """/debug/endpoints: one row per replica."""
-    rows = []
+def debug_rows(table: EndpointTable, now: float, outlier_state: Callable[[Candidate, float], str]
+               ) -> list[dict[str, object]]:
+    """/debug/endpoints: one row per replica; refused endpoints too, with their reason."""
+    rows: list[dict[str, object]] = []
     for (uid, rid), c in sorted(table.replicas.items()):
         rows.append({
             "model": c.model_name, "model_uid": uid, "replica": rid, "ref": c.ref,
             "base_url": c.base_url, "status": c.status, "node_id": c.node_id,
             "in_flight": c.in_flight, "requests": c.requests,
             "ejected": outlier_state(c, now) != "closed", "ejection_state": outlier_state(c, now),
-            "failures": c.failures, "ejections": c.ejections,
+            "failures": c.failures, "ejections": c.ejections, "reason": "",
             "stats": {"running": c.running, "waiting": c.waiting,
                       "kv_cache_usage": c.kv_cache_usage,
                       "prefix_cache_hit_rate": c.prefix_cache_hit_rate,
                       "updated_at": c.stats_at},
+        })
+    for _key, (ep, reason) in sorted(table.refused.items()):
+        # The same fields as a routed replica's row, so that a reader need not tell them apart.
+        rows.append({
+            "model": ep.model_name, "model_uid": ep.model_uid, "replica": ep.replica_id,
+            "ref": ep.ref, "base_url": ep.base_url, "status": REFUSED, "node_id": ep.node_id,
+            "in_flight": 0, "requests": 0, "ejected": False, "ejection_state": "closed",
+            "failures": 0, "ejections": 0, "reason": reason,
+            "stats": {"running": 0.0, "waiting": 0.0, "kv_cache_usage": 0.0,
+                      "prefix_cache_hit_rate": 0.0, "updated_at": 0.0},
         })
     return rows
 

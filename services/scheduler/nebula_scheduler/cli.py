@@ -16,7 +16,15 @@ from typing import Any, NoReturn
 
 from nebula_common.config import Parser, add_etcd_flags, etcd_config
 from nebula_common.keys import Keys
-from nebula_common.records import ENGINES, EndpointState, ModelSpec
+from nebula_common.records import (
+    ENGINES,
+    Cordon,
+    ModelSpec,
+    RecordError,
+    identity_conflict,
+    ready_replicas,
+    serves,
+)
 from nebula_common.store import EtcdStore, StoreUnavailable
 
 from .placement import replica_number
@@ -63,6 +71,8 @@ def build_parser() -> Parser:
     d.add_argument("--port", type=int, default=10814, help="engine port of the first replica")
     d.add_argument("--engine-args", default="", help="extra engine arguments (one shell string)")
     d.add_argument("--node", action="append", default=[], help="pin to this node (repeatable)")
+    d.add_argument("--trust-remote-code", action="store_true",
+                   help="let the engine run code from the model's repository (vLLM)")
     d.add_argument("--wait", action="store_true", help="wait until every replica is ready")
     d.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
 
@@ -111,8 +121,8 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
     """Everything ``nebula status`` shows, as plain data (the ``--json`` output)."""
     nodes = []
     hosting: dict[str, int] = {}
-    for plan in view.plans.values():
-        for a in plan.assignments:
+    for placed in view.plans.values():
+        for a in placed.assignments:
             hosting[a.node_id] = hosting.get(a.node_id, 0) + 1
     for node_id in sorted(set(view.nodes) | view.cordoned):
         n = view.nodes.get(node_id)
@@ -129,22 +139,20 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
         })
     models = []
     replicas = []
-    for uid in sorted(set(view.specs) | set(view.plans)):
+    for uid in sorted(set(view.specs) | set(view.plans) | view.invalid_plans):
         spec = view.specs.get(uid)
         plan = view.plans.get(uid)
         assignments = plan.assignments if plan else []
-        ready = 0
         for a in sorted(assignments, key=lambda a: replica_number(a.replica_id)):
             ep = view.endpoints.get((uid, a.replica_id))
             if ep is not None and ep.node_id == a.node_id:
-                state, reason = ep.status, ep.reason
+                state, reason = str(ep.status), ep.reason
             else:
                 state, reason = "starting", ""
-            if a.node_id in view.cordoned and state == EndpointState.READY:
+            if a.node_id in view.cordoned and serves(view.endpoints, uid, a):
                 reason = reason or "node cordoned: replacement pending"
             if a.node_id not in view.nodes:
                 reason = reason or "node not live"
-            ready += state == EndpointState.READY
             replicas.append({"model_uid": uid, "replica_id": a.replica_id, "node_id": a.node_id,
                              "port": a.port, "gpu_indices": a.gpu_indices, "state": state,
                              "reason": reason})
@@ -158,8 +166,9 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
             "engine": spec.engine if spec else (plan.engine if plan else ""),
             "desired": spec.replicas if spec else 0,
             "placed": len(assignments),
-            "ready": ready,
+            "ready": len(ready_replicas(plan, view.endpoints)) if plan else 0,
             "plan_version": plan.version if plan else 0,
+            "plan_invalid": uid in view.invalid_plans,
             "undeploying": spec is None,
         })
     return {"nodes": nodes, "models": models, "replicas": replicas}
@@ -176,7 +185,8 @@ def render_status(data: dict[str, Any]) -> str:
         ["model", "name", "engine", "desired/placed/ready", "version"],
         [[m["model_uid"], m["model_name"], m["engine"],
           f"{m['desired']}/{m['placed']}/{m['ready']}"
-          + (" (undeploying)" if m["undeploying"] else ""), str(m["plan_version"])]
+          + (" (undeploying)" if m["undeploying"] else "")
+          + (" (stored plan invalid)" if m["plan_invalid"] else ""), str(m["plan_version"])]
          for m in data["models"]],
     )
     replicas = _table(
@@ -205,13 +215,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
 async def _ready_count(store: EtcdStore, keys: Keys, uid: str) -> int:
     view = await ClusterView.read(store, keys)
     plan = view.plans.get(uid)
-    if plan is None:
-        return 0
-    return sum(
-        1 for a in plan.assignments
-        if (ep := view.endpoints.get((uid, a.replica_id))) is not None
-        and ep.node_id == a.node_id and ep.status == EndpointState.READY
-    )
+    return len(ready_replicas(plan, view.endpoints)) if plan else 0
 
 
 async def cmd_status(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> None:
@@ -232,13 +236,15 @@ async def cmd_deploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> 
     spec = ModelSpec(model_uid=args.model_uid, model_name=args.model, engine=args.engine,
                      replicas=args.replicas, engine_args=engine_args,
                      gpus_per_replica=args.gpus_per_replica, gpu_memory_mb=args.gpu_memory_mb,
-                     port=args.port, node_ids=list(args.node))
-    existing = await store.get(keys.model(spec.model_uid))
-    if existing is not None:
-        try:
-            spec.created_at = ModelSpec.from_json(existing.value).created_at
-        except ValueError:
-            pass
+                     port=args.port, node_ids=list(args.node),
+                     trust_remote_code=args.trust_remote_code)
+    specs = (await ClusterView.read(store, keys)).specs
+    conflict = identity_conflict(spec.model_uid, spec.model_name, specs.values())
+    if conflict:
+        raise CliError(f"cannot deploy {spec.model_uid!r}: {conflict}")
+    existing = specs.get(spec.model_uid)
+    if existing is not None:  # an unreadable old spec is replaced whole
+        spec.created_at = existing.created_at
     await store.put(keys.model(spec.model_uid), spec.to_json())
     print(f"deployed: key={keys.model(spec.model_uid)} engine={spec.engine} "
           f"replicas={spec.replicas}", flush=True)
@@ -263,7 +269,7 @@ async def cmd_scale(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> N
             raise CliError(f"unknown model {args.model_uid!r} (see `nebula status`)")
         try:
             spec = ModelSpec.from_json(current.value)
-        except ValueError as exc:
+        except RecordError as exc:
             raise CliError(f"stored spec of {args.model_uid!r} is invalid: {exc}") from None
         old = spec.replicas
         spec.replicas = args.replicas
@@ -292,8 +298,7 @@ async def _known_node(store: EtcdStore, keys: Keys, node_id: str) -> bool:
 async def cmd_drain(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> None:
     if not await _known_node(store, keys, args.node_id):
         raise CliError(f"unknown node {args.node_id!r} (see `nebula status`)")
-    record = json.dumps({"node_id": args.node_id, "cordoned_at": time.time()}).encode()
-    await store.put(keys.cordon(args.node_id), record)
+    await store.put(keys.cordon(args.node_id), Cordon(node_id=args.node_id).to_json())
     print(f"cordoned: {args.node_id} (the scheduler moves its replicas elsewhere)", flush=True)
     if args.wait:
         async def empty() -> bool:

@@ -18,6 +18,7 @@ import uuid
 
 from nebula_common.keys import Keys
 from nebula_common.store import EtcdStore, LeaseKeeper, PrefixMirror
+from nebula_common.tasks import TaskSet
 
 from . import metrics
 
@@ -32,13 +33,14 @@ class Election:
     """Campaign, watch, and tell whether this process leads right now."""
 
     def __init__(self, store: EtcdStore, keys: Keys, keeper: LeaseKeeper,
-                 identity: str | None = None, retry_interval: float = 1.0):
+                 identity: str | None = None, retry_interval: float = 1.0,
+                 tasks: TaskSet | None = None):
         self.store = store
         self.key = keys.election
         self.keeper = keeper
         self.identity = (identity or make_identity()).encode()
         self.retry_interval = retry_interval
-        self.mirror = PrefixMirror(store, self.key, "election")
+        self.mirror = PrefixMirror(store, self.key, "election", tasks)
         self._won_lease = 0
         self._seen_own = False
         self._wake = asyncio.Event()

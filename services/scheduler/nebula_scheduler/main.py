@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import shlex
 import sys
@@ -26,9 +25,10 @@ from nebula_common.config import Parser, add_common_flags, etcd_config, fail
 from nebula_common.config import keys as make_keys
 from nebula_common.keys import Keys
 from nebula_common.logs import setup_logging
-from nebula_common.records import ENGINES, ModelSpec, PlacementPlan
+from nebula_common.records import ENGINES, ModelSpec, PlacementPlan, identity_conflict
 from nebula_common.service import add_basic_routes, bind_socket, run_app
 from nebula_common.store import EtcdStore, LeaseKeeper, StoreUnavailable
+from nebula_common.tasks import TaskSet
 from nebula_common.tracing import setup_tracing, shutdown_tracing
 
 from .election import Election
@@ -54,6 +54,8 @@ def build_parser() -> Parser:
     p.add_flag("--gpu-memory-mb", default=0, type=int,
                help="free memory each of a replica's GPUs must have")
     p.add_flag("--engine-args", default="", help="extra engine arguments (one shell string)")
+    p.add_flag("--trust-remote-code", action="store_true",
+               help="let the engine run code from the model's repository (vLLM)")
     p.add_flag("--reschedule-grace", default=DEFAULT_GRACE_S, type=float,
                help="seconds a vanished node keeps its replicas before they move")
     p.add_flag("--lease-ttl", default=5, type=int, help="election lease TTL in seconds")
@@ -84,6 +86,7 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         gpu_memory_mb=args.gpu_memory_mb,
         port=args.port,
         node_ids=[args.node_id] if args.node_id else [],
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -116,10 +119,13 @@ async def place_seed(args: argparse.Namespace, keys: Keys) -> None:
     spec = spec_from_args(args)
     store = await connect(args)
     try:
-        existing = await store.get(keys.model(spec.model_uid))
-        if existing is not None:
-            with contextlib.suppress(ValueError):
-                spec.created_at = ModelSpec.from_json(existing.value).created_at
+        specs = (await ClusterView.read(store, keys)).specs
+        conflict = identity_conflict(spec.model_uid, spec.model_name, specs.values())
+        if conflict:
+            fail(PROG, f"cannot record {spec.model_uid!r}: {conflict}", code=1)
+        existing = specs.get(spec.model_uid)
+        if existing is not None:  # an unreadable old spec is replaced whole
+            spec.created_at = existing.created_at
         await store.put(keys.model(spec.model_uid), spec.to_json())
         for _ in range(5):
             view = await ClusterView.read(store, keys)
@@ -142,13 +148,19 @@ async def place_seed(args: argparse.Namespace, keys: Keys) -> None:
 
 
 class SchedulerService:
-    """The long-running part: lease, election, mirrors and the reconcile loop."""
+    """The long-running part: lease, election, mirrors and the reconcile loop.
+
+    All run in :attr:`tasks`. The reconcile loop and the mirrors restart when they
+    crash; the election and the lease keepalive must not die (a scheduler that
+    keeps leading without them would write nothing, or write unfenced), so their
+    crash stops the process with a non-zero exit.
+    """
 
     def __init__(self, args: argparse.Namespace, keys: Keys):
         self.args = args
         self.keys = keys
         self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks = TaskSet("scheduler")
         self.store: EtcdStore | None = None
         self.keeper: LeaseKeeper | None = None
         self.election: Election | None = None
@@ -157,28 +169,22 @@ class SchedulerService:
     async def start(self) -> None:
         self.stop = asyncio.Event()
         self.store = await connect(self.args)
-        self.keeper = LeaseKeeper(self.store, ttl=max(1, self.args.lease_ttl))
+        self.keeper = LeaseKeeper(self.store, ttl=max(1, self.args.lease_ttl), tasks=self.tasks)
         await self.keeper.start()
-        self.election = Election(self.store, self.keys, self.keeper,
-                                 retry_interval=min(1.0, self.args.lease_ttl / 3))
-        self.reconciler = Reconciler(self.store, self.keys, grace=self.args.reschedule_grace,
-                                     is_leader=lambda: self.election.leader)
-        self.reconciler.start()
-        self.tasks = [
-            asyncio.create_task(self.election.run(self.stop), name="election"),
-            asyncio.create_task(self.reconciler.run(self.stop), name="reconcile"),
-        ]
+        election = self.election = Election(self.store, self.keys, self.keeper,
+                                            retry_interval=min(1.0, self.args.lease_ttl / 3),
+                                            tasks=self.tasks)
+        reconciler = self.reconciler = Reconciler(
+            self.store, self.keys, grace=self.args.reschedule_grace,
+            is_leader=lambda: election.leader, tasks=self.tasks)
+        reconciler.start()
+        self.tasks.supervise("election", lambda: election.run(self.stop), restart=False)
+        self.tasks.supervise("reconcile", lambda: reconciler.run(self.stop))
         log.info("scheduler started", extra={"identity": self.election.identity.decode()})
 
     async def close(self) -> None:
         self.stop.set()
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.reconciler:
-            await self.reconciler.stop()
+        await self.tasks.close()  # loops, mirrors and the keepalive: nothing writes from now on
         if self.election:
             await self.election.resign()
         if self.keeper:
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_check_etcd(args))
     service = SchedulerService(args, keys)
     run_app(build_app(service), listen=args.listen, prog=PROG,
-            before=service.start, after=service.close)
+            before=service.start, after=service.close, tasks=service.tasks)
     sys.exit(0)
 
 

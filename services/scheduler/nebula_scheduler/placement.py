@@ -31,11 +31,11 @@ from nebula_common.records import (
     GPU_ENGINES,
     Assignment,
     Endpoint,
-    EndpointState,
     ModelSpec,
     NodeStatus,
     PlacementPlan,
     Unplaced,
+    serves,
 )
 
 DEFAULT_GRACE_S = 10.0
@@ -120,11 +120,6 @@ def _free_gpus(node: NodeStatus | None, used: set[int], count: int, memory_mb: i
     return free[:count] if len(free) >= count else []
 
 
-def _ready(endpoints: Mapping[tuple[str, str], Endpoint], uid: str, a: Assignment) -> bool:
-    ep = endpoints.get((uid, a.replica_id))
-    return ep is not None and ep.node_id == a.node_id and ep.status == EndpointState.READY
-
-
 def _same(a: PlacementPlan, b: PlacementPlan) -> bool:
     """Equal up to version and timestamp: an unchanged plan is not written."""
     return (
@@ -197,7 +192,7 @@ def place(
             active = active[:desired]
         # Drain: remove the old replicas only once enough replacements are ready,
         # so serving capacity never drops; on scale-down they go first.
-        ready_active = sum(1 for a in active if _ready(endpoints, uid, a))
+        ready_active = sum(1 for a in active if serves(endpoints, uid, a))
         keep_moving = []
         if ready_active < desired:
             # Keep as many draining replicas as are still needed to cover the gap.
@@ -300,8 +295,8 @@ def _choose_node(
             # scheduler before the node. Place on the pinned node anyway.
             live_or_not = sorted(pins - cordon)
             if live_or_not:
-                best = min(live_or_not, key=lambda n: _score(spec, n, usage))
-                return best, "pinned node not registered yet"
+                pinned = min(live_or_not, key=lambda n: _score(spec, n, usage))
+                return pinned, "pinned node not registered yet"
             return None, f"every pinned node is cordoned ({', '.join(sorted(pins))})"
         return None, "no live node"
     candidates = [n for n in candidates if n.node_id not in cordon]

@@ -5,7 +5,8 @@ which is what notices a grace period running out) wakes the loop, which looks
 at the whole picture, runs :func:`placement.place`, and writes only the plans
 that changed, each with compare-and-swap on its mod_revision. A lost CAS means
 someone else wrote the plan: re-read it, place again, retry (bounded).
-Running it twice in a row writes nothing the second time.
+Running it twice in a row writes nothing the second time. A model whose stored
+plan is not a valid record is left alone (see :mod:`.view`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from nebula_common.keys import Keys
-from nebula_common.records import PlacementPlan
+from nebula_common.records import PlacementPlan, decode_or_skip, ready_replicas
 from nebula_common.store import EtcdStore, PrefixMirror
+from nebula_common.tasks import TaskSet
 
 from . import metrics
 from .placement import PlacementResult, place
-from .view import ClusterView
+from .view import ClusterView, ViewDecoder
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("nebula.scheduler")
@@ -85,11 +87,14 @@ async def reconcile_view(
     try:
         for attempt in range(CAS_ATTEMPTS):
             place_ns = time.time_ns()
-            result = place(view.specs, view.nodes, view.plans, view.endpoints,
+            # A model whose plan cannot be read is not placed again: writing a fresh plan
+            # over it could undo what a newer scheduler wrote.
+            specs = {u: s for u, s in view.specs.items() if u not in view.invalid_plans}
+            result = place(specs, view.nodes, view.plans, view.endpoints,
                            view.cordoned, now, last_seen, grace)
             placed_ns = time.time_ns()
             relevant = {u for u in result.changed if only is None or u in only}
-            orphans = set(view.plans) - set(view.specs) if delete_orphans else set()
+            orphans = _orphans(view) if delete_orphans else set()
             if not relevant and not orphans and root is None:
                 return WriteOutcome(result=result)
             if root is None:
@@ -120,16 +125,16 @@ async def reconcile_view(
                 metrics.PLAN_WRITES.labels("conflict").inc()
                 conflicts += 1
                 lost_any = True
-                _adopt(view, uid, current)
+                _adopt(view, uid, keys.placement(uid), current)
             if not lost_any:
                 break
         deleted: list[str] = []
-        for uid in sorted(set(view.plans) - set(view.specs)) if delete_orphans else []:
+        for uid in sorted(_orphans(view)) if delete_orphans else []:
             key = keys.placement(uid)
-            current = await store.get(key)
-            if current is None:
+            stored = await store.get(key)
+            if stored is None:
                 continue
-            if await store.delete_if_revision(key, current.mod_revision):
+            if await store.delete_if_revision(key, stored.mod_revision):
                 deleted.append(uid)
                 metrics.forget_model(uid)
                 log.info("deleted plan of undeployed model model_uid=%s", uid,
@@ -150,17 +155,23 @@ async def reconcile_view(
             root.end()
 
 
-def _adopt(view: ClusterView, uid: str, current: bytes | None) -> None:
+def _orphans(view: ClusterView) -> set[str]:
+    """Plans of undeployed models, readable or not: the spec's removal is the instruction."""
+    return (set(view.plans) | view.invalid_plans) - set(view.specs)
+
+
+def _adopt(view: ClusterView, uid: str, key: str, current: bytes | None) -> None:
     """Take the plan someone else stored as the new starting point."""
+    view.plans.pop(uid, None)
+    view.plan_raw.pop(uid, None)
     if current is None:
-        view.plans.pop(uid, None)
-        view.plan_raw.pop(uid, None)
         return
+    plan = decode_or_skip(PlacementPlan, key, current)
+    if plan is None:
+        view.invalid_plans.add(uid)
+        return
+    view.plans[uid] = plan
     view.plan_raw[uid] = current
-    try:
-        view.plans[uid] = PlacementPlan.from_json(current)
-    except ValueError:
-        view.plans.pop(uid, None)
 
 
 def _trace_placement(result: PlacementResult, relevant: set[str], attempt: int,
@@ -195,18 +206,18 @@ class Reconciler:
 
     def __init__(self, store: EtcdStore, keys: Keys, *, grace: float,
                  is_leader: Callable[[], bool], interval: float = 1.0,
-                 debounce: float = 0.05):
+                 debounce: float = 0.05, tasks: TaskSet | None = None):
         self.store = store
         self.keys = keys
         self.grace = grace
         self.is_leader = is_leader
         self.interval = interval
         self.debounce = debounce
-        self.models = PrefixMirror(store, keys.models, "models")
-        self.nodes = PrefixMirror(store, keys.nodes, "nodes")
-        self.placements = PrefixMirror(store, keys.placements, "placements")
-        self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints")
-        self.cordons = PrefixMirror(store, keys.cordons, "cordons")
+        self.models = PrefixMirror(store, keys.models, "models", tasks)
+        self.nodes = PrefixMirror(store, keys.nodes, "nodes", tasks)
+        self.placements = PrefixMirror(store, keys.placements, "placements", tasks)
+        self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints", tasks)
+        self.cordons = PrefixMirror(store, keys.cordons, "cordons", tasks)
         self.mirrors = [self.models, self.nodes, self.placements, self.endpoints, self.cordons]
         self.last_seen: dict[str, float] = {}
         self._present: set[str] = set()
@@ -214,6 +225,7 @@ class Reconciler:
         # mod_revision). Without this a pass triggered right after a write would see
         # the old plan, lose its compare-and-swap and count a spurious conflict.
         self._own_writes: dict[str, tuple[bytes, int]] = {}
+        self._decoder = ViewDecoder(keys)
         self._wake = asyncio.Event()
         self.passes = 0
         self.last_error = ""
@@ -250,8 +262,8 @@ class Reconciler:
                 del self._own_writes[uid]  # the mirror caught up (or moved past it)
             else:
                 plans[self.keys.placement(uid)] = raw
-        return ClusterView.decode(self.keys, self.models.items, self.nodes.items,
-                                  plans, self.endpoints.items, self.cordons.items)
+        return self._decoder.decode(self.models.items, self.nodes.items, plans,
+                                    self.endpoints.items, self.cordons.items)
 
     async def _remember_writes(self, view: ClusterView, written: list[str]) -> None:
         for uid in written:
@@ -310,10 +322,6 @@ class Reconciler:
         metrics.UNPLACEABLE.set(len(result.unplaced))
         for uid, spec in view.specs.items():
             plan = result.plans.get(uid)
-            assignments = plan.assignments if plan else []
-            ready = sum(
-                1 for a in assignments
-                if (ep := view.endpoints.get((uid, a.replica_id))) is not None
-                and ep.node_id == a.node_id and ep.status == "ready"
-            )
-            metrics.set_model_replicas(uid, spec.replicas, len(assignments), ready)
+            placed = len(plan.assignments) if plan else 0
+            ready = len(ready_replicas(plan, view.endpoints)) if plan else 0
+            metrics.set_model_replicas(uid, spec.replicas, placed, ready)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from bench.pacer import frames, parse_head
 from bench.standin import (
     CHUNKS,
     chat_completion_body,
+    nginx_binary,
     nginx_config,
     nginx_quote,
     sse_stream_body,
@@ -25,6 +25,7 @@ from bench.standin import (
 from devtools.cluster import REPO, free_port, http_get, wait_for
 from nebula_common.keys import Keys
 from nebula_common.records import Endpoint, EndpointStats, PlacementPlan
+from tests.support import needs
 
 
 def sse_payloads(body: bytes) -> list[str]:
@@ -63,11 +64,12 @@ def test_nginx_config_keeps_every_path_in_the_run_dir(tmp_path):
     assert "user root root;" in nginx_config(tmp_path, 1, as_root=True)
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (make bench-tools)")
 def test_nginx_serves_both_bodies(tmp_path):
+    nginx = needs.binary("nginx", "make bench-tools installs it (Debian's nginx-light)",
+                         nginx_binary())
     port = free_port()
     conf = write_nginx_files(tmp_path, port, "m")
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path), "-e",
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path), "-e",
                              str(tmp_path / "error.log")], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

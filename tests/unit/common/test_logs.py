@@ -3,7 +3,9 @@
 import json
 import logging
 
-from nebula_common.logs import JsonFormatter, scrub
+import pytest
+
+from nebula_common.logs import JsonFormatter, TextFormatter, redact_argv, scrub
 
 
 def test_scrub_hides_bearer_tokens_and_keys() -> None:
@@ -17,3 +19,56 @@ def test_json_formatter_includes_extra_fields() -> None:
     entry = json.loads(JsonFormatter("router").format(record))
     assert entry["msg"] == "hello x" and entry["request_id"] == "r1"
     assert entry["service"] == "router"
+
+
+def formatted(fmt: logging.Formatter, **extra: object) -> str:
+    record = logging.makeLogRecord({"msg": "m", "levelname": "INFO", "name": "t", **extra})
+    return fmt.format(record)
+
+
+SECRET = "sk-live-3f9a0c1e7b5d2468"
+
+
+@pytest.mark.parametrize("fmt", [JsonFormatter("node"), TextFormatter("node")])
+def test_secret_extra_fields_are_hidden_whatever_the_format(fmt: logging.Formatter) -> None:
+    line = formatted(fmt, api_key=SECRET, authorization=f"Bearer {SECRET}", password=SECRET,
+                     hf_token=SECRET, client_secret=SECRET, x_api_key=SECRET,
+                     headers={"Authorization": f"Bearer {SECRET}", "accept": "*/*"},
+                     note=f"retrying with Bearer {SECRET}", env={"HF_TOKEN": SECRET},
+                     argv=["--api-key", SECRET])
+    assert SECRET not in line and "[redacted]" in line and "*/*" in line
+
+
+def test_only_secret_names_are_hidden_counts_and_labels_stay() -> None:
+    entry = json.loads(formatted(JsonFormatter("gateway"), prompt_tokens=12, max_tokens=5,
+                                 key="team-a", model="Org/Model", api_key=SECRET,
+                                 trace_id="0af7651916cd43dd8448eb211c80319c"))
+    assert entry["api_key"] == "[redacted]"
+    assert (entry["prompt_tokens"], entry["max_tokens"], entry["key"], entry["model"]) == (
+        12, 5, "team-a", "Org/Model")
+    assert entry["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_json_formatter_scrubs_values_it_prints_with_str() -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return f"token={SECRET}"
+
+    assert SECRET not in formatted(JsonFormatter("node"), thing=Opaque())
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["vllm", "serve", "m", "--api-key", SECRET], "vllm serve m --api-key [redacted]"),
+    (["vllm", "--api-key=" + SECRET, "--seed", "1"], "vllm --api-key=[redacted] --seed 1"),
+    (["llama", "--api_key", SECRET, "--hf-token", "hf_" + "a" * 30],
+     "llama --api_key [redacted] --hf-token [redacted]"),
+    (["sim", "--max-tokens", "5", "--output-tokens", "3"], "sim --max-tokens 5 --output-tokens 3"),
+])
+def test_redact_argv_hides_secret_flag_values(argv: list[str], shown: str) -> None:
+    assert " ".join(redact_argv(argv)) == shown
+
+
+def test_scrub_hides_hugging_face_tokens_and_secret_assignments() -> None:
+    token = "hf_" + "Ab1" * 12
+    line = scrub(f"HF_TOKEN={token} url=https://x/?token={SECRET}&page=2 password={SECRET}")
+    assert token not in line and SECRET not in line and "page=2" in line

@@ -1,17 +1,33 @@
-"""Records round-trip through JSON, carry a schema version and tolerate unknown fields."""
+"""Records round-trip through JSON, carry a schema version, tolerate unknown fields and
+refuse a known field of the wrong type."""
 
+import dataclasses
 import json
+import typing
+from typing import Any
 
 import pytest
 
 from nebula_common.keys import Keys
 from nebula_common.records import (
+    INVALID_RECORDS,
     SCHEMA_VERSION,
     Assignment,
+    Cordon,
     Endpoint,
+    EndpointState,
+    EndpointStats,
+    GpuInfo,
+    ModelSpec,
     NodeStatus,
     PlacementPlan,
+    Record,
+    RecordCache,
     RecordError,
+    Unplaced,
+    decode_or_skip,
+    ready_replicas,
+    serves,
 )
 
 
@@ -60,3 +76,185 @@ def test_keys_prefix_and_parsing() -> None:
         keys.split_replica_key("/test1/endpoints/m", keys.endpoints)
     with pytest.raises(ValueError):
         keys.tail("/other/x", keys.endpoints)
+
+
+# -- typed decoding: every field of every record ------------------------------------------
+VALID: dict[type[Record], dict[str, Any]] = {
+    ModelSpec: {"model_uid": "m", "model_name": "org/M", "engine": "sim", "replicas": 2,
+                "engine_args": ["--x"], "gpus_per_replica": 1, "gpu_memory_mb": 100,
+                "port": 10814, "node_ids": ["n1"], "created_at": 1.5},
+    Assignment: {"replica_id": "r0", "node_id": "n1", "port": 10814, "gpu_indices": [0],
+                 "engine_args": ["--x"]},
+    Unplaced: {"replica_id": "r1", "reason": "no live node"},
+    PlacementPlan: {"model_uid": "m", "model_name": "org/M", "engine": "sim", "version": 2,
+                    "assignments": [{"replica_id": "r0", "node_id": "n1", "port": 1}],
+                    "unplaced": [{"replica_id": "r1", "reason": "full"}], "updated_at": 2.0},
+    GpuInfo: {"index": 0, "name": "H100", "memory_total_mb": 80000, "memory_used_mb": 1},
+    NodeStatus: {"node_id": "n1", "advertise_host": "10.0.0.1", "gpus": [{"index": 0}],
+                 "engines": ["sim"], "started_at": 3.0, "port_range": [1, 2]},
+    Endpoint: {"model_uid": "m", "model_name": "org/M", "replica_id": "r0", "node_id": "n1",
+               "base_url": "http://10.0.0.1:1", "engine": "sim", "status": "draining",
+               "plan_version": 2, "reason": "", "log_tail": "", "updated_at": 4.0},
+    EndpointStats: {"running": 1.0, "waiting": 0.0, "kv_cache_usage": 0.5,
+                    "prefix_cache_hit_rate": 0.25, "updated_at": 5.0},
+    Cordon: {"node_id": "n1", "cordoned_at": 6.0},
+}
+
+
+def wrong_values(annotation: Any) -> list[Any]:
+    """Values that a field of this type must refuse (JSON can carry every one of them)."""
+    origin = typing.get_origin(annotation)
+    if annotation is str:
+        return [7, None, ["a"]]
+    if annotation is int:
+        return ["x", 1.5, True, None]
+    if annotation is float:
+        return ["x", False, None, [1.0]]
+    if annotation is EndpointState:
+        return [7, "sleeping", None]
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return [5, "abc", {"a": 1}, *[[bad] for bad in wrong_values(item)[:1]]]
+    if isinstance(annotation, type) and issubclass(annotation, Record):
+        return [5, "x", [], {}]
+    raise AssertionError(f"no wrong values for {annotation!r}: extend this test")
+
+
+def all_records() -> list[type[Record]]:
+    """Every record class nebula_common defines (not the test-local ones below)."""
+    found, todo = [], list(Record.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == "nebula_common.records":
+            found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_record_class_has_a_valid_sample_that_round_trips() -> None:
+    assert set(all_records()) == set(VALID), "a new record needs a sample in VALID"
+    for cls, data in VALID.items():
+        record = cls.from_dict(data)
+        assert cls.from_json(record.to_json()) == record
+
+
+CASES = [(cls, f.name, bad) for cls in VALID
+         for f in dataclasses.fields(cls)
+         for bad in wrong_values(typing.get_type_hints(cls)[f.name])]
+
+
+@pytest.mark.parametrize("cls,name,bad", CASES,
+                         ids=[f"{c.KIND}.{n}={b!r}" for c, n, b in CASES])
+def test_a_field_of_the_wrong_type_is_a_record_error_naming_it(
+        cls: type[Record], name: str, bad: Any) -> None:
+    data = {**VALID[cls], name: bad}
+    with pytest.raises(RecordError, match=rf"^{cls.KIND}\.{name}\b"):
+        cls.from_dict(data)
+    with pytest.raises(RecordError):
+        cls.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("cls", list(VALID), ids=lambda c: c.KIND)
+def test_a_missing_required_field_is_a_record_error(cls: type[Record]) -> None:
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for name in required:
+        data = {k: v for k, v in VALID[cls].items() if k != name}
+        with pytest.raises(RecordError, match=rf"{cls.KIND}\.{name}: required"):
+            cls.from_dict(data)
+
+
+def test_the_values_that_froze_the_control_plane_are_refused_with_a_path() -> None:
+    plan = {**VALID[PlacementPlan], "assignments": 5}
+    with pytest.raises(RecordError, match=r"PlacementPlan\.assignments: expected a list, got int"):
+        PlacementPlan.from_dict(plan)
+    nested = {**VALID[PlacementPlan], "assignments": [VALID[Assignment],
+                                                      {**VALID[Assignment], "port": "80"}]}
+    with pytest.raises(RecordError, match=r"PlacementPlan\.assignments\[1\]\.port: expected an "
+                                          r"integer, got str"):
+        PlacementPlan.from_dict(nested)
+    with pytest.raises(RecordError, match=r"Endpoint\.status: expected one of ready, draining, "
+                                          r"failed, got 7"):
+        Endpoint.from_dict({**VALID[Endpoint], "status": 7})
+    with pytest.raises(RecordError, match=r"ModelSpec\.replicas: expected an integer, got str"):
+        ModelSpec.from_dict({**VALID[ModelSpec], "replicas": "x"})
+
+
+def test_decoded_values_have_their_declared_types() -> None:
+    ep = Endpoint.from_dict({**VALID[Endpoint], "updated_at": 4})
+    assert ep.status is EndpointState.DRAINING
+    assert type(ep.updated_at) is float  # JSON's 4 for 4.0 is a valid float
+    node = NodeStatus.from_dict(VALID[NodeStatus])
+    assert isinstance(node.gpus[0], GpuInfo)
+
+
+def test_decode_or_skip_logs_counts_and_returns_none(caplog: pytest.LogCaptureFixture) -> None:
+    before = INVALID_RECORDS.labels("PlacementPlan")._value.get()
+    raw = json.dumps({**VALID[PlacementPlan], "assignments": 5})
+    assert decode_or_skip(PlacementPlan, "/placements/m", raw) is None
+    assert INVALID_RECORDS.labels("PlacementPlan")._value.get() == before + 1
+    assert "/placements/m" in caplog.text and "assignments" in caplog.text
+    assert decode_or_skip(PlacementPlan, "/placements/m", json.dumps(VALID[PlacementPlan]))
+
+
+def test_record_cache_decodes_each_value_once_and_forgets_deleted_keys() -> None:
+    cache: RecordCache[Cordon] = RecordCache(Cordon)
+    good, bad = json.dumps(VALID[Cordon]).encode(), b'{"node_id": 5}'
+    before = INVALID_RECORDS.labels("Cordon")._value.get()
+    for _ in range(3):
+        records, invalid = cache.decode({"/cordon/n1": good, "/cordon/n2": bad})
+        assert list(records) == ["/cordon/n1"] and invalid == {"/cordon/n2"}
+    assert INVALID_RECORDS.labels("Cordon")._value.get() == before + 1  # once, not per pass
+    first = records["/cordon/n1"]
+    assert cache.decode({"/cordon/n1": good})[0]["/cordon/n1"] is first
+    changed = json.dumps({**VALID[Cordon], "cordoned_at": 7.0}).encode()
+    assert cache.get("/cordon/n1", changed).cordoned_at == 7.0
+    assert cache.decode({}) == ({}, set()) and cache._items == {}
+
+
+def test_ready_replicas_are_ready_on_the_node_the_plan_chose() -> None:
+    plan = PlacementPlan("m", "M", "sim", assignments=[
+        Assignment("r0", "a", 1), Assignment("r1", "b", 2), Assignment("r2", "a", 3),
+        Assignment("r3", "a", 4)])
+
+    def ep(rid: str, node: str, status: EndpointState) -> Endpoint:
+        return Endpoint("m", "M", rid, node, "http://h:1", "sim", status=status)
+
+    endpoints = {("m", "r0"): ep("r0", "a", EndpointState.READY),
+                 ("m", "r1"): ep("r1", "c", EndpointState.READY),  # an old copy elsewhere
+                 ("m", "r2"): ep("r2", "a", EndpointState.DRAINING),
+                 ("other", "r3"): ep("r3", "a", EndpointState.READY)}
+    assert [a.replica_id for a in ready_replicas(plan, endpoints)] == ["r0"]
+    assert serves(endpoints, "m", plan.assignments[0])
+    assert not serves(endpoints, "m", plan.assignments[3])
+
+
+@dataclasses.dataclass
+class Labelled(Record):
+    """A record with the field types no stored record uses yet: maps and optional values."""
+
+    KIND: typing.ClassVar[str] = "Labelled"
+
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)
+    note: str | None = None
+
+
+def test_maps_and_optional_fields_are_checked_too() -> None:
+    record = Labelled.from_dict({"labels": {"a": 1}, "note": None})
+    assert record == Labelled({"a": 1}, None)
+    assert Labelled.from_dict({"note": "x"}).note == "x"
+    for bad, where in (({"labels": [1]}, r"Labelled\.labels: expected an object"),
+                       ({"labels": {"a": "1"}}, r"Labelled\.labels\['a'\]: expected an integer"),
+                       ({"note": 3}, r"Labelled\.note: expected a string")):
+        with pytest.raises(RecordError, match=where):
+            Labelled.from_dict(bad)
+
+
+def test_a_record_field_of_an_unsupported_type_is_refused_at_first_use() -> None:
+    @dataclasses.dataclass
+    class Odd(Record):
+        KIND: typing.ClassVar[str] = "Odd"
+        when: tuple[int, int] = (0, 0)
+
+    with pytest.raises(TypeError, match="records cannot hold a field of type"):
+        Odd.from_dict({})

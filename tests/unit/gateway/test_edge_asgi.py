@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from nebula_gateway.auth import load_keys
-from nebula_gateway.edge import Gateway, GatewayConfig
+from nebula_gateway.config import GatewayConfig
+from nebula_gateway.gateway import Gateway
 
 # Nothing listens here: any request that got as far as a router would fail with 503.
 NO_ROUTER = "http://127.0.0.1:9"

@@ -168,3 +168,34 @@ def test_valid_requests_pass(path: str, raw: bytes) -> None:
 def test_nesting_within_strings_is_not_counted() -> None:
     text = "[" * (MAX_NESTING * 2)
     assert validate("/v1/completions", comp(prompt=text), 1 << 20)["prompt"] == text
+
+
+# (path, body, param, code, message): how a refusal reads, as OpenAI words it
+WORDING: list[tuple[str, dict[str, Any], str, str, str]] = [
+    ("/v1/embeddings", {"model": "m"}, "input", "missing_required_parameter",
+     "you must provide an input parameter"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user"}]},
+     "messages[0].content", "missing_required_parameter", "messages[0].content is required"),
+    # a nested member not given is refused as a null would be
+    ("/v1/chat/completions", {"model": "m", "messages": MSG, "tools": [{"type": "function"}]},
+     "tools[0].function", "invalid_request", "tools[0].function must be an object"),
+    ("/v1/responses", {"model": "m", "input": [{"content": "x"}]}, "input[0].role",
+     "invalid_request", "input[0].role must be one of user, system, developer, assistant"),
+    ("/v1/embeddings", {"model": "m", "input": ""}, "input", "invalid_request",
+     "input must not be empty"),
+    # of several bad options the first in the contract's order, whatever the body's order
+    ("/v1/chat/completions", {"model": "m", "messages": MSG, "stop": 5, "n": 0, "stream": 1},
+     "stream", "invalid_request", "stream must be a boolean"),
+    ("/v1/chat/completions", {"stream_options": 1, "model": "m", "messages": MSG, "seed": 0.5},
+     "seed", "invalid_request", "seed must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param", "code", "message"), WORDING,
+                         ids=[w[2] for w in WORDING])
+def test_refusals_are_worded_as_before(path: str, body: dict[str, Any], param: str, code: str,
+                                       message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate(path, json.dumps(body).encode(), LIMIT)
+    assert (caught.value.param, caught.value.code, caught.value.message) == (
+        param, code, message)

@@ -65,6 +65,22 @@ async def test_spawn_writes_pid_file_and_stop_kills_whole_group(tmp_path: Path):
     assert not eng.pid_path.exists()
 
 
+async def test_engine_log_header_hides_secret_flags_and_pid_file_is_private(tmp_path: Path):
+    secret = "sk-engine-7d1f0c9a2b4e6f80"
+    argv = [sys.executable, "-c", "import time; time.sleep(600)", "--api-key", secret,
+            f"--api-key={secret}x"]
+    eng = EngineProcess("m__r2", tmp_path)
+    await eng.spawn(argv, dict(os.environ), 1)
+    try:
+        header = eng.log_path.read_text()
+        assert secret not in header and "--api-key [redacted] --api-key=[redacted]" in header
+        # The pid file keeps the real argv (compared with /proc at reap time), for us alone.
+        assert json.loads(eng.pid_path.read_text())["cmd"] == argv
+        assert eng.pid_path.stat().st_mode & 0o077 == 0
+    finally:
+        await eng.stop(grace=2)
+
+
 async def test_stop_escalates_to_sigkill(tmp_path: Path):
     code = ("import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('up', flush=True); time.sleep(600)")

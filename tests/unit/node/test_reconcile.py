@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from nebula_common.records import Assignment, PlacementPlan
+import json
+
+from nebula_common.records import Assignment, PlacementPlan, RecordCache
 from nebula_node.engines import ReplicaSpec
-from nebula_node.reconcile import decode_plans, diff_replicas, replicas_for_node
+from nebula_node.reconcile import diff_replicas, replicas_for_node
 
 
 def plan(uid: str, version: int, *assignments: Assignment, engine: str = "sim") -> PlacementPlan:
@@ -55,9 +57,14 @@ def test_identical_desired_and_current_is_a_no_op():
 
 
 def test_unreadable_plan_protects_its_replicas():
-    plans, bad = decode_plans({"/placements/a": b"{not json", "/placements/b":
-                               plan("b", 1, Assignment("r0", "n", 3)).to_json()})
-    assert bad == {"/placements/a"} and [p.model_uid for p in plans] == ["b"]
-    cur = replicas_for_node([plan("a", 1, Assignment("r0", "n", 1))], "n")
-    d = diff_replicas(replicas_for_node(plans, "n"), cur, protected_models={"a"})
+    good = plan("b", 1, Assignment("r0", "n", 3)).to_json()
+    ill_typed = json.dumps({**json.loads(plan("c", 1).to_json()), "assignments": 5}).encode()
+    plans, bad = RecordCache(PlacementPlan).decode(
+        {"/placements/a": b"{not json", "/placements/b": good, "/placements/c": ill_typed})
+    assert bad == {"/placements/a", "/placements/c"}
+    assert [p.model_uid for p in plans.values()] == ["b"]
+    cur = replicas_for_node([plan("a", 1, Assignment("r0", "n", 1)),
+                             plan("c", 1, Assignment("r0", "n", 2))], "n")
+    d = diff_replicas(replicas_for_node(plans.values(), "n"), cur,
+                      protected_models={"a", "c"})
     assert d.stop == [] and [s.key for s in d.start] == [("b", "r0")]

@@ -1,34 +1,63 @@
-"""Building the endpoint table from mirrored etcd records (pure)."""
+"""Building the endpoint table from mirrored etcd records (pure, and through the caches)."""
 
 from __future__ import annotations
 
+import pytest
+
 from nebula_common.keys import Keys
-from nebula_common.records import Assignment, Endpoint, EndpointStats, PlacementPlan
-from nebula_router.table import EndpointTable, build_index
+from nebula_common.records import (
+    INVALID_RECORDS,
+    Assignment,
+    Endpoint,
+    EndpointStats,
+    NodeStatus,
+    PlacementPlan,
+)
+from nebula_router.app import build_quart
+from nebula_router.table import EndpointTable, build_index, endpoint_refusal, screen_endpoints
 
 K = Keys("/t")
+NODES = {K.node("n1"): NodeStatus("n1", "h").to_json()}
 
 
 def ep(uid: str, rid: str, status: str = "ready", name: str = "Org/Model") -> tuple[str, bytes]:
-    return K.endpoint(uid, rid), Endpoint(uid, name, rid, "n1", f"http://h/{rid}/", "sim",
-                                          status=status).to_json()
+    return K.endpoint(uid, rid), endpoint(uid, rid, status, name).to_json()
+
+
+def endpoint(uid: str, rid: str, status: str = "ready", name: str = "Org/Model") -> Endpoint:
+    return Endpoint(uid, name, rid, "n1", f"http://h:{8000 + int(rid)}/", "sim", status=status)
+
+
+def loaded(endpoints: dict[str, bytes], stats: dict[str, bytes] | None = None,
+           placements: dict[str, bytes] | None = None) -> EndpointTable:
+    table = EndpointTable(None, K)
+    table.load(endpoints, stats or {}, placements or {}, NODES)
+    return table
+
+
+def invalid(kind: str) -> float:
+    """``nebula_*_records_invalid_total{kind}`` as the shared decoder counts it."""
+    for metric in INVALID_RECORDS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == {"kind": kind}:
+                return sample.value
+    return 0.0
 
 
 def test_lookup_by_name_and_uid_with_stats() -> None:
-    endpoints = dict([ep("m1", "0"), ep("m1", "1", status="draining")])
-    stats = {K.endpoint_stats("m1", "0"): EndpointStats(running=2, waiting=3).to_json()}
-    lookup, replicas = build_index(K, endpoints, stats, {})
-    entry = lookup["m1"]
-    assert lookup["Org/Model"] is entry
+    table = loaded(dict([ep("m1", "0"), ep("m1", "1", status="draining")]),
+                   {K.endpoint_stats("m1", "0"): EndpointStats(running=2, waiting=3).to_json()})
+    entry = table.lookup["m1"]
+    assert table.lookup["Org/Model"] is entry
     assert [c.replica_id for c in entry.candidates] == ["0", "1"]
     assert entry.ready_replicas == 1
-    c0 = replicas[("m1", "0")]
-    assert (c0.running, c0.waiting, c0.base_url) == (2.0, 3.0, "http://h/0")
-    assert replicas[("m1", "1")].status == "draining"
+    c0 = table.replicas[("m1", "0")]
+    assert (c0.running, c0.waiting, c0.base_url) == (2.0, 3.0, "http://h:8000")
+    assert table.replicas[("m1", "1")].status == "draining"
 
 
 def test_local_state_survives_rebuild_and_removed_replicas_drop() -> None:
-    endpoints = dict([ep("m1", "0"), ep("m1", "1")])
+    endpoints = {K.endpoint("m1", r): endpoint("m1", r) for r in ("0", "1")}
     _, replicas = build_index(K, endpoints, {}, {})
     replicas[("m1", "0")].in_flight = 4
     replicas[("m1", "0")].failures = 2
@@ -43,22 +72,26 @@ def test_local_state_survives_rebuild_and_removed_replicas_drop() -> None:
 def test_placed_model_without_endpoints_is_known() -> None:
     plan = PlacementPlan("m2", "Org/Other", "vllm",
                          assignments=[Assignment("0", "n1", 10814)])
-    lookup, _ = build_index(K, {}, {}, {K.placement("m2"): plan.to_json()})
+    lookup, _ = build_index(K, {}, {}, {K.placement("m2"): plan})
     assert lookup["Org/Other"].placed and lookup["m2"].candidates == []
     assert lookup["m2"].engine == "vllm"
 
 
-def test_bad_records_and_keys_are_ignored() -> None:
-    endpoints = {K.endpoint("m1", "0"): b"{not json", K.endpoints + "junk": b"{}",
-                 **dict([ep("m1", "1")])}
-    _, replicas = build_index(K, endpoints, {K.endpoint_stats("m1", "1"): b"[]"}, {})
-    assert list(replicas) == [("m1", "1")]
-    assert replicas[("m1", "1")].waiting == 0
+def test_bad_records_and_keys_are_skipped_and_counted_once() -> None:
+    before = invalid("Endpoint"), invalid("EndpointStats")
+    endpoints = {K.endpoint("m1", "0"): b"{not json", K.endpoints + "junk": endpoint("x", "0")
+                 .to_json(), **dict([ep("m1", "1")])}
+    stats = {K.endpoint_stats("m1", "1"): b"[]"}
+    table = loaded(endpoints, stats)
+    assert list(table.replicas) == [("m1", "1")]
+    assert table.replicas[("m1", "1")].waiting == 0
+    assert (invalid("Endpoint"), invalid("EndpointStats")) == (before[0] + 1, before[1] + 1)
+    table.load(endpoints, stats, {}, NODES)  # unchanged values: not decoded (nor counted) again
+    assert (invalid("Endpoint"), invalid("EndpointStats")) == (before[0] + 1, before[1] + 1)
 
 
 def test_uid_wins_over_another_models_name() -> None:
-    endpoints = dict([ep("a", "0", name="b"), ep("b", "0", name="B")])
-    lookup, _ = build_index(K, endpoints, {}, {})
+    lookup = loaded(dict([ep("a", "0", name="b"), ep("b", "0", name="B")])).lookup
     assert lookup["b"].model_uid == "b"
 
 
@@ -66,27 +99,23 @@ def test_table_without_etcd_is_not_ready() -> None:
     table = EndpointTable(None, K)
     ok, why = table.readiness()
     assert not ok and "never synced" in why
-    table.load(dict([ep("m1", "0")]), {}, {})
+    table.load(dict([ep("m1", "0")]), {}, {}, NODES)
     assert table.get("m1") is not None and table.models()[0].model_uid == "m1"
 
 
-def test_decode_cache_parses_each_value_once() -> None:
-    from nebula_router.table import DecodeCache
+def test_rebuild_decodes_only_changed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes | str] = []
+    decode = EndpointStats.from_json.__func__  # type: ignore[attr-defined]
 
-    calls = []
+    def counting(cls: type[EndpointStats], raw: bytes | str) -> EndpointStats:
+        calls.append(raw)
+        return decode(cls, raw)  # type: ignore[no-any-return]
 
-    class Counting(EndpointStats):
-        @classmethod
-        def from_json(cls, raw):  # type: ignore[no-untyped-def,override]
-            calls.append(raw)
-            return super().from_json(raw)
-
-    cache = DecodeCache()
-    raw = EndpointStats(running=1).to_json()
-    first = cache(raw, Counting, "/k")
-    assert cache(raw, Counting, "/k") is first and len(calls) == 1
-    cache(EndpointStats(running=2).to_json(), Counting, "/k")
-    assert len(calls) == 2
-    cache.prune(set())
-    cache(raw, Counting, "/k")
-    assert len(calls) == 3
+    monkeypatch.setattr(EndpointStats, "from_json", classmethod(counting))
+    table = EndpointTable(None, K)
+    key, raw = K.endpoint_stats("m1", "0"), EndpointStats(running=1).to_json()
+    for _ in range(3):
+        table.load(dict([ep("m1", "0")]), {key: raw}, {}, NODES)
+    assert calls == [raw] and table.rebuilds == 3
+    table.load(dict([ep("m1", "0")]), {key: EndpointStats(running=5).to_json()}, {}, NODES)
+    assert len(calls) == 2 and table.replicas[("m1", "0")].running == 5.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nebula_common.keys import Keys
 from nebula_common.records import (
     Assignment,
+    Cordon,
     Endpoint,
     GpuInfo,
     ModelSpec,
@@ -32,7 +33,7 @@ def make_view() -> ClusterView:
         nodes={keys.node("a"): node_a.to_json()},
         plans={keys.placement("m"): plan.to_json()},
         endpoints={keys.endpoint("m", "r0"): ep.to_json()},
-        cordons={keys.cordon("a"): b"{}"},
+        cordons={keys.cordon("a"): Cordon(node_id="a", cordoned_at=150.0).to_json()},
     )
 
 

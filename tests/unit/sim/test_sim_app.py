@@ -10,7 +10,8 @@ from typing import Any
 from quart import typing as quart_typing
 
 from nebula_node.sim.app import create_app
-from nebula_node.sim.engine import Faults, SimEngine
+from nebula_node.sim.engine import SimEngine
+from nebula_node.sim.faults import Faults
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello sim"}]}
 
@@ -175,3 +176,15 @@ async def test_paced_stream_has_every_token_in_order() -> None:
     assert "".join(ch["choices"][0]["text"] for ch in chunks[:-1]) == \
         full["choices"][0]["text"]
     assert engine.stats()["requests_success"] == 2
+
+
+async def test_reset_over_http_clears_counters_and_cache() -> None:
+    c, engine = client()
+    await c.post("/v1/completions", json={"model": "m", "prompt": "z" * 128})
+    assert len(engine.cache) == 2
+    stats = await (await c.post("/sim/reset")).get_json()
+    assert stats["requests_total"] == 0 and stats["by_path"] == {}
+    assert stats["prefix_cache"]["queries"] == 0 and len(engine.cache) == 0
+    assert (await c.post("/v1/completions", json={"model": "m", "prompt": "z" * 128,
+                                                  "max_tokens": 1})).status_code == 200
+    assert engine.stats()["prefix_cache"]["hits"] == 0  # the cache was emptied

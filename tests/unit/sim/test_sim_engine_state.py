@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from nebula_node.sim.engine import Admission, Faults, SimEngine
+from nebula_node.sim.admission import Admission
+from nebula_node.sim.engine import SimEngine
+from nebula_node.sim.faults import Faults
 
 
 def make_engine(**faults: object) -> SimEngine:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from .args import ArgPolicy, refusal
+
 
 @dataclass(frozen=True)
 class ReplicaSpec:
@@ -28,6 +30,7 @@ class ReplicaSpec:
     gpu_indices: tuple[int, ...] = ()
     engine_args: tuple[str, ...] = ()
     plan_version: int = 0
+    trust_remote_code: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -45,9 +48,9 @@ class ReplicaSpec:
         was must not restart it.
         """
         return (self.model_uid, self.model_name, self.engine, self.replica_id,
-                self.gpu_indices, self.engine_args, self.port) == (
+                self.gpu_indices, self.engine_args, self.port, self.trust_remote_code) == (
                 other.model_uid, other.model_name, other.engine, other.replica_id,
-                other.gpu_indices, other.engine_args, other.port)
+                other.gpu_indices, other.engine_args, other.port, other.trust_remote_code)
 
 
 @dataclass
@@ -138,6 +141,14 @@ class EngineAdapter(ABC):
     name: str = ""
     has_metrics: bool = True
     """False when the engine serves no Prometheus /metrics (its stats stay zero)."""
+
+    arg_policy: ArgPolicy
+    """The engine arguments a plan may ask for (each adapter sets its own)."""
+
+    def refusal(self, replica: ReplicaSpec) -> str | None:
+        """Why ``replica`` must not be started here (its arguments), or None."""
+        return refusal(self.arg_policy, replica.model_uid, replica.model_name,
+                       replica.engine_args, replica.trust_remote_code)
 
     @abstractmethod
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:

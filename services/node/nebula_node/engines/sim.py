@@ -8,7 +8,18 @@ from pathlib import Path
 
 import aiohttp
 
+from ..sim.main import build_parser
+from .args import ArgPolicy
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
+
+_NODE_SETS = frozenset({"--host", "--port", "--listen", "--model-name", "--model",
+                        "--served-model-name", "--help", "-h"})
+
+
+def sim_policy() -> ArgPolicy:
+    """Every flag of ``nebula-sim`` (read from its parser) but those the node sets."""
+    flags = {flag for action in build_parser()._actions for flag in action.option_strings}
+    return ArgPolicy("sim", frozenset(flags - _NODE_SETS))
 
 
 def sim_binary() -> str:
@@ -24,8 +35,9 @@ class SimAdapter(EngineAdapter):
 
     def __init__(self, binary: str | None = None):
         self.binary = binary or sim_binary()
+        self.arg_policy = sim_policy()
 
-    def command(self, replica: ReplicaSpec, port: int, host: str = "0.0.0.0") -> list[str]:
+    def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         return [self.binary, "--host", host, "--port", str(port),
                 "--model-name", replica.model_name,
                 "--served-model-name", replica.model_uid, *replica.engine_args]

@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import aiohttp
 
+from .args import ArgPolicy
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
+
+# What an operator tunes. Not here: what the node sets itself (--host, --port,
+# --served-model-name), what reads files or fetches code and weights from elsewhere
+# (--config, --download-dir, LoRA modules, --hf-overrides, --allowed-local-media-path).
+POLICY = ArgPolicy("vllm", frozenset({
+    "--allowed-media-domains", "--api-key", "--block-size", "--chat-template",
+    "--chat-template-content-format", "--cpu-offload-gb", "--data-parallel-size", "-dp",
+    "--disable-log-requests", "--disable-log-stats", "--dtype", "--enable-auto-tool-choice",
+    "--enable-chunked-prefill", "--no-enable-chunked-prefill", "--enable-expert-parallel",
+    "--enable-log-requests", "--enable-prefix-caching", "--no-enable-prefix-caching",
+    "--enforce-eager", "--generation-config", "--gpu-memory-utilization", "--kv-cache-dtype",
+    "--limit-mm-per-prompt", "--load-format", "--max-logprobs", "--max-model-len",
+    "--max-num-batched-tokens", "--max-num-seqs", "--max-seq-len-to-capture",
+    "--override-generation-config", "--pipeline-parallel-size", "-pp", "--quantization", "-q",
+    "--reasoning-parser", "--revision", "--scheduling-policy", "--seed", "--swap-space",
+    "--task", "--tensor-parallel-size", "-tp", "--tokenizer", "--tokenizer-mode",
+    "--tokenizer-revision", "--tool-call-parser", "--uvicorn-log-level",
+}), dashes_for_underscores=True, trust_remote_code="--trust-remote-code")
 
 
 class VllmAdapter(EngineAdapter):
     name = "vllm"
+    arg_policy = POLICY
 
     def __init__(self, binary: str = "vllm"):
         self.binary = binary
 
-    def command(self, replica: ReplicaSpec, port: int, host: str = "0.0.0.0") -> list[str]:
+    def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         argv = [self.binary, "serve", replica.model_name, "--host", host, "--port", str(port),
                 "--served-model-name", replica.model_name]
         if replica.model_uid != replica.model_name:

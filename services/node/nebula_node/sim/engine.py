@@ -1,174 +1,83 @@
-"""Sim engine state: settings and faults, admission queue, stats and vLLM metrics."""
+"""The simulated engine: request admission and queueing, prefill, token generation, stats.
+
+Everything the HTTP layer (``app.py``) asks of the sim is a method here; a handler
+only translates between HTTP and one or two of these calls.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
-from collections import deque
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple, NoReturn, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from .admission import Admission
+from .faults import Faults
+from .metrics import SimMetrics
 from .prefix_cache import PrefixCache
+from .protocol import (
+    BadRequest,
+    Refusal,
+    TextFormat,
+    Usage,
+    embedding_inputs,
+    embeddings_response,
+    int_param,
+    models_list,
+)
+from .tokens import count_tokens, generate_tokens, plan_output
+
+JSONObject = dict[str, Any]
+"""A parsed JSON request body (its values are whatever the client sent)."""
+
+RECORDED_HEADERS = ("traceparent", "tracestate", "x-request-id", "x-session-id")
+"""Request headers kept for /sim/stats, so tests can see what reached the engine."""
 
 
-@dataclass
-class Faults:
-    """Latency settings and injected faults; all changeable at run time (POST /sim/faults)."""
+class HeaderLookup(Protocol):
+    """What :meth:`SimEngine.admit` reads of a request's headers (werkzeug's ``Headers``)."""
 
-    ttft_ms: float = 0.0
-    itl_ms: float = 0.0
-    prefill_ms_per_token: float = 0.0
-    fail_rate: float = 0.0
-    crash_after: int = 0  # 0 = never; else exit when that request arrives
-    hang: bool = False
-    hang_health: bool = False
-    stream_cut_after: int = 0  # 0 = never; else drop the connection after N frames
-    max_concurrency: int = 0  # 0 = unlimited
+    def __contains__(self, key: str, /) -> bool: ...
 
-    _FLOATS = ("ttft_ms", "itl_ms", "prefill_ms_per_token", "fail_rate")
-    _INTS = ("crash_after", "stream_cut_after", "max_concurrency")
-    _BOOLS = ("hang", "hang_health")
-
-    def validated(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """Check a partial update; returns the typed values or raises ValueError."""
-        if not isinstance(patch, dict):
-            raise ValueError("body must be a JSON object")
-        names = {f.name for f in fields(self)}
-        out: dict[str, Any] = {}
-        for key, value in patch.items():
-            if key not in names:
-                raise ValueError(f"unknown fault {key!r}; known: {sorted(names)}")
-            if key in self._BOOLS:
-                if not isinstance(value, bool):
-                    raise ValueError(f"{key} must be true or false")
-                out[key] = value
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{key} must be a non-negative number")
-            if key in self._INTS:
-                if int(value) != value:
-                    raise ValueError(f"{key} must be an integer")
-                out[key] = int(value)
-            else:
-                out[key] = float(value)
-        if out.get("fail_rate", 0.0) > 1.0:
-            raise ValueError("fail_rate must be between 0 and 1")
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __getitem__(self, key: str, /) -> str: ...
 
 
-class Admission:
-    """At most ``limit`` running requests (0 = unlimited); the rest wait in FIFO order.
-
-    A slot freed by :meth:`release` is handed straight to the oldest waiter, so a
-    burst of arrivals cannot overtake a request that has been waiting.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    def _has_room(self) -> bool:
-        return self.limit <= 0 or self.running < self.limit
-
-    async def acquire(self) -> None:
-        if not self._waiters and self._has_room():
-            self.running += 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    def release(self) -> None:
-        self.running -= 1
-        self._wake()
-
-    def set_limit(self, limit: int) -> None:
-        self.limit = limit
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self._has_room():
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self.running += 1
-                fut.set_result(None)
+class StreamCut(Exception):
+    """Raised inside a stream to drop the connection mid-response (stream_cut_after)."""
 
 
-class SimMetrics:
-    """vLLM's metric names on a private registry (rendered at the sim's /metrics)."""
+class Job(NamedTuple):
+    """One admitted text request, planned: its prompt and what to generate."""
 
-    def __init__(self, model: str, engine: SimEngine) -> None:
-        self.registry = CollectorRegistry()
-        reg = self.registry
-        labels = {"model_name": model, "engine": "0"}
-        names = list(labels)
+    prompt: str
+    prompt_tokens: int
+    tokens: int  # tokens to generate
+    reason: str  # the finish reason once they are out
 
-        def gauge(name: str, doc: str, fn: Any) -> None:
-            Gauge(name, doc, names, registry=reg).labels(**labels).set_function(fn)
 
-        gauge("vllm:num_requests_running", "Requests in model execution batches.",
-              lambda: engine.admission.running)
-        gauge("vllm:num_requests_waiting", "Requests waiting to be processed.",
-              lambda: engine.admission.waiting)
-        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-              engine.kv_usage)
-        gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage (pre-v0.10 name).",
-              engine.kv_usage)
+def crash_process(request_number: int) -> NoReturn:
+    """The crash_after fault: exit at once with status 1, as a crashing engine would."""
+    sys.stderr.write(f"nebula-sim: crash_after fault: exiting at request {request_number}\n")
+    sys.stderr.flush()
+    os._exit(1)
 
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Any:
-            c = Counter(name, doc, [*names, *extra], registry=reg)
-            return c if extra else c.labels(**labels)
 
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Prefill tokens processed.")
-        self.generation_tokens = counter("vllm:generation_tokens",
-                                         "Generation tokens processed.")
-        self._success = counter("vllm:request_success", "Successful requests.",
-                                ("finished_reason",))
-        self.prefix_queries = counter("vllm:prefix_cache_queries",
-                                      "Prefix cache queries, in tokens.")
-        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
-        self.ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "Time to first token.", names, registry=reg,
-            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                     2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)).labels(**labels)
-        self.e2e = Histogram(
-            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", names,
-            registry=reg, buckets=(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
-                                   30.0, 40.0, 50.0, 60.0, 120.0)).labels(**labels)
-        self._labels = labels
-
-    def success(self, finished_reason: str) -> None:
-        self._success.labels(**self._labels, finished_reason=finished_reason).inc()
-
-    def aborted(self) -> None:
-        """A request whose client went away: vLLM counts it with finished_reason=abort."""
-        self.success("abort")
+async def hang_forever() -> None:
+    """Never return: the 'hang' fault (a client timeout or disconnect cancels it)."""
+    await asyncio.Event().wait()
 
 
 class SimEngine:
-    """Everything the HTTP layer shares: settings, faults, queue, cache, counters."""
+    """The simulated engine: settings, faults, queue, prefix cache, counters, request path."""
 
     def __init__(self, *, model: str, served_names: list[str], max_model_len: int,
                  output_tokens: int, faults: Faults, prefix_cache_blocks: int,
                  prefix_block_chars: int, kv_cache_tokens: int, embedding_dim: int,
-                 seed: int) -> None:
+                 seed: int, crash: Callable[[int], NoReturn] = crash_process) -> None:
         self.model = model
         self.served_names = served_names
         self.max_model_len = max_model_len
@@ -180,6 +89,7 @@ class SimEngine:
         self.admission = Admission(faults.max_concurrency)
         self.rng = random.Random(seed)
         self.crash_at = faults.crash_after  # request number that kills the process
+        self.started_at = int(time.time())  # the models' "created"
         self.running_tokens = 0
         self.requests_total = 0
         self.requests_cancelled = 0
@@ -187,30 +97,31 @@ class SimEngine:
         self.requests_success = 0
         self.by_path: dict[str, int] = {}
         self.last_request_headers: dict[str, str] = {}
-        self.metrics = SimMetrics(model, self)
+        self._crash = crash
+        admission = self.admission
+        self.metrics = SimMetrics(model, running=lambda: admission.running,
+                                  waiting=lambda: admission.waiting, kv_usage=self.kv_usage)
 
+    # -- state --------------------------------------------------------------------------
     def kv_usage(self) -> float:
         return min(1.0, self.running_tokens / self.kv_cache_tokens)
 
-    def serves(self, name: Any) -> bool:
+    def serves(self, name: object) -> bool:
         return name is None or name in self.served_names
 
-    def update_faults(self, patch: dict[str, Any]) -> None:
-        values = self.faults.validated(patch)
-        for key, value in values.items():
-            setattr(self.faults, key, value)
-        if "crash_after" in values:
-            # At run time "crash after N" counts from now, not from the start.
-            n = values["crash_after"]
-            self.crash_at = self.requests_total + n if n else 0
-        if "max_concurrency" in values:
-            self.admission.set_limit(values["max_concurrency"])
+    def served_name(self, body: JSONObject) -> str:
+        """The name the request used for the model (answers carry it back)."""
+        name = body.get("model")
+        return name if isinstance(name, str) else self.served_names[0]
 
-    def should_fail(self) -> bool:
-        rate = self.faults.fail_rate
-        return rate > 0 and (rate >= 1.0 or self.rng.random() < rate)
+    def models(self) -> JSONObject:
+        """The ``/v1/models`` list."""
+        return models_list(self.served_names, self.max_model_len, self.started_at)
 
-    def stats(self) -> dict[str, Any]:
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
+
+    def stats(self) -> JSONObject:
         cache = self.cache
         return {
             "model": self.model,
@@ -231,3 +142,231 @@ class SimEngine:
             "last_request_headers": dict(self.last_request_headers),
             "faults": self.faults.as_dict(),
         }
+
+    def reset(self) -> None:
+        """Zero the request counters and empty the prefix cache (one process per benchmark)."""
+        self.cache.clear()
+        self.requests_total = self.requests_success = 0
+        self.requests_cancelled = self.requests_failed = 0
+        self.by_path.clear()
+
+    # -- faults -------------------------------------------------------------------------
+    def fault_settings(self) -> JSONObject:
+        """The faults as ``/sim/faults`` shows them, with the request number that crashes."""
+        return {**self.faults.as_dict(), "crash_at_request": self.crash_at}
+
+    def update_faults(self, patch: object) -> None:
+        """Apply a partial update of the faults; ValueError (and no change) on a bad one."""
+        values = self.faults.validated(patch)
+        self.faults.apply(values)
+        if "crash_after" in values:
+            # At run time "crash after N" counts from now, not from the start.
+            n = int(values["crash_after"])
+            self.crash_at = self.requests_total + n if n else 0
+        if "max_concurrency" in values:
+            self.admission.set_limit(int(values["max_concurrency"]))
+
+    def should_fail(self) -> bool:
+        rate = self.faults.fail_rate
+        return rate > 0 and (rate >= 1.0 or self.rng.random() < rate)
+
+    async def health(self) -> None:
+        """Return at once, or never while hang and hang_health are both set (a wedged engine)."""
+        if self.faults.hang and self.faults.hang_health:
+            await hang_forever()
+
+    # -- the request path ---------------------------------------------------------------
+    async def admit(self, path: str, headers: HeaderLookup,
+                    read_body: Callable[[], Awaitable[str | bytes]]) -> JSONObject:
+        """Count an inference request, apply the crash, hang and fail faults; its body.
+
+        Raises :class:`Refusal` for a body that is not a JSON object, a model this
+        engine does not serve, or an injected failure.
+        """
+        self.requests_total += 1
+        self.by_path[path] = self.by_path.get(path, 0) + 1
+        self.last_request_headers = {h: headers[h] for h in RECORDED_HEADERS if h in headers}
+        if self.crash_at and self.requests_total >= self.crash_at:
+            self._crash(self.requests_total)
+        if self.faults.hang:
+            try:
+                await hang_forever()
+            except asyncio.CancelledError:
+                self._cancelled()
+                raise
+        try:
+            body = json.loads(await read_body())
+        except ValueError:
+            raise Refusal(400, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise Refusal(400, "request body must be a JSON object")
+        if not self.serves(body.get("model")):
+            raise Refusal(404, f"The model `{body.get('model')}` does not exist.",
+                          code="model_not_found", param="model")
+        if self.should_fail():
+            self.requests_failed += 1
+            raise Refusal(500, "simulated engine failure (fail_rate fault)", code="sim_fault")
+        return body
+
+    def plan(self, prompt: str, requested: int | None) -> Job:
+        """What to generate for ``prompt``; a 400 :class:`Refusal` when it fills the context."""
+        prompt_tokens = count_tokens(prompt)
+        if prompt_tokens >= self.max_model_len:
+            raise Refusal(400, f"prompt is {prompt_tokens} tokens; the maximum "
+                          f"context length is {self.max_model_len}")
+        n, reason = plan_output(requested, self.output_tokens, prompt_tokens,
+                                self.max_model_len)
+        return Job(prompt, prompt_tokens, n, reason)
+
+    async def complete(self, job: Job) -> tuple[str, Usage]:
+        """Run ``job`` to its end (queue, prefill, every token's time); its text and usage."""
+        started = time.monotonic()
+        try:
+            cached = await self._start(job, started)
+            try:
+                itl_ms = self.faults.itl_ms
+                if itl_ms > 0 and job.tokens > 1:
+                    await asyncio.sleep(itl_ms * (job.tokens - 1) / 1000)
+            finally:
+                self._stop(job)
+        except asyncio.CancelledError:
+            self._cancelled()
+            raise
+        text = "".join(generate_tokens(job.prompt, job.tokens))
+        self._finish(job, started)
+        return text, Usage(job.prompt_tokens, job.tokens, cached)
+
+    async def stream(self, fmt: TextFormat, job: Job) -> AsyncIterator[bytes]:
+        """The SSE frames of ``job`` in ``fmt``: one write, or paced on ``itl_ms`` deadlines.
+
+        The stream_cut_after fault raises :class:`StreamCut` after that many frames.
+        """
+        started = time.monotonic()
+        try:
+            cached = await self._start(job, started)
+        except asyncio.CancelledError:
+            self._cancelled()
+            raise
+        done = False
+        try:
+            n = job.tokens
+            tokens = generate_tokens(job.prompt, n)
+            usage = Usage(job.prompt_tokens, n, cached)
+            cut = self.faults.stream_cut_after
+            itl = self.faults.itl_ms / 1000
+            if itl <= 0 or n <= 1:
+                # No pacing: the whole stream in one write.
+                sent, last = 0, fmt.all_frames(tokens, job.reason, usage)
+            else:
+                first = fmt.head()
+                first.append(fmt.token_frame(tokens[0], 0))
+                if cut and len(first) >= cut:
+                    yield b"".join(first[:cut])
+                    raise StreamCut
+                sent = len(first)
+                yield b"".join(first)
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                i = 1
+                while i < n:
+                    # Absolute deadlines: pacing does not drift with scheduling delays.
+                    now = loop.time()
+                    due = t0 + i * itl
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                        now = loop.time()
+                    # Every token already due goes out in one write, so an overloaded sim
+                    # coalesces frames instead of falling further behind.
+                    upto = min(n, max(i + 1, int((now - t0) / itl) + 1))
+                    if cut:
+                        if sent >= cut:
+                            raise StreamCut
+                        upto = min(upto, i + cut - sent)
+                    if upto == i + 1:
+                        chunk = fmt.token_frame(tokens[i], i)
+                    else:
+                        chunk = b"".join([fmt.token_frame(tokens[j], j)
+                                          for j in range(i, upto)])
+                    sent += upto - i
+                    i = upto
+                    yield chunk
+                last = fmt.tail("".join(tokens), job.reason, usage)
+            if cut and sent + len(last) > cut:
+                yield b"".join(last[:cut - sent])
+                raise StreamCut
+            done = True
+            self._finish(job, started)
+            yield b"".join(last)
+        except StreamCut:
+            self.requests_failed += 1
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            if not done:
+                self._cancelled()
+            raise
+        finally:
+            self._stop(job)
+
+    def embed(self, body: JSONObject) -> JSONObject:
+        """The embeddings response of an admitted request; :class:`BadRequest` on bad fields."""
+        inputs = embedding_inputs(body)
+        dimensions = int_param(body, "dimensions") or self.embedding_dim
+        if dimensions > self.embedding_dim:
+            # As vLLM: a model cannot return more dimensions than it has.
+            raise BadRequest(f"dimensions must be at most {self.embedding_dim} for this "
+                             f"model, got {dimensions}", "dimensions")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise BadRequest("encoding_format must be float or base64", "encoding_format")
+        prompt_tokens = sum(count_tokens(t) for t in inputs)
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.requests_success += 1
+        self.metrics.success("stop")
+        return embeddings_response(self.served_name(body), inputs, dimensions, encoding,
+                                   prompt_tokens)
+
+    async def _start(self, job: Job, started: float) -> int:
+        """Wait for a slot, hold the job's KV tokens, prefill; returns the cached tokens.
+
+        Whatever interrupts it (a cancel while queued or prefilling) leaves nothing held;
+        once it returned, the caller gives the slot back with :meth:`_stop`.
+        """
+        await self.admission.acquire()
+        self.running_tokens += job.prompt_tokens + job.tokens
+        try:
+            cached = await self._prefill(job)
+        except BaseException:
+            self._stop(job)
+            raise
+        self.metrics.ttft.observe(time.monotonic() - started)
+        return cached
+
+    async def _prefill(self, job: Job) -> int:
+        """Prefix-cache lookup and the time to first token; returns the cached tokens."""
+        result = self.cache.lookup_and_insert(job.prompt)
+        metrics = self.metrics
+        metrics.prefix_queries.inc(result.query_tokens)
+        if result.hit_tokens:
+            metrics.prefix_hits.inc(result.hit_tokens)
+        metrics.prompt_tokens.inc(job.prompt_tokens)
+        faults = self.faults
+        delay = faults.ttft_ms + faults.prefill_ms_per_token * result.uncached_tokens
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+        return result.hit_tokens
+
+    def _stop(self, job: Job) -> None:
+        self.admission.release()
+        self.running_tokens -= job.prompt_tokens + job.tokens
+
+    def _finish(self, job: Job, started: float) -> None:
+        self.requests_success += 1
+        metrics = self.metrics
+        metrics.success(job.reason)
+        metrics.generation_tokens.inc(job.tokens)
+        metrics.e2e.observe(time.monotonic() - started)
+
+    def _cancelled(self) -> None:
+        """The client went away before the answer was complete."""
+        self.requests_cancelled += 1
+        self.metrics.aborted()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 
@@ -10,7 +11,8 @@ from nebula_common.logs import setup_logging
 from nebula_common.service import run_app
 
 from .app import create_app
-from .engine import Faults, SimEngine
+from .engine import SimEngine
+from .faults import Faults
 
 PROG = "nebula-sim"
 log = logging.getLogger("nebula.sim")
@@ -55,9 +57,8 @@ def build_parser() -> Parser:
     return p
 
 
-def engine_from_args(args: object, parser: Parser) -> SimEngine:
+def engine_from_args(a: argparse.Namespace, parser: Parser) -> SimEngine:
     """Validate flags (one-line error on a bad one) and build the engine."""
-    a = args  # argparse.Namespace; kept loose for brevity
     model = a.model_name or a.model_alias or (a.served_model_name or [None])[0]
     if not model:
         parser.error("--model-name is required")

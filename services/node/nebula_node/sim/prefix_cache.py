@@ -76,4 +76,6 @@ class PrefixCache:
         return CacheResult(query, hit)
 
     def clear(self) -> None:
+        """Forget every block and zero the counters."""
         self._blocks.clear()
+        self.queries = self.hits = 0

@@ -17,15 +17,31 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from nebula_common.openai_errors import error_json
+
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
-class BadRequest(ValueError):
+class Refusal(Exception):
+    """A request answered with an OpenAI error instead of being run (status, code, param)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+
+    def body(self) -> bytes:
+        """The OpenAI error body (``{"error": {...}}``)."""
+        return error_json(self.status, str(self), code=self.code, param=self.param)
+
+
+class BadRequest(Refusal, ValueError):
     """A request the OpenAI API would answer with 400 (message, offending param)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(400, message, param=param)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -290,7 +306,8 @@ class CompletionFormat(TextFormat):
 
 
 def _event(obj: dict[str, Any]) -> bytes:
-    return b"event: " + obj["type"].encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+    kind: str = obj["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
 
 
 class ResponsesFormat(TextFormat):

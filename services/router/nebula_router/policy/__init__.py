@@ -1,8 +1,20 @@
-"""Routing policy: pure filters, scorers and pickers over :class:`Candidate` objects."""
+"""Routing policy: filters, scorers and pickers as plugins over :class:`Candidate` objects.
+
+``plugin`` holds the three interfaces, ``registry`` the names profiles use,
+``filters/``, ``scorers/`` and ``pickers/`` one module per plugin, ``profile``
+the YAML format, ``presets`` the ``--policy`` names, ``pipeline`` the running
+policy. Nothing here does IO but reading a profile file at start.
+"""
 
 from .candidate import Candidate
 from .outlier import OutlierPolicy
-from .pipeline import POLICIES, Pipeline, RouteKeys, prefix_text, session_key
+from .pipeline import Pipeline
+from .plugin import Filter, Picker, PolicyError, Scorer, Settings
+from .presets import POLICIES, PRESETS
+from .profile import Profile, load_profile, parse_profile
+from .request import KeyReader, Need, RouteKeys, prefix_text
 
-__all__ = ["POLICIES", "Candidate", "OutlierPolicy", "Pipeline", "RouteKeys", "prefix_text",
-           "session_key"]
+__all__ = ["POLICIES", "PRESETS", "Candidate", "Filter", "KeyReader", "Need", "OutlierPolicy",
+           "Picker", "Pipeline", "PolicyError", "Profile", "RouteKeys", "Scorer", "Settings",
+           "load_profile",
+           "parse_profile", "prefix_text"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nebula_common.records import EndpointState
+
 
 @dataclass(eq=False, slots=True)
 class Candidate:
@@ -18,7 +20,7 @@ class Candidate:
     base_url: str = ""
     model_name: str = ""
     engine: str = ""
-    status: str = "ready"
+    status: str = EndpointState.READY
     node_id: str = ""
     # engine load scraped by the node into /stats/<uid>/<rid>
     running: float = 0.0

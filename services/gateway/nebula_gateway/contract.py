@@ -1,0 +1,195 @@
+"""The request contract: every public endpoint's body, field by field, in one place.
+
+:mod:`validation` checks each request against these specs and :mod:`openapi`
+publishes them as the request schemas of ``/openapi.json``: to add or change a
+field, change it here and both follow. Bounds are the gateway's sanity limits
+(OpenAI's where it has them); each engine then enforces its model's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .fields import Arr, Bool, Enum, Field, Int, Num, Obj, OneOf, Opaque, Str, Tagged
+
+MAX_EMBEDDING_DIMENSIONS = 65536
+"""A sanity bound checked at the edge; each engine then enforces its model's own size."""
+
+MODEL = Field("model", Str(min_length=1, max_length=256), required=True,
+              doc="A placed model's name or uid (GET /v1/models)")
+STREAM = Field("stream", Bool())
+TEMPERATURE = Field("temperature", Num(0, 2))
+TOP_P = Field("top_p", Num(0, 1))
+USER = Field("user", Str())
+NON_EMPTY = " must be a non-empty string"
+
+SAMPLING = (
+    STREAM,
+    TEMPERATURE,
+    TOP_P,
+    Field("presence_penalty", Num(-2, 2)),
+    Field("frequency_penalty", Num(-2, 2)),
+    Field("max_tokens", Int(1)),
+    Field("n", Int(1, 128)),
+    Field("seed", Int(-(2**63), 2**63 - 1)),
+    Field("stop", Opaque(OneOf(Str(), Arr(Str(), max_items=16)),
+                         " must be a string or a list of at most 16 strings")),
+    Field("stream_options", Obj(Field("include_usage", Bool(), nullable=False))),
+    USER,
+)
+"""What chat and text completions share (in this order, the first bad one is reported)."""
+
+CONTENT_PART = Tagged("type", {}, other=Obj(), at_tag=False, bad=" must be an object with a type",
+                      title="ContentPart")
+"""Any typed part (text, image_url, input_audio, ...): the engine knows which it takes."""
+
+CONTENT = OneOf(Str(), Arr(CONTENT_PART), message=" must be a string or an array of parts")
+"""A message's content: text, or typed parts."""
+
+TOOL_CHOICE = Opaque(
+    OneOf(Enum("none", "auto", "required"),
+          Obj(Field("type", Enum("function", "allowed_tools", "custom"), required=True))),
+    " must be 'none', 'auto', 'required' or a tool object")
+
+
+def output_format(schema_member: str) -> Tagged:
+    """Text, any JSON object, or JSON under a schema held in ``schema_member``."""
+    return Tagged("type", {
+        "text": Obj(),
+        "json_object": Obj(),
+        "json_schema": Obj(Field(schema_member, Obj(), required=True)),
+    }, at_tag=False, bad=".type must be text, json_object or json_schema")
+
+
+# -- /v1/chat/completions ----------------------------------------------------------------
+
+_CONTENT = Field("content", CONTENT, required=True, absent=" is required")
+
+# (members the gateway does not check, like ``name`` or ``tool_call_id``, go to the
+# engine as they are and are left out here: the contract is what is refused at the edge)
+CHAT_MESSAGE = Tagged("role", {
+    "system": Obj(_CONTENT),
+    "user": Obj(_CONTENT),
+    "assistant": Obj(Field("content", CONTENT, required=True, nullable=True,
+                           unless="tool_calls", absent=" is required"),
+                     Field("tool_calls", Arr())),
+    "tool": Obj(_CONTENT),
+    "developer": Obj(_CONTENT),
+    "function": Obj(_CONTENT),
+}, bad=" must be one of {values}", title="ChatMessage")
+
+CHAT_TOOL = Obj(
+    Field("type", Enum("function"), required=True),
+    Field("function", Obj(
+        Field("name", Opaque(Str(min_length=1), NON_EMPTY), required=True),
+        Field("parameters", Obj(), nullable=False),
+    ), required=True),
+    title="ChatTool")
+
+CHAT = Obj(
+    MODEL,
+    Field("messages", Arr(CHAT_MESSAGE, min_items=1, item_noun="message"), required=True),
+    *SAMPLING,
+    Field("max_completion_tokens", Int(1)),
+    Field("logprobs", Bool()),
+    Field("top_logprobs", Int(0, 20)),
+    Field("tools", Arr(CHAT_TOOL)),
+    Field("tool_choice", TOOL_CHOICE),
+    Field("response_format", output_format("json_schema")),
+)
+
+# -- /v1/completions ---------------------------------------------------------------------
+
+COMPLETIONS = Obj(
+    MODEL,
+    Field("prompt", Opaque(
+        OneOf(Str(), Arr(Str(), min_items=1), Arr(Int(), min_items=1),
+              Arr(Arr(Int()), min_items=1)),
+        " must be a string, an array of strings or an array of token ids"), required=True),
+    *SAMPLING,
+    Field("logprobs", Int(0, 20)),
+    Field("echo", Bool()),
+    Field("best_of", Int(1, 128)),
+    Field("suffix", Str()),
+)
+
+# -- /v1/embeddings ----------------------------------------------------------------------
+
+_INPUTS = " must be a non-empty string, array of strings or token arrays"
+EMBEDDINGS = Obj(
+    MODEL,
+    Field("input", OneOf(
+        Str(min_length=1),
+        Opaque(OneOf(Arr(Str(), min_items=1), Arr(Int(), min_items=1),
+                     Arr(Arr(Int(), min_items=1), min_items=1)), _INPUTS),
+        message=_INPUTS), required=True),
+    Field("encoding_format", Enum("float", "base64")),
+    Field("dimensions", Int(1, MAX_EMBEDDING_DIMENSIONS)),
+    USER,
+)
+
+# -- /v1/responses -----------------------------------------------------------------------
+
+RESPONSE_ROLES = ("user", "system", "developer", "assistant")
+
+INPUT_ITEM = Tagged("type", {
+    "message": Obj(
+        Field("role", Opaque(Enum(*RESPONSE_ROLES),
+                             " must be one of " + ", ".join(RESPONSE_ROLES)), required=True),
+        Field("content", CONTENT, required=True)),
+    "function_call": Obj(*(Field(name, Str(), required=True)
+                           for name in ("call_id", "name", "arguments"))),
+    "function_call_output": Obj(
+        Field("call_id", Str(), required=True),
+        Field("output", Opaque(OneOf(Str(), Arr()), " must be a string"), required=True)),
+    "reasoning": Obj(),
+    "item_reference": Obj(),
+}, default="message", bad=" {value!r} is not supported", title="ResponseInputItem")
+
+_PARAMETERS = Field("parameters", Obj())
+
+RESPONSES_TOOL = Tagged(
+    "type",
+    {"function": Obj(Field("name", Opaque(Str(min_length=1), NON_EMPTY), required=True),
+                     _PARAMETERS)},
+    other=Obj(_PARAMETERS), at_tag=False, bad=" must be an object with a type",
+    title="ResponseTool")
+
+RESPONSES = Obj(
+    MODEL,
+    Field("input", OneOf(Str(), Arr(INPUT_ITEM),
+                         message=" must be a string or an array of input items"),
+          required=True),
+    STREAM,
+    Field("store", Bool()),
+    TEMPERATURE,
+    TOP_P,
+    Field("max_output_tokens", Int(1)),
+    Field("instructions", Str()),
+    Field("previous_response_id", Opaque(Str(min_length=1), NON_EMPTY)),
+    Field("text", Obj(Field("format", output_format("schema")))),
+    Field("tools", Arr(RESPONSES_TOOL)),
+    Field("tool_choice", TOOL_CHOICE),
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One public POST path: its body's spec and how the OpenAPI document names it."""
+
+    path: str
+    body: Obj
+    schema_name: str  # OpenAI's component name for the same request
+    operation_id: str
+    summary: str
+
+
+ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (
+    Endpoint("/v1/chat/completions", CHAT, "CreateChatCompletionRequest",
+             "createChatCompletion", "Chat completion"),
+    Endpoint("/v1/completions", COMPLETIONS, "CreateCompletionRequest", "createCompletion",
+             "Text completion"),
+    Endpoint("/v1/embeddings", EMBEDDINGS, "CreateEmbeddingRequest", "createEmbedding",
+             "Embeddings"),
+    Endpoint("/v1/responses", RESPONSES, "CreateResponse", "createResponse", "Responses API"),
+)}

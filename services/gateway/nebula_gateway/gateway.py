@@ -1,0 +1,181 @@
+"""The hot path: POSTs on the OpenAI paths, served as raw ASGI (no framework objects).
+
+Order of checks on every request: API key (401) -> body size, JSON and fields
+(400/413/408) -> model placed (404) -> model allowed for the key (403) -> rate
+and concurrency (429) -> forward to a router. Nothing reaches a router unless
+every check passed. The answer is the endpoint's handler's: chat, completions
+and embeddings pass through (:mod:`passthrough`), Responses are served natively
+or translated (:mod:`responses`). Each request is finished exactly once
+(:class:`~.outcome.Outcome`), when its last byte was sent or its client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from opentelemetry import propagate, trace
+
+from nebula_common.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    DisconnectWatcher,
+    Receive,
+    Scope,
+    Send,
+    declared_length,
+    read_body,
+)
+from nebula_common.tracing import setup_tracing, tracing_enabled
+
+from . import metrics, passthrough, responses
+from .auth import Authenticator, AuthError
+from .catalog import ModelCatalog, ModelInfo
+from .config import GatewayConfig
+from .outcome import Outcome
+from .reply import REFUSALS, Reply, error_bytes, refusal, send_error, send_reply
+from .responses_translate import ResponseStore
+from .routers import RouterPool
+from .validation import ValidationError, validate
+
+log = logging.getLogger("nebula.gateway")
+
+# Request headers forwarded to the router besides the ones the gateway sets itself.
+_PASS_REQUEST_HEADERS = ("x-session-id", "x-nebula-session", "user-agent")
+
+Handler = Callable[["Gateway", str, Mapping[str, str], bytes, Outcome], Awaitable[Reply]]
+HANDLERS: dict[str, Handler] = {
+    "/v1/chat/completions": passthrough.handle,
+    "/v1/completions": passthrough.handle,
+    "/v1/embeddings": passthrough.handle,
+    "/v1/responses": responses.handle,
+}
+"""Who answers each OpenAI POST path once the request is admitted."""
+
+
+class Gateway:
+    """Shared state (routers, model catalog, keys, stored responses) and the ASGI entry."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.pool = RouterPool(config.router_urls, request_timeout=config.request_timeout)
+        self.catalog = ModelCatalog(self.pool, config.models_cache_seconds)
+        self.auth = Authenticator(config.keys, config.default_rpm, config.default_concurrency)
+        self.store = ResponseStore(config.store_responses)
+        self.tracer = setup_tracing("gateway")
+        self.tracing = tracing_enabled()
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def begin(self, endpoint: str, method: str, headers: Mapping[str, str]) -> Outcome:
+        return Outcome.begin(endpoint, method, headers, auth=self.auth,
+                             log_access=self.config.access_log,
+                             tracer=self.tracer if self.tracing else None)
+
+    def authenticate(self, outcome: Outcome, headers: Mapping[str, str]) -> None:
+        try:
+            outcome.key = self.auth.authenticate(headers.get("authorization"))
+        except AuthError as exc:
+            metrics.AUTH_FAILURES.labels(exc.code).inc()
+            raise
+
+    # -- ASGI ----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        path: str = scope["path"]
+        outcome = self.begin(path, "POST", headers)
+        watcher: DisconnectWatcher | None = None
+        reply: Reply | None = None
+        started = False
+        try:
+            try:
+                try:
+                    self.authenticate(outcome, headers)
+                    raw = await self.read_body(receive, headers)
+                    watcher = DisconnectWatcher(receive)
+                    reply = await HANDLERS[path](self, path, headers, raw, outcome)
+                except REFUSALS as exc:
+                    started = True
+                    await send_error(send, outcome, *refusal(outcome, exc))
+                else:
+                    started = True
+                    await send_reply(send, reply, outcome)
+            except ClientGone:
+                outcome.note = "client disconnected while sending the body"
+                outcome.status = 499
+            except asyncio.CancelledError:
+                if watcher is None or not watcher.absorb():
+                    raise
+                outcome.note = "client disconnected"
+                outcome.status = 499
+            except Exception:  # never a traceback to the client
+                log.exception("unhandled error", extra={"request_id": outcome.request_id})
+                outcome.status = 500
+                if not started:
+                    await send_error(send, outcome, 500, error_bytes(
+                        500, "internal error in the gateway", code="internal_error"), [])
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if reply is not None and reply.upstream is not None:
+                if outcome.status == 200 and not (watcher and watcher.disconnected):
+                    reply.upstream.release()
+                else:
+                    reply.upstream.close()  # drop the connection: the router cancels upstream
+            outcome.finish()
+
+    async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """The whole body within the size and time limits (413, 408), or ClientGone."""
+        limit, seconds = self.config.max_body_bytes, self.config.body_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                return await read_body(receive, limit,
+                                       declared_length(headers.get("content-length")))
+        except BodyTooLarge as exc:
+            message = (f"request body is {exc.declared} bytes; the limit is {limit}"
+                       if exc.declared is not None else f"request body exceeds {limit} bytes")
+            raise ValidationError(413, message, None, "request_too_large") from None
+        except TimeoutError:
+            raise ValidationError(408, f"request body not received within {seconds:g}s",
+                                  None, "body_timeout") from None
+
+    # -- for the handlers ----------------------------------------------------------------
+    async def admit(self, endpoint: str, raw: bytes, outcome: Outcome
+                    ) -> tuple[dict[str, Any], ModelInfo]:
+        """The validated body and its placed model, once every check passed (key slot held)."""
+        body = validate(endpoint, raw, self.config.max_body_bytes)
+        info = await self.catalog.lookup(body["model"])
+        if info is None:
+            raise ValidationError(404, f"The model `{body['model']}` does not exist or is not "
+                                  "placed on any node.", "model", "model_not_found")
+        outcome.model = info.id
+        key = outcome.key
+        if key is not None and not (key.allows(info.id) or key.allows(info.model_uid)):
+            self.auth.check_model(key, info.id)  # raises the 403
+        self.auth.acquire(key)
+        outcome.holds_slot = True
+        return body, info
+
+    async def forward(self, outcome: Outcome, headers: Mapping[str, str], path: str,
+                      data: bytes) -> aiohttp.ClientResponse:
+        return await self.pool.request("POST", path, data=data,
+                                       headers=self.upstream_headers(outcome, headers))
+
+    def upstream_headers(self, outcome: Outcome, headers: Mapping[str, str]) -> dict[str, str]:
+        out = {"content-type": "application/json", "x-request-id": outcome.request_id}
+        for name in _PASS_REQUEST_HEADERS:
+            value = headers.get(name)
+            if value:
+                out[name] = value
+        if outcome.span.get_span_context().is_valid:
+            propagate.inject(out, context=trace.set_span_in_context(outcome.span))
+        else:  # tracing off here: still hand the caller's trace on to the router
+            for name in ("traceparent", "tracestate"):
+                value = headers.get(name)
+                if value:
+                    out[name] = value
+        return out

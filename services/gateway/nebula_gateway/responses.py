@@ -1,0 +1,144 @@
+"""``/v1/responses``: served by engines that have it, translated for the others.
+
+vLLM and the sim serve Responses natively: the request goes through (with the whole
+conversation when it continues a stored one) and only the final event is read,
+for usage and the store. Other engines (llama.cpp) get the equivalent chat
+completions request, and their answer is translated back (:mod:`responses_translate`).
+Finished responses are kept for ``previous_response_id`` unless ``store`` is false.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from nebula_common.asgi import JSON_CONTENT_TYPE
+
+from . import responses_translate as translate
+from .outcome import Outcome
+from .reply import Reply, buffered, error_bytes, stream_reply
+from .responses_translate import ResponseStore, sse_event
+from .sse import decoded, frame_data, frames_of, sse_blocks
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+NATIVE_RESPONSES_ENGINES = frozenset({"vllm", "sim"})
+_FINAL_EVENTS = ("response.completed", "response.incomplete")
+_COMPLETED, _INCOMPLETE = (kind.encode() for kind in _FINAL_EVENTS)
+
+
+async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: bytes,
+                 outcome: Outcome) -> Reply:
+    body, info = await gateway.admit(path, raw, outcome)
+    store = gateway.store
+    items = translate.expand_previous(body, store)
+    native = info.engine in NATIVE_RESPONSES_ENGINES
+    if outcome.span.is_recording():
+        outcome.span.set_attribute("nebula.responses.translated", not native)
+    if native:
+        if body.get("previous_response_id"):
+            # a replica may not have the previous turn: send the whole conversation
+            forwarded = {**body, "input": items}
+            forwarded.pop("previous_response_id")
+            raw = json.dumps(forwarded).encode()
+        upstream = await gateway.forward(outcome, headers, path, raw)
+    else:
+        chat = translate.responses_to_chat(body, items)
+        upstream = await gateway.forward(outcome, headers, "/v1/chat/completions",
+                                         json.dumps(chat).encode())
+    if body.get("stream") is True and upstream.status == 200 and \
+            upstream.content_type == "text/event-stream":
+        frames = (native_frames if native else translated_frames)(
+            outcome, upstream, body, items, store)
+        return stream_reply(upstream, frames)
+    status, data, out_headers = await buffered(outcome, upstream)
+    if status != 200:
+        return Reply(status, out_headers, data)
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return Reply(502, [JSON_CONTENT_TYPE], error_bytes(
+            502, "the engine answered with invalid JSON", code="upstream_error"))
+    if native:
+        response = parsed
+        if body.get("previous_response_id") and isinstance(response, dict):
+            response["previous_response_id"] = body["previous_response_id"]
+            data = json.dumps(response).encode()
+    else:
+        response = translate.chat_to_response(parsed, body)
+        data = json.dumps(response).encode()
+    if isinstance(response, dict):
+        outcome.usage(response.get("usage"))
+        remember(store, body, items, response)
+    return Reply(200, [h for h in out_headers if h[0] != b"content-type"]
+                 + [JSON_CONTENT_TYPE], data)
+
+
+def remember(store: ResponseStore, body: dict[str, Any], items: list[dict[str, Any]],
+             response: dict[str, Any]) -> None:
+    """Keep a finished response for a follow-up turn, unless the request said not to."""
+    if body.get("store") is False or not isinstance(response.get("id"), str):
+        return
+    store.put(response["id"], translate.StoredResponse(items, list(response.get("output") or [])))
+
+
+async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
+                        body: dict[str, Any], items: list[dict[str, Any]],
+                        store: ResponseStore) -> AsyncIterator[bytes]:
+    """Native Responses SSE: bytes through; the final event is read for store + usage."""
+    async for block in sse_blocks(upstream.content.iter_any()):
+        if _COMPLETED in block or _INCOMPLETE in block:
+            for frame in frames_of(block):
+                data = frame_data(frame)
+                if not data or (_COMPLETED not in data and _INCOMPLETE not in data):
+                    continue
+                event = decoded(data)
+                response = event.get("response") if isinstance(event, dict) else None
+                if isinstance(response, dict) and event.get("type") in _FINAL_EVENTS:
+                    outcome.usage(response.get("usage"))
+                    remember(store, body, items, response)
+        yield block
+
+
+async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
+                            body: dict[str, Any], items: list[dict[str, Any]],
+                            store: ResponseStore) -> AsyncIterator[bytes]:
+    """Chat completion chunks in, the Responses event sequence out."""
+    translator = translate.StreamTranslator(body)
+    yield b"".join(sse_event(e) for e in translator.start())
+    done = False
+    async for block in sse_blocks(upstream.content.iter_any()):
+        out: list[dict[str, Any]] = []
+        for frame in frames_of(block):
+            data = frame_data(frame)
+            if data is None:
+                continue
+            if data.strip() == b"[DONE]":
+                done = True
+                out += translator.finish()
+                continue
+            parsed = decoded(data)
+            if isinstance(parsed, dict) and "error" in parsed:
+                error = parsed["error"] if isinstance(parsed["error"], dict) else {}
+                out += translator.fail(str(error.get("message") or "upstream error"),
+                                       error.get("code"))
+                outcome.status = 502
+                done = True
+                continue
+            if isinstance(parsed, dict):
+                out += translator.feed(parsed)
+        if out:
+            yield b"".join(sse_event(e) for e in out)
+    if not done:
+        outcome.status = 502
+        yield b"".join(sse_event(e) for e in translator.fail(
+            "the upstream stream ended before it was complete", "upstream_error"))
+        return
+    response = translator.response
+    if not outcome.usage(response.get("usage")):
+        outcome.note = "engine sent no usage"
+    remember(store, body, items, response)

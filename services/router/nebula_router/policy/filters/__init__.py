@@ -1,0 +1,1 @@
+"""Filters: each narrows the candidates for a request (one module per filter)."""

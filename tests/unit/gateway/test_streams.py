@@ -1,0 +1,120 @@
+"""The three stream handlers over the one frame iterator, fed chunks cut anywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+
+from nebula_gateway.app import create_app
+from nebula_gateway.auth import Authenticator
+from nebula_gateway.config import GatewayConfig
+from nebula_gateway.outcome import Outcome
+from nebula_gateway.passthrough import pass_frames
+from nebula_gateway.responses import native_frames, translated_frames
+from nebula_gateway.responses_translate import ResponseStore
+from nebula_gateway.sse import frames_of, sse_blocks, tail_of
+
+
+class Upstream:
+    """What the handlers read of an aiohttp response: ``content.iter_any()``."""
+
+    def __init__(self, data: bytes, size: int):
+        self.content = self
+        self.chunks = [data[i:i + size] for i in range(0, len(data), size)]
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+def upstream(data: bytes, size: int) -> Any:
+    """The fake, typed as what it stands in for (an aiohttp response)."""
+    return Upstream(data, size)
+
+
+def frame(payload: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return head + b"data: " + data + b"\n\n"
+
+
+def outcome() -> Outcome:
+    return Outcome(Authenticator({}, 0, 0), False, "/v1/chat/completions", "POST", "r",
+                   trace.INVALID_SPAN, None)
+
+
+async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
+    return [block async for block in stream]
+
+
+SIZES = (1, 5, 17, 4096)
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+CHUNKS = [frame({"choices": [{"index": 0, "delta": {"content": word}}]})
+          for word in ("Hel", "lo", "!")]
+CHAT_STREAM = b"".join([*CHUNKS, frame({"choices": [], "usage": USAGE}), frame(b"[DONE]")])
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_blocks_hold_whole_frames_and_the_tail_comes_last(size: int) -> None:
+    data = CHAT_STREAM + b"data: {\"cut"
+    blocks = await collect(sse_blocks(Upstream(data, size).iter_any()))
+    assert b"".join(blocks) == data
+    assert all(block.endswith(b"\n\n") for block in blocks[:-1])
+    assert tail_of(blocks[-1]) == b'data: {"cut' and tail_of(blocks[0]) == b""
+    assert sum(len(frames_of(b)) for b in blocks) == CHAT_STREAM.count(b"\n\n")
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_pass_through_is_byte_exact_and_drops_only_the_unasked_usage(size: int) -> None:
+    asked = outcome()
+    out = await collect(pass_frames(asked, upstream(CHAT_STREAM, size), False, True))
+    assert b"".join(out) == CHAT_STREAM and asked.prompt_tokens == 7
+    unasked = outcome()
+    tail = b'data: {"usage": {"prompt_tokens"'  # a cut stream's end goes through as it is
+    out = await collect(pass_frames(unasked, upstream(CHAT_STREAM + tail, size), True, False))
+    assert b"".join(out) == b"".join(CHUNKS) + frame(b"[DONE]") + tail
+    assert (unasked.prompt_tokens, unasked.completion_tokens) == (7, 3)
+    for record in (asked, unasked):
+        record.finish(200)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_native_stream_passes_through_and_its_final_response_is_stored(size: int) -> None:
+    final = {"id": "resp_1", "status": "completed", "output": [{"type": "message"}],
+             "usage": {"input_tokens": 4, "output_tokens": 2}}
+    data = (frame({"type": "response.created"}, "response.created")
+            + frame({"type": "response.completed", "response": final}, "response.completed"))
+    record, store = outcome(), ResponseStore(4)
+    items = [{"type": "message", "role": "user", "content": "hi"}]
+    out = await collect(native_frames(record, upstream(data, size), {"model": "m"}, items,
+                                      store))
+    assert b"".join(out) == data
+    assert (record.prompt_tokens, record.completion_tokens) == (4, 2)
+    stored = store.get("resp_1")
+    assert stored is not None and stored.input_items == items
+    record.finish(200)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_translated_stream_ends_in_an_error_event_when_cut(size: int) -> None:
+    record = outcome()
+    out = await collect(translated_frames(record, upstream(b"".join(CHUNKS), size),
+                                          {"model": "m"}, [], ResponseStore(4)))
+    events = [json.loads(f.split(b"data: ", 1)[1]) for f in b"".join(out).split(b"\n\n") if f]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "error"
+    assert "".join(e.get("delta", "") for e in events) == "Hello!"
+    assert record.status == 502
+    record.finish()
+
+
+async def test_router_probe_is_a_supervised_task_stopped_at_shutdown() -> None:
+    app = create_app(GatewayConfig(["http://127.0.0.1:9"]))  # nothing listens there
+    tasks = app.quart.extensions["nebula_tasks"]
+    async with app.quart.test_app():
+        [probe] = list(tasks.tasks)
+        assert probe.get_name() == "router-probe" and not probe.done()
+    assert probe.cancelled() and not tasks.tasks
