@@ -26,6 +26,7 @@ from nebula_common.records import (
     Endpoint,
     EndpointState,
     EndpointStats,
+    NodeStatus,
     PlacementPlan,
 )
 from nebula_common.store import EtcdConfig, EtcdStore
@@ -57,7 +58,9 @@ def registration_records(keys: Keys, model: str, engine: str, replicas: Sequence
     """
     plan = PlacementPlan(model_uid=model, model_name=model, engine=engine, version=1,
                          assignments=[Assignment(r.replica_id, NODE_ID, r.port) for r in replicas])
-    out = {keys.placement(model): plan.to_json()}
+    # The router routes only to endpoints on the advertise host of a live node.
+    node = NodeStatus(node_id=NODE_ID, advertise_host="127.0.0.1", engines=[engine])
+    out = {keys.placement(model): plan.to_json(), keys.node(NODE_ID): node.to_json()}
     for r in replicas:
         ep = Endpoint(model_uid=model, model_name=model, replica_id=r.replica_id,
                       node_id=NODE_ID, base_url=r.base_url, engine=engine,

@@ -9,6 +9,7 @@ CPU. Tests run in file order: the destructive ones (router restart, node kill) c
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -117,6 +118,29 @@ def test_nebula_status_inside_the_scheduler(bundle: Compose) -> None:
     assert "ready" in out, out
 
 
+def test_etcd_gives_each_role_only_its_keys(bundle: Compose) -> None:
+    """Auth is on in the bundle: the router's own user, from inside its container, may read
+    placements but write nothing, and no user at all gets nothing."""
+    script = (
+        "import asyncio, sys\n"
+        "from nebula_common.store import EtcdConfig, EtcdStore\n"
+        "async def main(user):\n"
+        "    pw = open('/run/nebula/etcd/nebula-router').read().strip() if user else None\n"
+        "    s = EtcdStore(EtcdConfig(endpoints=('etcd:2379',), username=user, password=pw,"
+        " timeout=3))\n"
+        "    out = []\n"
+        "    for op in (lambda: s.get_prefix('/placements/'), lambda: s.put('/models/x', b'{}')):\n"
+        "        try:\n            await op(); out.append('ok')\n"
+        "        except Exception as exc:\n            out.append('denied' if 'permission denied'"
+        " in str(exc) or 'user name' in str(exc) else repr(exc))\n"
+        "    await s.close(); print(' '.join(out))\n"
+        "asyncio.run(main(sys.argv[1] or None))\n")
+    as_router = bundle.exec("router", "python", "-c", script, "nebula-router").split()
+    assert as_router == ["ok", "denied"], as_router
+    anonymous = bundle.exec("router", "python", "-c", script, "").split()
+    assert anonymous == ["denied", "denied"], anonymous
+
+
 def test_router_restart_loses_no_request(bundle: Compose) -> None:
     """README promise: while no router answers the gateway says 503 + Retry-After, so a
     client retrying as the OpenAI SDKs do (here max_retries=6, honouring Retry-After)
@@ -149,6 +173,20 @@ def test_router_restart_loses_no_request(bundle: Compose) -> None:
     print(f"router restart: sent={sent} succeeded={ok} failed={len(failures)}")
     assert not failures, failures[:3]
     assert after >= 5, "the loop ended before five requests after the restart"
+
+
+def test_node_stops_cleanly_and_restarts_with_one_engine(bundle: Compose) -> None:
+    """SIGTERM (``stop``/``restart``) drains: the agent stops its engine's process group and
+    exits 0 well inside stop_grace_period; back up, exactly one engine runs."""
+    bundle.run("stop", "node", timeout=120)
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}",
+                            "nebula-node-1"], capture_output=True, text=True, timeout=30)
+    assert state.stdout.strip() == "0", state.stdout + state.stderr
+    bundle.run("up", "-d", "--wait", "node", timeout=180)
+    bundle.run("restart", "node", timeout=180)
+    wait_for(lambda: chat_once(client(0)), 90, "a chat answer after `restart node`", 1)
+    engines = engine_processes(bundle)
+    assert len(engines) == 1, engines
 
 
 def test_killed_node_answers_503_then_recovers(bundle: Compose) -> None:

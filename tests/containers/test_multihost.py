@@ -9,6 +9,8 @@ saw (tests/chaos/driver.py): sent, succeeded, failed with a clear error, lost; l
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,10 +125,7 @@ def test_one_etcd_member_then_the_leader_killed_serving_goes_on(hosts: Hosts) ->
 def test_router_cut_off_from_etcd_serves_its_last_table(hosts: Hosts) -> None:
     router, url = "router", ROUTERS["router"]
     assert requests.get(url + "/readyz", timeout=5).status_code == 200
-    hosts.compose.run("exec", "-T", "scheduler2", "true")  # the CLI path works before the cut
-    import subprocess
-    subprocess.run(["docker", "network", "disconnect", hosts.network("control"),
-                    hosts.container(router)], check=True, timeout=60)
+    disconnect(hosts, router, "control")
     try:
         wait_for(lambda: requests.get(url + "/readyz", timeout=5).status_code == 503, 30,
                  "the cut-off router's /readyz to say it lost etcd")
@@ -137,8 +136,7 @@ def test_router_cut_off_from_etcd_serves_its_last_table(hosts: Hosts) -> None:
         # Something changes while it is cut off: one more replica.
         hosts.compose.exec("scheduler2", "nebula", "scale", UID, "4", "--wait", timeout=120)
     finally:
-        subprocess.run(["docker", "network", "connect", hosts.network("control"),
-                        hosts.container(router)], check=True, timeout=60)
+        reconnect(hosts, router, "control")
     wait_for(lambda: requests.get(url + "/readyz", timeout=5).status_code == 200, 30,
              "/readyz back to 200 after reconnection")
 
@@ -148,3 +146,70 @@ def test_router_cut_off_from_etcd_serves_its_last_table(hosts: Hosts) -> None:
 
     wait_for(caught_up, 30, "the router's table to show the fourth replica")
     hosts.compose.exec("scheduler2", "nebula", "scale", UID, "3", "--wait", timeout=120)
+
+
+def disconnect(hosts: Hosts, service: str, *networks: str) -> None:
+    for net in networks:
+        subprocess.run(["docker", "network", "disconnect", hosts.network(net),
+                        hosts.container(service)], check=True, timeout=60)
+
+
+def reconnect(hosts: Hosts, service: str, *networks: str) -> None:
+    # The service name is its DNS name on each network (compose sets it as an alias).
+    for net in networks:
+        subprocess.run(["docker", "network", "connect", "--alias", service, hosts.network(net),
+                        hosts.container(service)], check=True, timeout=60)
+
+
+def sim_processes(hosts: Hosts, service: str) -> list[str]:
+    """The nebula-sim engines running in one node container (from its /proc)."""
+    script = ("import os\n"
+              "for p in os.listdir('/proc'):\n"
+              "    try:\n        argv = open(f'/proc/{p}/cmdline', 'rb').read().split(b'\\0')\n"
+              "    except OSError:\n        continue\n"
+              "    if any(a.endswith(b'nebula-sim') for a in argv[:2]):\n"
+              "        print(p, b' '.join(argv).decode(errors='replace')[:200])")
+    return [ln for ln in hosts.compose.exec(service, "python", "-c", script).splitlines() if ln]
+
+
+def router_view(url: str) -> dict[str, list[str]]:
+    """replica id -> the nodes the router has a ready endpoint for it on."""
+    rows = requests.get(url + "/debug/endpoints", timeout=5).json()["endpoints"]
+    seen: dict[str, list[str]] = {}
+    for r in rows:
+        if r["model_uid"] == UID and r["status"] == "ready":
+            seen.setdefault(r["replica"], []).append(r["node_id"])
+    return seen
+
+
+def test_node_cut_off_is_replaced_and_stands_down_when_back(hosts: Hosts) -> None:
+    before = hosts.ready_nodes()
+    victim = before["r0"]
+    moved = sorted(r for r, n in before.items() if n == victim)
+    load = hosts.load(total=500)
+    load.wait_done(40)
+    disconnect(hosts, victim, "control", "default")
+    cut = time.monotonic()
+    try:
+        wait_for(lambda: (lambda now: len(now) == 3 and victim not in now.values())(
+            hosts.ready_nodes()), LEASE_TTL_S + 5, f"{moved} ready on the other nodes")
+        print(f"node cut: replicas moved and ready after {time.monotonic() - cut:.1f}s")
+    finally:
+        reconnect(hosts, victim, "control", "default")
+    back = time.monotonic()
+    # Back on the network, the node must stop its engines for the moved replicas and must
+    # not re-register them: no replica id is ever served by two nodes, and the table converges.
+    doubled: list[dict[str, list[str]]] = []
+    while time.monotonic() - back < 20:
+        for url in ROUTERS.values():
+            view = router_view(url)
+            if any(len(nodes) > 1 or victim in nodes for nodes in view.values()):
+                doubled.append(view)
+        time.sleep(0.2)
+    assert not doubled, doubled[:3]
+    wait_for(lambda: not sim_processes(hosts, victim), 30,
+             f"{victim} to stop its engines for the moved replicas")
+    for url in ROUTERS.values():
+        wait_for(lambda u=url: sorted(router_view(u)) == ["r0", "r1", "r2"], 30,
+                 "every router's table to converge on three replicas")
+    assert_nothing_lost(load)

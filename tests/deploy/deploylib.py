@@ -25,7 +25,7 @@ COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
 BIN = Path(__import__("sys").executable).parent
 
 ROLES = ("scheduler", "node", "router", "gateway")
-# Documented ports (ARCHITECTURE.md section 2 and issue 7).
+# Documented ports (docs/architecture.md section 2).
 PORTS = {"etcd": 2379, "engine": 10814, "scheduler": 10815, "node": 10816, "router": 18081,
          "gateway": 8081, "prometheus": 9090, "grafana": 3000}
 

@@ -178,19 +178,38 @@ def test_healthchecks_and_startup_order(gpu: dict[str, Any], cpu: dict[str, Any]
     for kind, doc in deployments(gpu, cpu):
         services = doc["services"]
         for name, service in services.items():
+            one_shot = service.get("restart") == "no"
             check = service.get("healthcheck")
-            assert check and check["test"][0] in ("CMD", "CMD-SHELL"), f"{kind}/{name}"
+            assert one_shot or (check and check["test"][0] in ("CMD", "CMD-SHELL")), \
+                f"{kind}/{name}"
             for dep, cond in service.get("depends_on", {}).items():
                 assert dep in services, f"{kind}/{name} depends on unknown {dep}"
-                assert cond["condition"] == "service_healthy", f"{kind}/{name} -> {dep}"
+                expected = ("service_completed_successfully" if services[dep].get("restart")
+                            == "no" else "service_healthy")
+                assert cond["condition"] == expected, f"{kind}/{name} -> {dep}"
         for role in ROLES:
             test = " ".join(services[role]["healthcheck"]["test"])
             port = services[role]["environment"]["NEBULA_LISTEN"].rpartition(":")[2]
             assert f"127.0.0.1:{port}/healthz" in test, f"{kind}/{role}: {test}"
         assert "etcdctl" in services["etcd"]["healthcheck"]["test"]
+        # etcd first, then its auth bootstrap, then every role that talks to etcd.
+        assert "etcd" in services["etcd-auth"]["depends_on"]
         for role in ("scheduler", "node", "router"):
-            assert "etcd" in services[role]["depends_on"], role
+            assert "etcd-auth" in services[role]["depends_on"], role
         assert "router" in services["gateway"]["depends_on"]
+
+
+def test_every_etcd_client_has_its_own_user(gpu: dict[str, Any]) -> None:
+    services = gpu["services"]
+    users = set()
+    for role in ("scheduler", "node", "router"):
+        env = services[role]["environment"]
+        user = env["NEBULA_ETCD_USERNAME"]
+        assert env["NEBULA_ETCD_PASSWORD_FILE"] == f"/run/nebula/etcd/{user}"
+        assert "etcd-credentials:/run/nebula/etcd:ro" in services[role]["volumes"], role
+        users.add(user)
+    assert users == {"nebula-scheduler", "nebula-node", "nebula-router"}
+    assert "NEBULA_ETCD_USERNAME" not in services["gateway"]["environment"]
 
 
 def test_services_reach_each_other_by_compose_names(gpu: dict[str, Any]) -> None:

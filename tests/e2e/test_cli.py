@@ -93,6 +93,22 @@ def test_deploy_scale_status_undeploy(cluster: Cluster) -> None:
     wait_for(lambda: plan_of(cluster, "chat") is None, 20, "plan removed")
 
 
+def test_deploy_refuses_a_uid_or_name_that_is_another_models(cluster: Cluster) -> None:
+    assert cluster.nebula("deploy", "a", "--model", "Org/A", "--engine", "sim").returncode == 0
+    for argv, problem in (
+            (["Org/A", "--model", "Org/B"], "model uid 'Org/A' is the name of model 'a'"),
+            (["b", "--model", "a"], "model name 'a' is the uid of another model"),
+            (["b", "--model", "Org/A"], "model name 'Org/A' is already the name of model 'a'")):
+        result = cluster.nebula("deploy", *argv, "--engine", "sim")
+        one_line_error(result, f"cannot deploy {argv[0]!r}: {problem}")
+    assert list(cluster.etcd_items("/models/")) == ["/models/a"]
+    # Redeploying the same model under a new name is an update, not a collision.
+    assert cluster.nebula("deploy", "a", "--model", "Org/A2", "--engine", "sim",
+                          "--trust-remote-code").returncode == 0
+    spec = cluster.etcd_items("/models/")["/models/a"]
+    assert spec["model_name"] == "Org/A2" and spec["trust_remote_code"] is True
+
+
 def test_unplaced_reason_in_status(cluster: Cluster) -> None:
     register_node(cluster, "cpu-only")
     cluster.start_scheduler()

@@ -1,17 +1,20 @@
 """The gateway end to end: real etcd, sim engines, a router and gateways as processes,
 the official ``openai`` client (sync and async) against the gateway.
 
-Sim engines are started here and registered the way a node would (Endpoint and
-PlacementPlan records written straight into etcd). One sim is registered under
-engine ``llamacpp`` so that the gateway translates ``/v1/responses`` over chat
-completions for it; the other (engine ``sim``) serves Responses natively.
+Sim engines are started here and registered the way a node would (NodeStatus,
+Endpoint and PlacementPlan records written straight into etcd). One sim is
+registered under engine ``llamacpp`` so that the gateway translates
+``/v1/responses`` over chat completions for it; the other (engine ``sim``) serves
+Responses natively. Two more share a name: one's uid is the other's name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -25,7 +28,7 @@ import pytest
 
 from devtools.cluster import BIN, Cluster, free_port, http_get, wait_for
 from nebula_common.keys import Keys
-from nebula_common.records import Assignment, Endpoint, PlacementPlan
+from nebula_common.records import Assignment, Endpoint, NodeStatus, PlacementPlan
 from nebula_common.store import EtcdStore
 from tests.support.openai_schema import SchemaChecker
 from tests.support.openai_schema import checker as shared_checker
@@ -36,8 +39,12 @@ LLAMA = "tiny/llama-translated"  # engine llamacpp: the gateway translates Respo
 SLOW = "slow/model"  # long time to first token, for concurrency limits
 CUT_NATIVE = "cut/native"  # streams cut by the engine after a few frames
 CUT_TRANSLATED = "cut/translated"
+TWIN = "twin"  # ALPHA's name and BETA's uid
+ALPHA_UID, BETA_NAME = "alpha-uid", "beta-name"
 KEYS = {"good": "sk-good-0123456789", "rate": "sk-rate-0123456789",
-        "conc": "sk-conc-0123456789", "limited": "sk-limited-0123456789"}
+        "conc": "sk-conc-0123456789", "limited": "sk-limited-0123456789",
+        "alpha": "sk-alpha-0123456789", "alice": "sk-alice-0123456789",
+        "bob": "sk-bob-0123456789"}
 
 
 class Reply:
@@ -91,6 +98,8 @@ def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str) -
                         base_url=url, engine=engine, status="ready", plan_version=1)
 
     async def write(store: EtcdStore) -> None:
+        # the router routes only to endpoints on a live node's advertised host
+        await store.put(keys.node("test-node"), NodeStatus("test-node", "127.0.0.1").to_json())
         await store.put(keys.placement(uid), plan.to_json())
         await store.put(keys.endpoint(uid, "r0"), endpoint.to_json())
 
@@ -121,6 +130,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                   "--stream-cut-after", "4", "--output-tokens", "30"),
             CUT_TRANSLATED: start_sim(cluster, "cut-translated", CUT_TRANSLATED, "llamacpp",
                                       "--stream-cut-after", "4", "--output-tokens", "30"),
+            TWIN: start_sim(cluster, ALPHA_UID, TWIN, "sim"),
+            BETA_NAME: start_sim(cluster, TWIN, BETA_NAME, "sim"),
         }
         wait_router_ready()
         _, router = cluster.start_router()
@@ -135,6 +146,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             f"{sha(KEYS['rate'])} rate-team rpm=2",
             f"{sha(KEYS['conc'])} conc-team concurrency=1 models={SLOW}",
             f"{sha(KEYS['limited'])} limited-team models={LLAMA}",
+            f"{sha(KEYS['alpha'])} alpha-team models={ALPHA_UID}",
+            f"{sha(KEYS['alice'])} alice",
+            f"{sha(KEYS['bob'])} bob",
         ]) + "\n")
         _, keyed = cluster.start_gateway(
             [f"http://127.0.0.1:{free_port()}", router], name="gateway-keyed",
@@ -163,7 +177,9 @@ def sim_requests(env: dict[str, Any]) -> int:
 
 
 def metric(base: str, name: str, **labels: str) -> float:
-    text = http_get(f"{base}/metrics")[1].decode()
+    """A metric's value at ``base`` (the keyed gateway's /metrics needs a key)."""
+    text = request("GET", f"{base}/metrics",
+                   headers={"authorization": f"Bearer {KEYS['good']}"}).text
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
@@ -407,9 +423,13 @@ def test_auth_missing_wrong_and_good_key(env: dict[str, Any]) -> None:
     good = client(env, KEYS["good"], gateway="keyed")
     assert good.chat.completions.create(
         model=QWEN, messages=[{"role": "user", "content": "x"}]).choices
-    for path in ("/healthz", "/metrics", "/openapi.json"):
-        assert get(keyed + path).status_code == 200
-    metrics_text = get(keyed + "/metrics").text
+    assert get(keyed + "/healthz").status_code == 200
+    for path in ("/metrics", "/openapi.json"):  # they tell models, key names and traffic
+        assert get(keyed + path).status_code == 401, path
+        assert request("GET", keyed + path,
+                       headers={"authorization": f"Bearer {KEYS['good']}"}).status_code == 200
+    metrics_text = request("GET", keyed + "/metrics",
+                           headers={"authorization": f"Bearer {KEYS['good']}"}).text
     for secret in KEYS.values():
         assert secret not in metrics_text
     log = env["cluster"].procs["gateway-keyed"].log()
@@ -532,3 +552,73 @@ def test_slow_body_gets_408_and_gateway_stays_healthy(env: dict[str, Any]) -> No
     assert time.monotonic() - started < 8
     assert client(env).chat.completions.create(
         model=QWEN, messages=[{"role": "user", "content": "still there?"}]).choices
+
+
+# -- issue 20: the trust boundary --------------------------------------------------------
+
+def sim_served(env: dict[str, Any], model: str) -> int:
+    return int(json.loads(http_get(f"{env['sims'][model]}/sim/stats")[1])["requests_total"])
+
+
+def test_a_key_is_served_the_model_it_was_allowed_when_a_uid_is_another_name(
+        env: dict[str, Any]) -> None:
+    """ALPHA is named "twin", BETA's uid is "twin"; a key allowed only ALPHA asks for
+    "twin". The gateway resolves the name (ALPHA) and allows it; the router, left to
+    itself, resolves the uid first (BETA): the uid forwarded keeps it on ALPHA."""
+    c = client(env, KEYS["alpha"], gateway="keyed")
+    alpha, beta = sim_served(env, TWIN), sim_served(env, BETA_NAME)
+    for _ in range(3):
+        assert c.chat.completions.create(
+            model=TWIN, messages=[{"role": "user", "content": "x"}]).choices
+    assert (sim_served(env, TWIN), sim_served(env, BETA_NAME)) == (alpha + 3, beta)
+    with pytest.raises(openai.PermissionDeniedError):  # BETA by its own name: not this key's
+        c.chat.completions.create(model=BETA_NAME, messages=[{"role": "user", "content": "x"}])
+
+
+def test_replica_names_stay_inside(env: dict[str, Any]) -> None:
+    resp = post(f"{env['gateway']}/v1/chat/completions",
+                json_body={"model": QWEN, "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status_code == 200 and "x-nebula-replica" not in resp.headers
+
+
+def test_no_keys_on_a_network_address_refuses_to_start() -> None:
+    done = subprocess.run([str(BIN / "nebula-gateway"), "--listen", f"0.0.0.0:{free_port()}",
+                           "--router-url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**{k: v for k, v in os.environ.items()
+                                  if not k.startswith("NEBULA_")}, "NEBULA_LOG_FORMAT": "text"})
+    assert done.returncode == 2, done
+    assert done.stderr.strip().count("\n") == 0 and "--allow-anonymous" in done.stderr
+
+
+@pytest.mark.parametrize("model", [QWEN, LLAMA], ids=["native", "translated"])
+def test_stored_responses_retrieve_list_delete_per_key(env: dict[str, Any], model: str) -> None:
+    alice = client(env, KEYS["alice"], gateway="keyed")
+    bob = client(env, KEYS["bob"], gateway="keyed")
+    first = alice.responses.create(model=model, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "My name is Ada."}]}],
+        extra_body={"metadata": {"big": "z" * 1000}})
+    second = alice.responses.create(model=model, input="What is my name?",
+                                    previous_response_id=first.id)
+    got = alice.responses.retrieve(second.id)
+    assert (got.id, got.status, got.output_text) == (second.id, "completed",
+                                                     second.output_text)
+    items = list(alice.responses.input_items.list(second.id, order="asc"))
+    assert [i.type for i in items] == ["message", "message", "message"]
+    assert [getattr(i, "role", None) for i in items] == ["user", "assistant", "user"]
+    assert all(i.id for i in items)
+    page = alice.responses.input_items.list(second.id, limit=1)
+    assert page.has_more and len(page.data) == 1  # newest first by default
+    # another key: those responses do not exist
+    for call in (lambda: bob.responses.retrieve(second.id),
+                 lambda: bob.responses.input_items.list(second.id),
+                 lambda: bob.responses.delete(second.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.BadRequestError) as caught:
+        bob.responses.create(model=model, input="x", previous_response_id=second.id)
+    assert caught.value.body["code"] == "previous_response_not_found"
+    alice.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.retrieve(second.id)
+    assert alice.responses.retrieve(first.id).id == first.id  # only that one went

@@ -8,7 +8,8 @@ from typing import Any
 
 from devtools.cluster import Cluster, http_get, http_post_json, wait_for
 from nebula_common.keys import Keys
-from nebula_common.records import Endpoint
+from nebula_common.records import Endpoint, NodeStatus
+from nebula_common.store import EtcdStore
 
 
 @dataclass
@@ -33,14 +34,24 @@ class Sim:
         assert status == 200, body
 
 
+NODE_ID = "test-node"
+
+
 def register(cluster: Cluster, sim: Sim, model_name: str, status: str = "ready") -> None:
-    """Write the Endpoint record a node writes for a ready replica (no lease here)."""
+    """Write the records a node writes for a ready replica (no lease here): its own
+    NodeStatus (the router routes only to endpoints on a live node's advertise host)
+    and the Endpoint."""
     keys = Keys(cluster.prefix)
+    node = NodeStatus(node_id=NODE_ID, advertise_host="127.0.0.1")
     record = Endpoint(model_uid=sim.model_uid, model_name=model_name,
-                      replica_id=sim.replica_id, node_id="test-node", base_url=sim.url,
+                      replica_id=sim.replica_id, node_id=NODE_ID, base_url=sim.url,
                       engine="sim", status=status)
-    cluster.with_store(lambda s: s.put(keys.endpoint(sim.model_uid, sim.replica_id),
-                                      record.to_json()))
+
+    async def put(store: EtcdStore) -> None:
+        await store.put(keys.node(NODE_ID), node.to_json())
+        await store.put(keys.endpoint(sim.model_uid, sim.replica_id), record.to_json())
+
+    cluster.with_store(put)
 
 
 def deregister(cluster: Cluster, sim: Sim) -> None:

@@ -187,6 +187,23 @@ def test_unreachable_etcd_is_one_line_exit_nonzero(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_seed_refuses_a_uid_or_name_that_is_another_models(cluster: Cluster) -> None:
+    """Recording a model whose uid is another model's name would serve one under the other."""
+    assert seed(cluster, "--once").returncode == 0  # qwen2_5_0_5b, Qwen/Qwen2.5-0.5B-Instruct
+    before = cluster.etcd_items("/models/")
+    for uid, name, problem in (
+            ("Qwen/Qwen2.5-0.5B-Instruct", "other", "is the name of model 'qwen2_5_0_5b'"),
+            ("other", "qwen2_5_0_5b", "is the uid of another model")):
+        result = subprocess.run(
+            [str(BIN / "nebula-scheduler"), "--model-uid", uid, "--model-name", name,
+             "--engine", "sim", "--etcd-endpoints", cluster.etcd_endpoint, "--once"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert result.stderr.startswith("nebula-scheduler: error: cannot record "), result.stderr
+        assert problem in result.stderr and result.stderr.strip().count("\n") == 0
+    assert cluster.etcd_items("/models/") == before  # nothing written
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--model-uid", "x"], "--model-name is required"),
     (["--once"], "--once needs --model-uid"),

@@ -252,3 +252,25 @@ def test_absurd_embedding_dimensions(edge: Edge) -> None:
     answer = post(edge, body, path="/v1/embeddings", timeout=20)
     assert answer.seconds < 5, f"took {answer.seconds:.1f}s"
     assert_openai_error(answer, 400)
+
+
+def test_doubled_slash_path_is_404(edge: Edge) -> None:
+    """Not routed as the single-slash path (a POST the hot path never saw: a 500)."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).encode()
+    for path in ("//v1/chat/completions", "/v1//chat/completions"):
+        err = assert_openai_error(post(edge, body, path=path), 404)
+        assert err["code"] == "not_found"
+
+
+@pytest.mark.parametrize(("item", "param"), [
+    ({"type": "function_call_output", "call_id": "c", "output": [1]}, "input[0].output[0]"),
+    ({"role": "user", "content": [{"type": "input_text", "text": 5}]},
+     "input[0].content[0].text"),
+    ({"role": "user", "content": [{"type": "input_image", "image_url":
+                                   "http://169.254.169.254/latest/meta-data/"}]},
+     "input[0].content[0].image_url"),
+], ids=["output-ints", "text-int", "metadata-url"])
+def test_responses_input_the_engine_must_not_see(edge: Edge, item: dict, param: str) -> None:
+    body = json.dumps({"model": MODEL, "input": [item]}).encode()
+    err = assert_openai_error(post(edge, body, path="/v1/responses"), 400)
+    assert err["param"] == param, err

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from devtools.cluster import BIN, Cluster, etcd_binary, free_port, http_get, wait_for
-from nebula_common.records import Assignment, Endpoint, PlacementPlan
+from nebula_common.records import Assignment, Endpoint, NodeStatus, PlacementPlan
 from nebula_common.store import EtcdConfig, EtcdStore, PrefixMirror
 
 PASSWORD = "s3cret-pw"
@@ -134,6 +134,7 @@ def put_endpoint(config: EtcdConfig, base_url: str) -> None:
                                                          port=1)])
             ep = Endpoint(model_uid="sec", model_name="sec-model", replica_id="r0",
                           node_id="n", base_url=base_url, engine="sim")
+            await store.put("/nodes/n", NodeStatus("n", "127.0.0.1").to_json())
             await store.put("/placements/sec", plan.to_json())
             await store.put("/endpoints/sec/r0", ep.to_json())
         finally:
@@ -143,7 +144,8 @@ def put_endpoint(config: EtcdConfig, base_url: str) -> None:
 
 def router_sees_endpoint(url: str) -> bool:
     status, body = http_get(url + "/debug/endpoints")
-    return status == 200 and b"127.0.0.1:9" in body
+    return status == 200 and any(r["base_url"] == "http://127.0.0.1:9" and r["status"] == "ready"
+                                 for r in json.loads(body)["endpoints"])
 
 
 def start_router_with(cluster: Cluster, endpoint: str, flags: list[str], name: str

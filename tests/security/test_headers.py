@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from devtools.cluster import Cluster, http_get, wait_for
-from nebula_common.records import Assignment, Endpoint, PlacementPlan
+from nebula_common.records import Assignment, Endpoint, NodeStatus, PlacementPlan
 from nebula_common.store import EtcdConfig, EtcdStore
 
 MODEL = "hdr-model"
@@ -133,6 +133,7 @@ def register(cluster: Cluster, base_url: str) -> None:
                                                          port=1)])
             ep = Endpoint(model_uid="hdr", model_name=MODEL, replica_id="r0", node_id="n1",
                           base_url=base_url, engine="sim")
+            await store.put("/nodes/n1", NodeStatus("n1", "127.0.0.1").to_json())
             await store.put("/placements/hdr", plan.to_json())
             await store.put("/endpoints/hdr/r0", ep.to_json())
         finally:

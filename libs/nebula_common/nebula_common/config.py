@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .keys import Keys
@@ -75,6 +76,8 @@ def add_etcd_flags(parser: Parser, *, timeout: float = 5.0) -> None:
     parser.add_flag("--etcd-prefix", default="", help="key prefix shared by one cluster")
     parser.add_flag("--etcd-username", default=None, help="etcd user (auth enabled)")
     parser.add_flag("--etcd-password", default=None, help="etcd password")
+    parser.add_flag("--etcd-password-file", default=None,
+                    help="file holding the etcd password (a secret; wins over --etcd-password)")
     parser.add_flag("--etcd-ca-cert", default=None, help="CA bundle for etcd TLS")
     parser.add_flag("--etcd-cert", default=None, help="client certificate for etcd TLS")
     parser.add_flag("--etcd-key", default=None, help="client key for etcd TLS")
@@ -93,10 +96,17 @@ def add_common_flags(parser: Parser, *, listen: str, etcd: bool = True) -> None:
 
 def etcd_config(args: argparse.Namespace) -> EtcdConfig:
     """Build the etcd connection settings from parsed common flags."""
+    password = args.etcd_password
+    if args.etcd_password_file:
+        # A secret mounted as a file (Docker/Nomad secrets) never shows in `ps` or the env.
+        try:
+            password = Path(args.etcd_password_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --etcd-password-file: {exc}") from None
     return EtcdConfig(
         endpoints=EtcdConfig.parse_endpoints(args.etcd_endpoints),
         username=args.etcd_username,
-        password=args.etcd_password,
+        password=password,
         ca_cert=args.etcd_ca_cert,
         client_cert=args.etcd_cert,
         client_key=args.etcd_key,

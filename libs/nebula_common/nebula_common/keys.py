@@ -1,4 +1,4 @@
-"""The etcd key schema (ARCHITECTURE.md section 3), defined once.
+"""The etcd key schema (docs/architecture.md section 3), defined once.
 
 An optional prefix lets several clusters or test runs share one etcd; with the
 default empty prefix the keys read exactly as documented.

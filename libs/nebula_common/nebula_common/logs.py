@@ -72,6 +72,11 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def command_line(argv: Sequence[str]) -> str:
+    """``argv`` as one line to log, secret flag values hidden."""
+    return " ".join(redact_argv(argv))
+
+
 def clean(value: Any, depth: int = 0) -> Any:
     """A log field's value with secrets scrubbed; in mappings, secret keys' values hidden."""
     if type(value) is str:

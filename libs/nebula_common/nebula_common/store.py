@@ -259,6 +259,10 @@ class EtcdStore:
             self._client = self._make_client(self.endpoint)
         return self._client
 
+    async def discard(self, failed: aetcd.Client) -> None:
+        """Stop using ``failed`` (a stream on it broke or went silent): the next call rotates."""
+        await self._rotate(failed)
+
     async def _rotate(self, failed: aetcd.Client) -> None:
         async with self._lock:
             if self._client is not failed:
@@ -347,33 +351,67 @@ class EtcdStore:
     async def delete_prefix(self, prefix: str) -> None:
         await self.call(lambda c: c.delete_prefix(prefix.encode()))
 
-    async def put_if_revision(
-        self, key: str, value: bytes, mod_revision: int, lease: int | None = None
-    ) -> bool:
+    async def put_if_revision(self, key: str, value: bytes, mod_revision: int,
+                              lease: int | None = None, fence: Fence | None = None) -> bool:
         """Compare-and-swap: put only if the key's mod_revision is ``mod_revision``.
 
-        ``mod_revision == 0`` means "only if the key does not exist".
+        ``mod_revision == 0`` means "only if the key does not exist". With ``fence``
+        the write also requires the fence to hold, and :class:`FenceLost` is raised
+        when that is why it was refused.
         """
+        return await self._if_revision(key, mod_revision, fence,
+                                       lambda txn: txn.put(key.encode(), value, lease=lease))
 
+    async def delete_if_revision(self, key: str, mod_revision: int,
+                                 fence: Fence | None = None) -> bool:
+        """Delete only if the key's mod_revision is ``mod_revision`` (and ``fence`` holds)."""
+        return await self._if_revision(key, mod_revision, fence,
+                                       lambda txn: txn.delete(key.encode()))
+
+    async def _if_revision(self, key: str, mod_revision: int, fence: Fence | None,
+                           write: Callable[[Any], Any]) -> bool:
         async def op(client: aetcd.Client) -> bool:
             txn = client.transactions
-            succeeded, _ = await client.transaction(
-                compare=[txn.mod(key.encode()) == mod_revision],
-                success=[txn.put(key.encode(), value, lease=lease)],
-                failure=[],
-            )
+            compare = [txn.mod(key.encode()) == mod_revision]
+            failure = []
+            if fence is not None:
+                compare += fence.compares(txn)
+                failure = [txn.get(fence.key.encode())]  # tells a lost fence from a lost CAS
+            succeeded, responses = await client.transaction(
+                compare=compare, success=[write(txn)], failure=failure)
+            if not succeeded and fence is not None and not fence.held_in(responses[0]):
+                raise FenceLost(f"{fence.key} no longer holds {fence.value.decode()!r} "
+                                f"under lease {fence.lease:x}")
             return bool(succeeded)
 
         return await self.call(op)
 
-    async def delete_if_revision(self, key: str, mod_revision: int) -> bool:
+    async def put_owned(self, key: str, value: bytes, lease: int) -> bool:
+        """Put ``key`` under ``lease`` only if it is absent or already under ``lease``.
+
+        False when another lease (another process, or this one before it lost its
+        lease) holds the key: it is left as it is.
+        """
+
         async def op(client: aetcd.Client) -> bool:
             txn = client.transactions
+            raw = key.encode()
+            put = txn.put(raw, value, lease=lease)
+            absent = txn.txn(compare=[txn.version(raw) == 0], success=[put], failure=[])
+            ours, responses = await client.transaction(
+                compare=[_lease_is(raw, lease)], success=[put], failure=[absent])
+            return bool(ours or responses[0].response_txn.succeeded)
+
+        return await self.call(op)
+
+    async def delete_owned(self, key: str, lease: int) -> bool:
+        """Delete ``key`` only if ``lease`` holds it; False when it is absent or another's."""
+
+        async def op(client: aetcd.Client) -> bool:
+            txn = client.transactions
+            raw = key.encode()
             succeeded, _ = await client.transaction(
-                compare=[txn.mod(key.encode()) == mod_revision],
-                success=[txn.delete(key.encode())],
-                failure=[],
-            )
+                compare=[_lease_is(raw, lease)], success=[txn.delete(raw)], failure=[])
             return bool(succeeded)
 
         return await self.call(op)
@@ -392,11 +430,97 @@ class EtcdStore:
         await self.call(lambda c: c.revoke_lease(lease_id))
 
     # -- watch ------------------------------------------------------------------------
-    async def watch_prefix(self, prefix: str, start_revision: int) -> Any:
-        """A raw aetcd watch; prefer :class:`PrefixMirror`, which survives failures."""
-        return await self.call(
-            lambda c: c.watch_prefix(prefix.encode(), start_revision=start_revision)
-        )
+    async def watch_prefix(self, prefix: str, start_revision: int) -> WatchStream:
+        """A created watch of ``prefix``; prefer :class:`PrefixMirror`, which survives failures."""
+        return await self.call(lambda c: WatchStream.open(c, prefix.encode(), start_revision,
+                                                          self.config.timeout))
+
+
+class WatchStream:
+    """One prefix watch on its own gRPC stream, with what aetcd's shared watcher lacks.
+
+    * **require-leader**: the stream carries ``hasleader=true``, so etcd refuses it,
+      or cancels it within a few election timeouts, while its member has no leader
+      (a partitioned minority member cannot feed a stale view as if all were well);
+    * **progress requests**: :meth:`request_progress` asks etcd to answer even when
+      nothing changed, so a silent stream (a frozen etcd, a black-holed connection)
+      is noticed instead of looking like a quiet prefix.
+    """
+
+    def __init__(self, client: aetcd.Client, call: Any) -> None:
+        self.client = client
+        self._call = call
+        self._responses: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def open(cls, client: aetcd.Client, prefix: bytes, start_revision: int,
+                   timeout: float) -> WatchStream:
+        """Create the watch; raises when etcd refuses it or does not answer in ``timeout``."""
+        await client.connect()
+        metadata = (*(client.metadata or ()), REQUIRE_LEADER)
+        stream = cls(client, rpc.WatchStub(client.channel).Watch(metadata=metadata))
+        try:
+            await stream._send(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=prefix, range_end=aetcd.utils.prefix_range_end(prefix),
+                start_revision=start_revision)), timeout)
+            created = await stream.next(timeout)
+            if created is None:
+                raise etcd_errors.WatchTimeoutError(f"no answer to a watch in {timeout:.0f}s")
+            if not created.created:
+                raise WatchBroken("etcd answered a watch request without creating it")
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    self._responses.put_nowait(WatchBroken("etcd closed the watch stream"))
+                    return
+                self._responses.put_nowait(response)
+        except grpc.aio.AioRpcError as exc:
+            self._responses.put_nowait(WatchBroken(f"{exc.code().name}: {exc.details()}"))
+        except asyncio.CancelledError:
+            # Our close(), or the channel closed under us (an endpoint rotation).
+            self._responses.put_nowait(WatchBroken("watch stream cancelled"))
+
+    async def _send(self, request: Any, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._call.write(request), timeout)
+        except Exception as exc:
+            raise WatchBroken(f"cannot write to the watch stream: "
+                              f"{exc or type(exc).__name__}") from None
+
+    async def next(self, timeout: float) -> Any | None:
+        """The next response with events or progress; None when ``timeout`` passes first.
+
+        Raises :class:`WatchBroken` when the stream ended or etcd cancelled the watch,
+        ``RevisionCompactedError`` when its start revision was compacted.
+        """
+        try:
+            item = await asyncio.wait_for(self._responses.get(), timeout)
+        except TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        if item.compact_revision:
+            raise etcd_errors.RevisionCompactedError(item.compact_revision)
+        if item.canceled:
+            raise WatchBroken(f"etcd cancelled the watch: {item.cancel_reason or 'no reason'}")
+        return item
+
+    async def request_progress(self, timeout: float) -> None:
+        """Ask etcd for a progress notification (an empty response) on this stream."""
+        await self._send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()),
+                         timeout)
+
+    async def close(self) -> None:
+        self._call.cancel()
+        await cancel_task(self._reader)
 
 
 Listener = Callable[[], Any]
@@ -408,15 +532,22 @@ class PrefixMirror:
     ``items`` maps key -> value bytes. Listeners are called (with no argument)
     after every change, so consumers stay level-triggered: they look at the
     whole mirror, never at a single event. While etcd is unreachable the mirror
-    keeps its last known content and ``healthy`` is False. Its watch loop and
-    the coroutines async listeners return run in ``tasks`` (its own set if None).
+    keeps its last known content and ``healthy`` is False; :meth:`silent_for`
+    says how long etcd has not answered it (a list, events, or a progress
+    notification, asked for every ``progress_interval`` while the prefix is
+    quiet), and a watch silent for ``stall_after`` is opened again on the next
+    endpoint. Its watch loop and the coroutines async listeners return run in
+    ``tasks`` (its own set if None).
     """
 
     def __init__(self, store: EtcdStore, prefix: str, name: str = "",
-                 tasks: TaskSet | None = None):
+                 tasks: TaskSet | None = None, *, progress_interval: float = PROGRESS_INTERVAL_S,
+                 stall_after: float = WATCH_STALL_S):
         self.store = store
         self.prefix = prefix
         self.name = name or prefix
+        self.progress_interval = progress_interval
+        self.stall_after = stall_after
         self._own_tasks = tasks is None
         self.tasks = TaskSet(f"mirror:{self.name}") if tasks is None else tasks
         self.items: dict[str, bytes] = {}
@@ -425,12 +556,21 @@ class PrefixMirror:
         self.healthy = False
         self.last_error = ""
         self.relists = 0
+        self.last_progress = 0.0
+        """``time.monotonic()`` when etcd last answered this mirror (0: never)."""
+        self._listed_at = 0
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
-        self._watch: Any = None
+        self._watch: WatchStream | None = None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since etcd last answered this mirror (infinite before the first list)."""
+        if not self.last_progress:
+            return float("inf")
+        return (time.monotonic() if now is None else now) - self.last_progress
 
     def _notify(self) -> None:
         for listener in self._listeners:
@@ -452,11 +592,20 @@ class PrefixMirror:
         if self._own_tasks:
             await self.tasks.close()  # listener coroutines still running
 
+    async def resync(self) -> None:
+        """Read the whole prefix again now: for a caller that must act on the current state.
+
+        The running watch goes on; events it still delivers from before this list are
+        skipped, so the mirror never goes back in time.
+        """
+        await self._relist()
+
     async def _relist(self) -> None:
         kvs, revision = await self.store.get_prefix(self.prefix)
         self.items = {kv.key: kv.value for kv in kvs}
-        self.revision = revision
+        self.revision = self._listed_at = revision
         self.relists += 1
+        self.last_progress = time.monotonic()
         self.healthy = True
         self.last_error = ""
         self.synced.set()
@@ -473,18 +622,10 @@ class PrefixMirror:
                     await self._relist()
                     need_list = False
                 self._watch = await self.store.watch_prefix(self.prefix, self.revision + 1)
+                self.last_progress = time.monotonic()
                 self.healthy = True
                 delay = 0.1
-                async for event in self._watch:
-                    key = event.kv.key.decode()
-                    if event.kind == "PUT":
-                        self.items[key] = event.kv.value
-                    else:
-                        self.items.pop(key, None)
-                    self.revision = max(self.revision, event.kv.mod_revision)
-                    self._notify()
-                # The iterator ended without an error: the client was closed under us.
-                self.healthy = False
+                await self._follow(self._watch)
             except asyncio.CancelledError:
                 if not _rpc_cancelled_under_us():
                     await self._cancel_watch()
@@ -494,39 +635,93 @@ class PrefixMirror:
             except etcd_errors.RevisionCompactedError:
                 log.info("watch %s: revision %d compacted, re-listing", self.name, self.revision)
                 need_list = True
+                await self._cancel_watch()
                 continue
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if self.healthy:
-                    log.warning("etcd watch %s broken (%s); resuming from revision %d",
-                                self.name, reason, self.revision)
-                elif reason != self.last_error:
-                    # Never synced, or failing differently: say why (a refused password or
-                    # certificate must not look like a silent hang).
-                    log.warning("etcd: cannot list/watch %s: %s", self.name, reason)
-                self.last_error = reason
-                self.healthy = False
+                self._broken(exc)
+                if isinstance(exc, WatchBroken) and self._watch is not None:
+                    # A stream that failed or went silent: its endpoint is suspect.
+                    await self.store.discard(self._watch.client)
             await self._cancel_watch()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
+    async def _follow(self, watch: WatchStream) -> None:
+        """Apply the watch's events until it breaks (it raises); ask for progress when quiet."""
+        while True:
+            response = await watch.next(self.progress_interval)
+            if response is None:
+                silent = self.silent_for()
+                if silent >= self.stall_after:
+                    raise WatchBroken(f"no answer from etcd for {silent:.1f}s")
+                await watch.request_progress(self.progress_interval)
+                continue
+            self.last_progress = time.monotonic()
+            changed = False
+            for event in response.events:
+                revision = event.kv.mod_revision
+                if revision <= self._listed_at:
+                    continue  # already in a list read after it (see resync)
+                key = event.kv.key.decode()
+                if event.type == rpc.Event.PUT:
+                    self.items[key] = event.kv.value
+                else:
+                    self.items.pop(key, None)
+                self.revision = max(self.revision, revision)
+                changed = True
+            if changed:
+                self._notify()
+
+    def _broken(self, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.healthy:
+            log.warning("etcd watch %s broken (%s); resuming from revision %d",
+                        self.name, reason, self.revision)
+        elif reason != self.last_error:
+            # Never synced, or failing differently: say why (a refused password or
+            # certificate must not look like a silent hang).
+            log.warning("etcd: cannot list/watch %s: %s", self.name, reason)
+        self.last_error = reason
+        self.healthy = False
+
     async def _cancel_watch(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
-            try:
-                await asyncio.wait_for(watch.cancel(), 1)
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watch.close(), 1)
+
+
+Registration = Callable[[Mapping[str, bytes]], Awaitable[Mapping[str, bytes]]]
+"""Given the last value of each key the lost lease held, what to put under the new one.
+
+It answers from the role's current state: keys of things that are gone are left out.
+"""
+
+_Write = tuple[bytes | None, bool]
+"""A write waiting to land: (value, or None for a delete; ``claim``)."""
 
 
 @dataclass
 class LeaseKeeper:
-    """One lease per process, kept alive; its keys are put again if the lease is lost.
+    """One lease per process, kept alive; what it must hold is registered again when lost.
 
-    Every key written through :meth:`put` is remembered. When etcd reports the
-    lease gone (TTL <= 0 on refresh), a new lease is granted and every
-    remembered key is written again under it; ``on_regrant`` listeners run
-    after that, so a role can re-announce derived state.
+    Every write goes through :meth:`put` or :meth:`delete`, serialised with
+    re-registration by one lock, and touches only a key that is absent or held
+    by this lease: a process whose lease expired while it was away can neither
+    overwrite nor delete what another process registered meanwhile. A write that
+    does not land (etcd away, or the key still another lease's) is kept and
+    retried on every keepalive tick until it lands or a newer write of that key
+    replaces it.
+
+    When etcd reports the lease gone (TTL <= 0 on refresh), a new lease is
+    granted and ``registration`` is asked what to put under it. It is given the
+    last value of every key the lost lease held (or was still trying to write:
+    a key deleted since is not among them) and answers from the role's state at
+    that moment, leaving out what that state no longer has (the node drops the
+    replicas that were moved to another node meanwhile). Without one, those last
+    values are put back as they are: right for keys that depend on nothing else.
+    A registration that fails half-way is run again on the next tick until every
+    key is back; ``alive`` is False until then. ``on_regrant`` listeners run after.
 
     The keepalive runs in ``tasks`` as a task that must not die: a role passes
     its own set and exits when the set's ``failed`` fires, instead of living on
@@ -535,43 +730,104 @@ class LeaseKeeper:
 
     store: EtcdStore
     ttl: int = 5
+    registration: Registration | None = None
     lease_id: int = 0
-    keys: dict[str, bytes] = field(default_factory=dict)
+    held: dict[str, bytes] = field(default_factory=dict)
+    """Keys written under the current lease and not deleted since, with their value."""
+    pending: dict[str, _Write] = field(default_factory=dict)
+    """The latest write of each key that has not landed yet."""
     regrants: int = 0
     alive: bool = False
     on_regrant: list[Callable[[], Any]] = field(default_factory=list)
     tasks: TaskSet = field(default_factory=lambda: TaskSet("lease"))
     _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _lost: dict[str, bytes] | None = None
+    """What the lost lease held, until its registration under the new one is complete."""
 
     async def start(self) -> None:
         self.lease_id = await self.store.grant(self.ttl)
         self.alive = True
         self._task = self.tasks.supervise("lease-keepalive", self._keepalive, restart=False)
 
-    async def put(self, key: str, value: bytes) -> None:
-        """Write ``key`` under the lease and remember it for re-registration."""
-        self.keys[key] = value
+    async def put(self, key: str, value: bytes, *, claim: bool = False) -> bool:
+        """Write ``key`` under the lease; False when it did not land now (it is retried).
+
+        It lands only where the key is absent or already ours; ``claim`` takes over a
+        key another lease holds (a key named after this process, e.g. a node's status
+        left by its previous run, whose lease has not expired yet).
+        """
         async with self._lock:
+            return await self._try(key, (value, claim))
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key`` if this lease holds it (a key another process took is left alone)."""
+        async with self._lock:
+            return await self._try(key, (None, False))
+
+    async def flush(self) -> None:
+        """Retry the writes that have not landed, until etcd fails again."""
+        async with self._lock:
+            for key, write in list(self.pending.items()):
+                try:
+                    await self._write(key, write)
+                except Exception:
+                    return
+
+    async def _try(self, key: str, write: _Write) -> bool:
+        try:
+            return await self._write(key, write)
+        except Exception as exc:  # etcd away: kept in pending and retried
+            log.debug("write of %s failed (%s); will retry", key, exc)
+            return False
+
+    async def _write(self, key: str, write: _Write) -> bool:
+        """One write under the lock; raises on etcd trouble, leaving it pending."""
+        value, claim = write
+        self.pending[key] = write
+        if value is None:
+            self.held.pop(key, None)
+            await self.store.delete_owned(key, self.lease_id)
+            landed = True
+        elif claim:
             await self.store.put(key, value, lease=self.lease_id)
-
-    async def delete(self, key: str) -> None:
-        self.keys.pop(key, None)
-        await self.store.delete(key)
-
-    def forget(self, key: str) -> None:
-        """Stop re-registering ``key`` without deleting it now."""
-        self.keys.pop(key, None)
+            landed = True
+        else:
+            landed = await self.store.put_owned(key, value, self.lease_id)
+        if landed:
+            del self.pending[key]
+            if value is not None:
+                self.held[key] = value
+        return landed
 
     async def _regrant(self) -> None:
         async with self._lock:
-            self.lease_id = await self.store.grant(self.ttl)
-            for key, value in list(self.keys.items()):
-                await self.store.put(key, value, lease=self.lease_id)
+            lease = await self.store.grant(self.ttl)
+            # The latest value of every key we hold or were still trying to write (a
+            # write that failed while etcd was away is newer than what landed), plus
+            # what a registration cut short by this loss had not put yet.
+            last = {**(self._lost or {}), **self.held}
+            for key, (value, _claim) in self.pending.items():
+                if value is None:
+                    last.pop(key, None)
+                else:
+                    last[key] = value
+            self._lost = last
+            self.lease_id, self.held, self.pending = lease, {}, {}
         self.regrants += 1
+        await self._register()
+
+    async def _register(self) -> None:
+        """Put under the new lease what ``registration`` says now; raises if etcd fails."""
+        async with self._lock:
+            lost = self._lost or {}
+            wanted = dict(await self.registration(lost)) if self.registration else lost
+            for key, value in wanted.items():
+                await self._write(key, (value, False))
+            self._lost = None
         self.alive = True
-        log.warning("etcd lease was lost; re-granted lease %x and re-registered %d keys",
-                    self.lease_id, len(self.keys))
+        log.warning("etcd lease was lost; re-granted lease %x and registered %d of %d keys "
+                    "from the current state", self.lease_id, len(wanted), len(lost))
         for listener in self.on_regrant:
             result = listener()
             if asyncio.iscoroutine(result):
@@ -586,8 +842,11 @@ class LeaseKeeper:
                 if remaining <= 0:
                     self.alive = False
                     await self._regrant()
+                elif self._lost is not None:
+                    await self._register()  # the last attempt failed half-way
                 else:
                     self.alive = True
+                await self.flush()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

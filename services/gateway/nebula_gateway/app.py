@@ -1,5 +1,11 @@
 """The gateway's ASGI application: the OpenAI POST paths on the raw hot path
-(:mod:`gateway`), everything else (models, health, metrics, OpenAPI) on Quart."""
+(:mod:`gateway`), everything else (models, stored responses, health, metrics,
+OpenAPI) on Quart.
+
+With keys configured, ``/metrics`` and ``/openapi.json`` need one too (any valid
+key; Prometheus sends it as a bearer token): only ``/healthz`` and ``/readyz``
+answer a caller without a key.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,25 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from nebula_common import openai_errors
-from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send
+from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send, send_json
 from nebula_common.service import add_basic_routes
 from nebula_common.tasks import TaskSet
 
+from . import metrics
 from .auth import AuthError
 from .config import GatewayConfig
 from .gateway import Gateway
 from .outcome import Outcome, request_id_from
 from .reply import refusal
+from .response_store import StoredResponse
+from .responses_translate import items_page
 from .routers import RouterUnavailable
 from .validation import ValidationError
 
@@ -53,9 +63,19 @@ class GatewayApp:
         if (scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"] in OPENAI_POST_PATHS):
             await self.gateway(scope, receive, send)
+        elif scope["type"] == "http" and "//" in scope["path"]:
+            # werkzeug would route "//v1/chat/completions" as the single-slash path (a POST
+            # the hot path never saw) or redirect "/v1//models": both are no route
+            await send_json(send, 404, openai_errors.error_json(
+                404, f"no route {scope['path']}", code="not_found"),
+                [(b"x-request-id", uuid.uuid4().hex.encode())])
         else:
             quart: Any = self.quart  # (its types are Hypercorn's TypedDicts, ours the ASGI spec's)
             await quart(scope, receive, send)
+
+
+KEYED_PATHS = frozenset({"/metrics", "/openapi.json"})
+"""Not for anyone who can reach the port: they tell models, keys' names and traffic."""
 
 
 def build_quart(gateway: Gateway) -> Quart:
@@ -88,8 +108,15 @@ def build_quart(gateway: Gateway) -> Quart:
         await pool.close()
 
     @app.before_request
-    async def assign_request_id() -> None:
+    async def assign_request_id() -> Response | None:
         g.request_id = request_id_from(request.headers.get("x-request-id"))
+        if request.path in KEYED_PATHS and gateway.auth.enabled:
+            try:
+                gateway.auth.authenticate(request.headers.get("authorization"))
+            except AuthError as exc:
+                metrics.AUTH_FAILURES.labels(exc.code).inc()
+                return error_response(exc.status, exc.message, code=exc.code, type=exc.type)
+        return None
 
     @app.after_request
     async def echo_request_id(response: Response) -> Response:
@@ -123,7 +150,7 @@ def build_quart(gateway: Gateway) -> Quart:
     async def served_by_the_hot_path() -> Response:
         # POSTs on these paths never reach Quart (GatewayApp sends them to the hot path);
         # the routes exist so that other methods get 405 with Allow, not 404
-        return error_response(500, "unreachable", code="internal_error")
+        return error_response(404, f"no route {request.path}", code="not_found")
 
     for path in sorted(OPENAI_POST_PATHS):
         app.add_url_rule(path, f"post:{path}", served_by_the_hot_path, methods=["POST"])
@@ -181,7 +208,67 @@ def build_quart(gateway: Gateway) -> Quart:
         outcome.finish(200)
         return Response(json.dumps(info.item), content_type="application/json")
 
+    def stored(outcome: Outcome, response_id: str) -> StoredResponse:
+        entry = gateway.store.get(response_id, outcome.owner)
+        if entry is None:  # (another key's response does not exist for this one)
+            raise ValidationError(404, f"No response found with id '{response_id}'.", None,
+                                  "response_not_found")
+        return entry
+
+    @app.get("/v1/responses/<response_id>")
+    async def retrieve_response(response_id: str) -> Response:
+        outcome, headers = begin("/v1/responses/{id}")
+        try:
+            gateway.authenticate(outcome, headers)
+            if request.args.get("stream", "false").lower() not in ("false", "0"):
+                raise ValidationError(400, "stream is not supported when retrieving a "
+                                      "response", "stream", "unsupported_parameter")
+            entry = stored(outcome, response_id)
+        except (AuthError, ValidationError) as exc:
+            return refused(outcome, exc)
+        outcome.finish(200)
+        return Response(entry.response, content_type="application/json")
+
+    @app.delete("/v1/responses/<response_id>")
+    async def delete_response(response_id: str) -> Response:
+        outcome, headers = begin("/v1/responses/{id}")
+        try:
+            gateway.authenticate(outcome, headers)
+            stored(outcome, response_id)
+        except (AuthError, ValidationError) as exc:
+            return refused(outcome, exc)
+        gateway.store.delete(response_id, outcome.owner)
+        outcome.finish(200)
+        return Response(json.dumps({"id": response_id, "object": "response", "deleted": True}),
+                        content_type="application/json")
+
+    @app.get("/v1/responses/<response_id>/input_items")
+    async def list_input_items(response_id: str) -> Response:
+        outcome, headers = begin("/v1/responses/{id}/input_items")
+        try:
+            gateway.authenticate(outcome, headers)
+            limit, order, after = page_args(request.args)
+            entry = stored(outcome, response_id)
+        except (AuthError, ValidationError) as exc:
+            return refused(outcome, exc)
+        page = items_page(response_id, entry.input_items(), limit=limit, order=order,
+                          after=after)
+        outcome.finish(200)
+        return Response(json.dumps(page), content_type="application/json")
+
     return app
+
+
+def page_args(args: Mapping[str, str]) -> tuple[int, str, str | None]:
+    """``limit`` (1-100, default 20), ``order`` (asc/desc, default desc), ``after``."""
+    raw = args.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ValidationError(400, "limit must be an integer between 1 and 100", "limit",
+                              "invalid_request")
+    order = args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ValidationError(400, "order must be 'asc' or 'desc'", "order", "invalid_request")
+    return int(raw), order, args.get("after") or None
 
 
 def create_app(config: GatewayConfig) -> GatewayApp:

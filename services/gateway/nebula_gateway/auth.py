@@ -1,8 +1,9 @@
 """API keys, per-key rate and concurrency limits: pure logic, no IO.
 
 Keys are held only as SHA-256 hashes; the plaintext is never stored or
-logged. A key's public label (metrics, logs) is its configured name or a
-short prefix of its hash.
+logged. A key's public label (metrics, logs, the router's tenant) is its
+configured name or a short prefix of its hash. Without keys every caller is
+the one :data:`ANONYMOUS` key, under the anonymous limits.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+ANONYMOUS = "anonymous"
+"""The label (and tenant) of every caller when the gateway has no keys."""
+
+_LABEL = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
+"""Key names and priorities travel in headers (x-nebula-tenant, x-nebula-priority)."""
 
 
 def hash_key(key: str) -> str:
@@ -21,13 +29,17 @@ def hash_key(key: str) -> str:
 
 @dataclass
 class ApiKey:
-    """One configured key: its hash, label and limits (0 = use the default)."""
+    """One configured key: its hash, label and limits (0 = use the default).
+
+    ``priority`` ("" = none) is handed to the router's policy as ``x-nebula-priority``.
+    """
 
     key_hash: str
     name: str = ""
     rpm: int = 0
     concurrency: int = 0
     models: frozenset[str] = field(default_factory=frozenset)
+    priority: str = ""
 
     @property
     def label(self) -> str:
@@ -42,7 +54,8 @@ class KeyFileError(ValueError):
 
 
 def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
-    """``<sha256> [name] [rpm=N] [concurrency=N] [models=a,b]``; blank/# lines -> None."""
+    """``<sha256> [name] [rpm=N] [concurrency=N] [models=a,b] [priority=P]``;
+    blank/# lines -> None."""
     line = line.split("#", 1)[0].strip()
     if not line:
         return None
@@ -54,6 +67,9 @@ def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
     for item in fields[1:]:
         name, sep, value = item.partition("=")
         if not sep:
+            if not _LABEL.match(item) or item == ANONYMOUS:
+                raise KeyFileError(f"line {lineno}: a key name is 1-64 of A-Z a-z 0-9 . _ : @ -"
+                                   f" and not {ANONYMOUS!r}")
             key.name = item
         elif name in ("rpm", "concurrency"):
             if not value.isdigit():
@@ -61,6 +77,10 @@ def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
             setattr(key, name, int(value))
         elif name == "models":
             key.models = frozenset(m for m in value.split(",") if m)
+        elif name == "priority":
+            if not _LABEL.match(value):
+                raise KeyFileError(f"line {lineno}: priority is 1-64 of A-Z a-z 0-9 . _ : @ -")
+            key.priority = value
         else:
             raise KeyFileError(f"line {lineno}: unknown field {name!r}")
     return key
@@ -122,14 +142,20 @@ class TokenBucket:
 
 
 class Authenticator:
-    """Looks keys up and enforces their limits. Empty key set = open (local use)."""
+    """Looks keys up and enforces their limits.
+
+    With no keys every caller is the one anonymous key, limited by the anonymous
+    rpm and concurrency (0 falls back to the defaults, as for any key).
+    """
 
     def __init__(self, keys: dict[str, ApiKey], default_rpm: int = 0,
-                 default_concurrency: int = 0, clock: Callable[[], float] = time.monotonic):
+                 default_concurrency: int = 0, clock: Callable[[], float] = time.monotonic,
+                 *, anonymous_rpm: int = 0, anonymous_concurrency: int = 0):
         self.keys = keys
         self.default_rpm = default_rpm
         self.default_concurrency = default_concurrency
         self.clock = clock
+        self.anonymous = ApiKey(ANONYMOUS, ANONYMOUS, anonymous_rpm, anonymous_concurrency)
         self._buckets: dict[str, TokenBucket] = {}
         self._in_flight: dict[str, int] = {}
 
@@ -137,10 +163,10 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def authenticate(self, authorization: str | None) -> ApiKey | None:
-        """The caller's key (None when auth is off); raises 401 otherwise."""
+    def authenticate(self, authorization: str | None) -> ApiKey:
+        """The caller's key (the anonymous one when auth is off); raises 401 otherwise."""
         if not self.enabled:
-            return None
+            return self.anonymous
         token = bearer_token(authorization)
         if token is None:
             raise AuthError(401, "You didn't provide an API key. Provide it in the "

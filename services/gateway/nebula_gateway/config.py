@@ -5,17 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .auth import ApiKey
+from .media import MediaPolicy
+
+MIB = 1024 * 1024
+ANONYMOUS_RPM = 6000
+"""Requests per minute of all anonymous callers together (a gateway without keys)."""
+ANONYMOUS_CONCURRENCY = 64
+"""Requests of all anonymous callers together served at once."""
+MAX_IN_FLIGHT = 4096
+"""Requests on the OpenAI paths one gateway serves at once."""
 
 
 @dataclass
 class GatewayConfig:
     router_urls: list[str]
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 4 * MIB
     request_timeout: float = 600.0
     body_timeout: float = 30.0
     models_cache_seconds: float = 2.0
+    models_stale_seconds: float = 60.0
+    """How long the last good model list is served while refreshing it fails."""
     store_responses: int = 1024
+    response_store_bytes: int = 64 * MIB
+    response_entry_bytes: int = 1 * MIB
+    response_ttl: float = 3600.0
     default_rpm: int = 0
     default_concurrency: int = 0
+    anonymous_rpm: int = ANONYMOUS_RPM
+    anonymous_concurrency: int = ANONYMOUS_CONCURRENCY
+    max_in_flight: int = MAX_IN_FLIGHT
+    """Requests on the OpenAI paths served at once (0 = no cap); 503 beyond it."""
+    expose_replica_header: bool = False
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     keys: dict[str, ApiKey] = field(default_factory=dict)
     access_log: bool = True

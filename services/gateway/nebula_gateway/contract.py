@@ -39,9 +39,16 @@ SAMPLING = (
 )
 """What chat and text completions share (in this order, the first bad one is reported)."""
 
-CONTENT_PART = Tagged("type", {}, other=Obj(), at_tag=False, bad=" must be an object with a type",
-                      title="ContentPart")
-"""Any typed part (text, image_url, input_audio, ...): the engine knows which it takes."""
+_PART = " must be an object with a type"
+_TEXT = Obj(Field("text", Str(), required=True))
+
+CONTENT_PART = Tagged("type", {
+    "text": _TEXT,
+    "image_url": Obj(Field("image_url", Obj(Field("url", Str(), required=True)),
+                           required=True)),
+}, other=Obj(), at_tag=False, bad=_PART, title="ContentPart")
+"""A typed part: text and images as OpenAI's; any other type (input_audio, ...) is the
+engine's to take or refuse."""
 
 CONTENT = OneOf(Str(), Arr(CONTENT_PART), message=" must be a string or an array of parts")
 """A message's content: text, or typed parts."""
@@ -132,16 +139,29 @@ EMBEDDINGS = Obj(
 
 RESPONSE_ROLES = ("user", "system", "developer", "assistant")
 
+RESPONSE_PART = Tagged("type", {
+    "input_text": _TEXT,
+    "output_text": _TEXT,
+    "text": _TEXT,
+    "refusal": Obj(Field("refusal", Str(), required=True)),
+    "input_image": Obj(Field("image_url", Str()), Field("file_id", Str())),
+}, other=Obj(), at_tag=False, bad=_PART, title="ResponseContentPart")
+"""A Responses content part: the types a chat engine is sent are checked (their text is
+text); any other type is the engine's to take or refuse."""
+
+RESPONSE_CONTENT = OneOf(Str(), Arr(RESPONSE_PART),
+                         message=" must be a string or an array of content parts")
+
 INPUT_ITEM = Tagged("type", {
     "message": Obj(
         Field("role", Opaque(Enum(*RESPONSE_ROLES),
                              " must be one of " + ", ".join(RESPONSE_ROLES)), required=True),
-        Field("content", CONTENT, required=True)),
+        Field("content", RESPONSE_CONTENT, required=True)),
     "function_call": Obj(*(Field(name, Str(), required=True)
                            for name in ("call_id", "name", "arguments"))),
     "function_call_output": Obj(
         Field("call_id", Str(), required=True),
-        Field("output", Opaque(OneOf(Str(), Arr()), " must be a string"), required=True)),
+        Field("output", RESPONSE_CONTENT, required=True)),
     "reasoning": Obj(),
     "item_reference": Obj(),
 }, default="message", bad=" {value!r} is not supported", title="ResponseInputItem")

@@ -1,9 +1,12 @@
 """The hot path: POSTs on the OpenAI paths, served as raw ASGI (no framework objects).
 
-Order of checks on every request: API key (401) -> body size, JSON and fields
-(400/413/408) -> model placed (404) -> model allowed for the key (403) -> rate
-and concurrency (429) -> forward to a router. Nothing reaches a router unless
-every check passed. The answer is the endpoint's handler's: chat, completions
+Order of checks on every request, cheapest first: requests in flight on this
+gateway (503) -> API key (401) -> the key's rate and concurrency (429) -> body
+size and time (413/408) -> JSON and fields (400) -> media URLs (400) -> model
+placed (404) -> model allowed for the key (403) -> forward to a router, with the
+model uid the key was allowed, the key's name as the tenant and its priority.
+Nothing reaches a router unless every check passed, and nothing is read or
+parsed for a caller over its limits. The answer is the endpoint's handler's: chat, completions
 and embeddings pass through (:mod:`passthrough`), Responses are served natively
 or translated (:mod:`responses`). Each request is finished exactly once
 (:class:`~.outcome.Outcome`), when its last byte was sent or its client went away.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -35,9 +39,19 @@ from . import metrics, passthrough, responses
 from .auth import Authenticator, AuthError
 from .catalog import ModelCatalog, ModelInfo
 from .config import GatewayConfig
+from .media import MARKER, media_problem
 from .outcome import Outcome
-from .reply import REFUSALS, Reply, error_bytes, refusal, send_error, send_reply
-from .responses_translate import ResponseStore
+from .reply import (
+    REFUSALS,
+    Busy,
+    Reply,
+    error_bytes,
+    refusal,
+    response_header_names,
+    send_error,
+    send_reply,
+)
+from .response_store import ResponseStore
 from .routers import RouterPool
 from .validation import ValidationError, validate
 
@@ -45,6 +59,9 @@ log = logging.getLogger("nebula.gateway")
 
 # Request headers forwarded to the router besides the ones the gateway sets itself.
 _PASS_REQUEST_HEADERS = ("x-session-id", "x-nebula-session", "user-agent")
+MODEL_UID_HEADER = "x-nebula-model-uid"
+TENANT_HEADER = "x-nebula-tenant"
+PRIORITY_HEADER = "x-nebula-priority"
 
 Handler = Callable[["Gateway", str, Mapping[str, str], bytes, Outcome], Awaitable[Reply]]
 HANDLERS: dict[str, Handler] = {
@@ -62,9 +79,18 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.pool = RouterPool(config.router_urls, request_timeout=config.request_timeout)
-        self.catalog = ModelCatalog(self.pool, config.models_cache_seconds)
-        self.auth = Authenticator(config.keys, config.default_rpm, config.default_concurrency)
-        self.store = ResponseStore(config.store_responses)
+        self.catalog = ModelCatalog(self.pool, config.models_cache_seconds,
+                                    config.models_stale_seconds)
+        self.auth = Authenticator(config.keys, config.default_rpm, config.default_concurrency,
+                                  anonymous_rpm=config.anonymous_rpm,
+                                  anonymous_concurrency=config.anonymous_concurrency)
+        self.store = ResponseStore(config.store_responses,
+                                   max_bytes=config.response_store_bytes,
+                                   max_entry_bytes=config.response_entry_bytes,
+                                   ttl=config.response_ttl)
+        self.response_headers = response_header_names(config.expose_replica_header)
+        self.max_in_flight = config.max_in_flight or sys.maxsize
+        self.in_flight = 0
         self.tracer = setup_tracing("gateway")
         self.tracing = tracing_enabled()
 
@@ -91,10 +117,16 @@ class Gateway:
         watcher: DisconnectWatcher | None = None
         reply: Reply | None = None
         started = False
+        self.in_flight += 1
         try:
             try:
                 try:
+                    if self.in_flight > self.max_in_flight:
+                        raise Busy(f"this gateway is serving {self.max_in_flight} requests "
+                                   "already; retry shortly")
                     self.authenticate(outcome, headers)
+                    self.auth.acquire(outcome.key)  # before the body is read: 429 is cheap
+                    outcome.holds_slot = True
                     raw = await self.read_body(receive, headers)
                     watcher = DisconnectWatcher(receive)
                     reply = await HANDLERS[path](self, path, headers, raw, outcome)
@@ -119,6 +151,7 @@ class Gateway:
                     await send_error(send, outcome, 500, error_bytes(
                         500, "internal error in the gateway", code="internal_error"), [])
         finally:
+            self.in_flight -= 1
             if watcher is not None:
                 watcher.stop()
             if reply is not None and reply.upstream is not None:
@@ -146,18 +179,21 @@ class Gateway:
     # -- for the handlers ----------------------------------------------------------------
     async def admit(self, endpoint: str, raw: bytes, outcome: Outcome
                     ) -> tuple[dict[str, Any], ModelInfo]:
-        """The validated body and its placed model, once every check passed (key slot held)."""
+        """The validated body and its placed model, once every check passed."""
         body = validate(endpoint, raw, self.config.max_body_bytes)
+        if MARKER in raw:
+            problem = media_problem(endpoint, body, self.config.media)
+            if problem is not None:
+                raise ValidationError(400, problem[1], problem[0], "media_url_not_allowed")
         info = await self.catalog.lookup(body["model"])
         if info is None:
             raise ValidationError(404, f"The model `{body['model']}` does not exist or is not "
                                   "placed on any node.", "model", "model_not_found")
         outcome.model = info.id
+        outcome.model_uid = info.model_uid
         key = outcome.key
         if key is not None and not (key.allows(info.id) or key.allows(info.model_uid)):
             self.auth.check_model(key, info.id)  # raises the 403
-        self.auth.acquire(key)
-        outcome.holds_slot = True
         return body, info
 
     async def forward(self, outcome: Outcome, headers: Mapping[str, str], path: str,
@@ -166,7 +202,14 @@ class Gateway:
                                        headers=self.upstream_headers(outcome, headers))
 
     def upstream_headers(self, outcome: Outcome, headers: Mapping[str, str]) -> dict[str, str]:
-        out = {"content-type": "application/json", "x-request-id": outcome.request_id}
+        """What the router gets: the few caller headers it uses, and what the gateway
+        decided (the model uid it authorised, the tenant and its priority) for the
+        router to route on. A caller's x-nebula-* headers never pass, but for its session."""
+        out = {"content-type": "application/json", "x-request-id": outcome.request_id,
+               MODEL_UID_HEADER: outcome.model_uid, TENANT_HEADER: outcome.key_label}
+        key = outcome.key
+        if key is not None and key.priority:
+            out[PRIORITY_HEADER] = key.priority
         for name in _PASS_REQUEST_HEADERS:
             value = headers.get(name)
             if value:

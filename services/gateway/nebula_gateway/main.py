@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import os
 
-from nebula_common.config import Parser, add_common_flags, fail, on_off
+from nebula_common.config import Parser, add_common_flags, fail, listen_address, on_off
 from nebula_common.logs import setup_logging
 from nebula_common.service import add_http_server_flag, run_app
 
 from .auth import KeyFileError, load_keys
-from .config import GatewayConfig
+from .config import ANONYMOUS_CONCURRENCY, ANONYMOUS_RPM, MAX_IN_FLIGHT, MIB, GatewayConfig
+from .media import MediaPolicy
 
 PROG = "nebula-gateway"
 log = logging.getLogger("nebula.gateway")
@@ -20,7 +22,8 @@ log = logging.getLogger("nebula.gateway")
 
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description=__doc__)
-    add_common_flags(parser, listen="0.0.0.0:8081", etcd=False)
+    # loopback unless told otherwise: a wider address needs keys (or --allow-anonymous)
+    add_common_flags(parser, listen="127.0.0.1:8081", etcd=False)
     # Accepted for the common CLI contract; the gateway learns models from the router.
     parser.add_flag("--etcd-endpoints", default=None,
                     help="unused: models come from the router's GET /v1/models")
@@ -34,19 +37,47 @@ def build_parser() -> Parser:
                          "[models=a,b]' per line")
     parser.add_flag("--api-keys", default=None,
                     help="comma-separated plaintext API keys (hashed at start-up); "
-                         "prefer the environment variable")
+                         "prefer the environment variable or --api-keys-file")
+    parser.add_flag("--allow-anonymous", action="store_true",
+                    help="serve callers without a key on a non-loopback address when no key "
+                         "is configured (otherwise the gateway refuses to start)")
     parser.add_flag("--rate-limit-rpm", default=0, type=int,
                     help="default requests per minute per key (0 = unlimited)")
     parser.add_flag("--max-concurrency-per-key", default=0, type=int,
                     help="default concurrent requests per key (0 = unlimited)")
+    parser.add_flag("--anonymous-rpm", default=ANONYMOUS_RPM, type=int,
+                    help="requests per minute of all callers together when there are no keys "
+                         "(0 = --rate-limit-rpm)")
+    parser.add_flag("--anonymous-concurrency", default=ANONYMOUS_CONCURRENCY, type=int,
+                    help="concurrent requests of all callers together when there are no keys "
+                         "(0 = --max-concurrency-per-key)")
+    parser.add_flag("--max-in-flight", default=MAX_IN_FLIGHT, type=int,
+                    help="requests this gateway serves at once; 503 with Retry-After beyond "
+                         "(0 = no cap)")
+    parser.add_flag("--expose-replica-header", action="store_true",
+                    help="pass the router's x-nebula-replica (which replica answered) on to "
+                         "clients")
+    parser.add_flag("--media-allow", default="",
+                    help="comma-separated [http://|https://]host (https when bare, *.domain "
+                         "for subdomains) whose image/media URLs engines may fetch; data: "
+                         "URLs are always allowed, nothing else by default")
     parser.add_flag("--request-timeout", default=600.0, type=float,
                     help="seconds without a byte from the router before giving up")
     parser.add_flag("--body-timeout", default=30.0, type=float,
                     help="seconds allowed to receive a request body")
     parser.add_flag("--models-cache-seconds", default=2.0, type=float,
                     help="how long the router's model list is cached")
+    parser.add_flag("--models-stale-seconds", default=60.0, type=float,
+                    help="how much longer the last model list is served while no router "
+                         "answers GET /v1/models")
     parser.add_flag("--store-responses", default=1024, type=int,
                     help="responses kept in memory for previous_response_id (0 = none)")
+    parser.add_flag("--response-store-bytes", default=64 * MIB, type=int,
+                    help="bytes of stored responses kept in all (the oldest go first)")
+    parser.add_flag("--response-entry-bytes", default=MIB, type=int,
+                    help="a stored response larger than this (with its input) is not kept")
+    parser.add_flag("--response-ttl", default=3600.0, type=float,
+                    help="seconds a stored response is kept")
     add_http_server_flag(parser)
     parser.add_flag("--access-log", default=True, type=on_off,
                     help="one JSON line per request (logger nebula.gateway.access): on/off")
@@ -77,13 +108,43 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         fail(PROG, f"--api-keys-file {args.api_keys_file}: {exc}")
     args.api_keys = None  # drop the plaintext as soon as it is hashed
     os.environ.pop("NEBULA_API_KEYS", None)
+    if not keys and not args.allow_anonymous and not is_loopback(args.listen):
+        fail(PROG, f"refusing to serve {args.listen} without API keys: anyone who can reach "
+                   "it could use every model; give --api-keys-file (or NEBULA_API_KEYS), or "
+                   "--allow-anonymous (NEBULA_ALLOW_ANONYMOUS=1) to serve it open")
+    try:
+        media = MediaPolicy.parse(args.media_allow)
+    except ValueError as exc:
+        fail(PROG, f"--media-allow: {exc}")
+    for flag in ("anonymous_rpm", "anonymous_concurrency", "max_in_flight"):
+        if getattr(args, flag) < 0:
+            fail(PROG, f"--{flag.replace('_', '-')} must not be negative")
     return GatewayConfig(
         router_urls=urls, max_body_bytes=args.max_body_bytes,
         request_timeout=args.request_timeout, body_timeout=args.body_timeout,
-        models_cache_seconds=args.models_cache_seconds, store_responses=args.store_responses,
+        models_cache_seconds=args.models_cache_seconds,
+        models_stale_seconds=args.models_stale_seconds, store_responses=args.store_responses,
+        response_store_bytes=args.response_store_bytes,
+        response_entry_bytes=args.response_entry_bytes, response_ttl=args.response_ttl,
         default_rpm=args.rate_limit_rpm, default_concurrency=args.max_concurrency_per_key,
-        keys=keys, access_log=args.access_log,
+        anonymous_rpm=args.anonymous_rpm, anonymous_concurrency=args.anonymous_concurrency,
+        max_in_flight=args.max_in_flight, expose_replica_header=args.expose_replica_header,
+        media=media, keys=keys, access_log=args.access_log,
     )
+
+
+def is_loopback(listen: str) -> bool:
+    """Does ``HOST:PORT`` accept connections from this host only?"""
+    try:
+        host, _ = listen_address(listen)
+    except ValueError:
+        return False  # (run_app refuses it with its own message)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         # logged once the socket is bound, so a busy port stays a one-line error
         log.info("gateway listening", extra={
             "listen": args.listen, "routers": config.router_urls,
-            "api_keys": len(config.keys), "auth": "on" if config.keys else "off"})
+            "api_keys": len(config.keys), "auth": "on" if config.keys else "off",
+            **({} if config.keys else {"anonymous_rpm": config.anonymous_rpm,
+                                       "anonymous_concurrency": config.anonymous_concurrency})})
 
     run_app(app, listen=args.listen, prog=PROG, before=started,
             server=args.http_server)

@@ -23,7 +23,7 @@ def _error(description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     texts = {400: "Invalid request", 401: "Missing or unknown API key",
-             403: "Model not allowed for this key", 404: "Unknown model",
+             403: "Model not allowed for this key", 404: "Unknown model or response",
              413: "Body too large", 429: "Rate or concurrency limit",
              408: "Body not received in time", 502: "Upstream failure",
              503: "No router or replica available", 504: "No answer in time"}
@@ -66,6 +66,44 @@ def _post(operation_id: str, summary: str, schema: str) -> dict[str, Any]:
     }}
 
 
+_RESPONSE_ID = {"name": "response_id", "in": "path", "required": True,
+                "schema": {"type": "string"}}
+
+
+def _json_ok(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
+            **_errors(401, 404)}
+
+
+def _stored_responses() -> dict[str, Any]:
+    """The stored-response paths (``store`` not false; kept per key, for a while)."""
+    query = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                         "maximum": 100, "default": 20}},
+             {"name": "order", "in": "query",
+              "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+             {"name": "after", "in": "query", "schema": {"type": "string"}}]
+    return {
+        "/v1/responses/{response_id}": {
+            "get": {"operationId": "getResponse", "summary": "A stored response",
+                    "parameters": [_RESPONSE_ID], "responses": _json_ok({"type": "object"})},
+            "delete": {"operationId": "deleteResponse", "summary": "Forget a stored response",
+                       "parameters": [_RESPONSE_ID], "responses": _json_ok({
+                           "type": "object", "required": ["id", "object", "deleted"],
+                           "properties": {"id": {"type": "string"},
+                                          "object": {"const": "response"},
+                                          "deleted": {"type": "boolean"}}})}},
+        "/v1/responses/{response_id}/input_items": {
+            "get": {"operationId": "listInputItems", "summary": "A stored response's input",
+                    "parameters": [_RESPONSE_ID, *query], "responses": _json_ok({
+                        "type": "object", "required": ["object", "data", "has_more"],
+                        "properties": {"object": {"const": "list"},
+                                       "data": {"type": "array", "items": {"type": "object"}},
+                                       "first_id": {"type": ["string", "null"]},
+                                       "last_id": {"type": ["string", "null"]},
+                                       "has_more": {"type": "boolean"}}})}},
+    }
+
+
 def schemas() -> dict[str, Any]:
     """``components.schemas``: the requests (from the contract), errors and models."""
     return {**{e.schema_name: e.body.schema() for e in ENDPOINTS.values()}, **_SCHEMAS}
@@ -94,6 +132,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "OK", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Model"}}}},
                     **_errors(401, 403, 404, 429, 503)}}},
+            **_stored_responses(),
             "/healthz": {"get": {"operationId": "healthz", "responses": {"200": text_ok}}},
             "/readyz": {"get": {"operationId": "readyz", "responses": {
                 "200": text_ok, "503": {"description": "No router reachable",

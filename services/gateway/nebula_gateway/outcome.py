@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import metrics
-from .auth import ApiKey, Authenticator
+from .auth import ANONYMOUS, ApiKey, Authenticator
 
 access_log = logging.getLogger("nebula.gateway.access")
 
@@ -45,6 +45,7 @@ class Outcome:
     start: float = field(default_factory=time.perf_counter)
     status: int = 500
     model: str = "unknown"
+    model_uid: str = ""
     key: ApiKey | None = None
     holds_slot: bool = False
     ttft: float | None = None
@@ -76,7 +77,12 @@ class Outcome:
 
     @property
     def key_label(self) -> str:
-        return self.key.label if self.key is not None else "anonymous"
+        return self.key.label if self.key is not None else ANONYMOUS
+
+    @property
+    def owner(self) -> str:
+        """Whose stored responses this request may see: its key's hash."""
+        return self.key.key_hash if self.key is not None else ANONYMOUS
 
     def first_byte(self) -> None:
         if self.ttft is None:

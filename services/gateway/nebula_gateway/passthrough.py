@@ -40,8 +40,9 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
             drop_usage = True
     upstream = await gateway.forward(outcome, headers, path, raw)
     if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
-        return stream_reply(upstream, pass_frames(outcome, upstream, drop_usage, want_usage))
-    status, data, out_headers = await buffered(outcome, upstream)
+        return stream_reply(upstream, pass_frames(outcome, upstream, drop_usage, want_usage),
+                            gateway.response_headers)
+    status, data, out_headers = await buffered(outcome, upstream, gateway.response_headers)
     if status == 200:
         outcome.usage(usage_of(data))
     return Reply(status, out_headers, data)

@@ -3,6 +3,9 @@ streamed), or the OpenAI-shaped error of a refused request."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +21,36 @@ from .outcome import Outcome
 from .routers import RouterTimeout, RouterUnavailable
 from .validation import ValidationError
 
-REFUSALS = (ValidationError, AuthError, RouterUnavailable, RouterTimeout)
+log = logging.getLogger("nebula.gateway")
+
+
+class Busy(Exception):
+    """The gateway serves ``--max-in-flight`` requests already."""
+
+
+REFUSALS = (ValidationError, AuthError, RouterUnavailable, RouterTimeout, Busy)
 """What a request can be refused with before its answer starts (see :func:`refusal`)."""
-# Response headers from the router that reach the client; everything else is dropped
-# (hop-by-hop, content-length which is recomputed, internal headers).
-_PASS_RESPONSE_HEADERS = ("content-type", "retry-after", "x-nebula-replica")
+
+REPLICA_HEADER = "x-nebula-replica"
+
+
+def response_header_names(expose_replica: bool) -> tuple[str, ...]:
+    """Response headers from the router that reach the client; everything else is dropped
+    (hop-by-hop, content-length which is recomputed, internal headers). Which replica
+    answered is internal unless ``--expose-replica-header``."""
+    names = ("content-type", "retry-after")
+    return (*names, REPLICA_HEADER) if expose_replica else names
+
+
+# What a client is told of a router's own 5xx: its text names replicas and their
+# addresses, which stay in the gateway's log.
+_ROUTER_5XX = {
+    "upstream_failed": "the model's replicas failed to answer this request",
+    "no_reachable_replica": "no replica of this model is reachable right now",
+    "no_ready_replica": "no replica of this model is ready right now",
+    "timeout": "no complete answer from the model in time",
+}
+_ADDRESS = re.compile(r"(?:\b[\w.-]+|\[[0-9a-fA-F:]+\]):\d{2,5}\b|\b(?:\d{1,3}\.){3}\d{1,3}\b")
 
 
 @dataclass
@@ -55,21 +83,23 @@ def refusal(outcome: Outcome, exc: Exception) -> tuple[int, bytes, RawHeaders]:
                                        type=exc.type), headers
     if isinstance(exc, RouterTimeout):
         return 504, error_bytes(504, str(exc), code="timeout"), headers
-    if isinstance(exc, RouterUnavailable):
-        headers.append((b"retry-after", b"1"))
-        return 503, error_bytes(503, f"no router reachable: {exc}",
-                                code="router_unavailable"), headers
+    headers.append((b"retry-after", b"1"))
+    if isinstance(exc, RouterUnavailable):  # (which routers and why: in the log)
+        return 503, error_bytes(503, "no router reachable", code="router_unavailable"), headers
+    if isinstance(exc, Busy):
+        return 503, error_bytes(503, str(exc), code="server_busy"), headers
     raise exc
 
 
 # -- from the router's answer ------------------------------------------------------------
 
-def passthrough_headers(upstream: aiohttp.ClientResponse) -> RawHeaders:
+def passthrough_headers(upstream: aiohttp.ClientResponse, names: tuple[str, ...]
+                        ) -> RawHeaders:
     return [(name.encode(), upstream.headers[name].encode("latin-1"))
-            for name in _PASS_RESPONSE_HEADERS if name in upstream.headers]
+            for name in names if name in upstream.headers]
 
 
-async def buffered(outcome: Outcome, upstream: aiohttp.ClientResponse
+async def buffered(outcome: Outcome, upstream: aiohttp.ClientResponse, names: tuple[str, ...]
                    ) -> tuple[int, bytes, RawHeaders]:
     """The router's whole answer (status, body, headers to pass); 502 when it broke."""
     try:
@@ -80,11 +110,35 @@ async def buffered(outcome: Outcome, upstream: aiohttp.ClientResponse
         return 502, error_bytes(502, f"upstream failed: {type(exc).__name__}",
                                 code="upstream_error"), [JSON_CONTENT_TYPE]
     outcome.first_byte()
-    return upstream.status, data, passthrough_headers(upstream)
+    if upstream.status >= 500:
+        data = public_error(outcome, upstream.status, data)
+    return upstream.status, data, passthrough_headers(upstream, names)
 
 
-def stream_reply(upstream: aiohttp.ClientResponse, frames: AsyncIterator[bytes]) -> Reply:
-    headers = [h for h in passthrough_headers(upstream) if h[0] != b"content-type"]
+def public_error(outcome: Outcome, status: int, data: bytes) -> bytes:
+    """A router's 5xx body with what names the inside (replicas, addresses) taken out;
+    the original text goes to the log."""
+    try:
+        error = json.loads(data)["error"]
+        message, code = error["message"], error.get("code")
+    except (ValueError, KeyError, TypeError):
+        return data  # not an OpenAI error: nothing of the router's own to clean
+    if not isinstance(message, str):
+        return data
+    public = _ROUTER_5XX.get(code) if isinstance(code, str) else None
+    if public is None:
+        public = _ADDRESS.sub("[internal]", message)
+    if public == message:
+        return data
+    log.warning("router error", extra={"request_id": outcome.request_id, "status": status,
+                                       "code": code, "error": message})
+    return error_bytes(status, public, param=error.get("param"), code=code,
+                       type=error.get("type"))
+
+
+def stream_reply(upstream: aiohttp.ClientResponse, frames: AsyncIterator[bytes],
+                 names: tuple[str, ...]) -> Reply:
+    headers = [h for h in passthrough_headers(upstream, names) if h[0] != b"content-type"]
     headers.append((b"content-type", upstream.headers.get(
         "content-type", "text/event-stream").encode("latin-1")))
     headers.append((b"cache-control", b"no-cache"))

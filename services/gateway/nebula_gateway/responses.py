@@ -20,7 +20,8 @@ from nebula_common.asgi import JSON_CONTENT_TYPE
 from . import responses_translate as translate
 from .outcome import Outcome
 from .reply import Reply, buffered, error_bytes, stream_reply
-from .responses_translate import ResponseStore, sse_event
+from .response_store import ResponseStore
+from .responses_translate import sse_event
 from .sse import decoded, frame_data, frames_of, sse_blocks
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
                  outcome: Outcome) -> Reply:
     body, info = await gateway.admit(path, raw, outcome)
     store = gateway.store
-    items = translate.expand_previous(body, store)
+    items = translate.expand_previous(body, store, outcome.owner)
     native = info.engine in NATIVE_RESPONSES_ENGINES
     if outcome.span.is_recording():
         outcome.span.set_attribute("nebula.responses.translated", not native)
@@ -54,8 +55,8 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
             upstream.content_type == "text/event-stream":
         frames = (native_frames if native else translated_frames)(
             outcome, upstream, body, items, store)
-        return stream_reply(upstream, frames)
-    status, data, out_headers = await buffered(outcome, upstream)
+        return stream_reply(upstream, frames, gateway.response_headers)
+    status, data, out_headers = await buffered(outcome, upstream, gateway.response_headers)
     if status != 200:
         return Reply(status, out_headers, data)
     try:
@@ -73,17 +74,22 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
         data = json.dumps(response).encode()
     if isinstance(response, dict):
         outcome.usage(response.get("usage"))
-        remember(store, body, items, response)
+        remember(store, outcome, body, items, response, data)
     return Reply(200, [h for h in out_headers if h[0] != b"content-type"]
                  + [JSON_CONTENT_TYPE], data)
 
 
-def remember(store: ResponseStore, body: dict[str, Any], items: list[dict[str, Any]],
-             response: dict[str, Any]) -> None:
-    """Keep a finished response for a follow-up turn, unless the request said not to."""
+def remember(store: ResponseStore, outcome: Outcome, body: dict[str, Any],
+             items: list[dict[str, Any]], response: dict[str, Any],
+             encoded: bytes | None = None) -> None:
+    """Keep a finished response (``encoded``: as sent) for its key, unless the request
+    said not to; only what reached the engine of its input is kept."""
     if body.get("store") is False or not isinstance(response.get("id"), str):
         return
-    store.put(response["id"], translate.StoredResponse(items, list(response.get("output") or [])))
+    data = encoded if encoded is not None else json.dumps(response).encode()
+    if not store.put(response["id"], outcome.owner, data, translate.kept_items(items)) \
+            and store.enabled:
+        outcome.note = "response not stored: over --response-entry-bytes"
 
 
 async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
@@ -100,7 +106,7 @@ async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                 response = event.get("response") if isinstance(event, dict) else None
                 if isinstance(response, dict) and event.get("type") in _FINAL_EVENTS:
                     outcome.usage(response.get("usage"))
-                    remember(store, body, items, response)
+                    remember(store, outcome, body, items, response)
         yield block
 
 
@@ -141,4 +147,4 @@ async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
     response = translator.response
     if not outcome.usage(response.get("usage")):
         outcome.note = "engine sent no usage"
-    remember(store, body, items, response)
+    remember(store, outcome, body, items, response)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .response_store import ResponseStore
 from .validation import ValidationError
 
 
@@ -23,39 +23,6 @@ def new_id(prefix: str) -> str:
 
 
 # -- conversation state (store / previous_response_id) -----------------------------------
-
-@dataclass
-class StoredResponse:
-    """What a follow-up turn needs: the whole conversation input and the output."""
-
-    input_items: list[dict[str, Any]]
-    output: list[dict[str, Any]]
-
-
-class ResponseStore:
-    """Bounded LRU of recent responses, keyed by response id."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, response_id: str, stored: StoredResponse) -> None:
-        if self.capacity <= 0:
-            return
-        self._items[response_id] = stored
-        self._items.move_to_end(response_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def get(self, response_id: str) -> StoredResponse | None:
-        stored = self._items.get(response_id)
-        if stored is not None:
-            self._items.move_to_end(response_id)
-        return stored
-
 
 def normalize_input(value: Any) -> list[dict[str, Any]]:
     """``input`` as a list of items (a string is one user message)."""
@@ -69,35 +36,125 @@ def output_as_input(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for item in output:
         if item.get("type") == "message":
+            parts = item.get("content")
             items.append({"type": "message", "role": "assistant",
                           "content": [{"type": "output_text", "text": p.get("text", "")}
-                                      for p in item.get("content", [])
-                                      if p.get("type") == "output_text"]})
+                                      for p in parts if isinstance(p, dict)
+                                      and p.get("type") == "output_text"]
+                          if isinstance(parts, list) else []})
         elif item.get("type") == "function_call":
-            items.append({"type": "function_call", "call_id": item["call_id"],
-                          "name": item["name"], "arguments": item.get("arguments", "")})
+            items.append({"type": "function_call", "call_id": item.get("call_id", ""),
+                          "name": item.get("name", ""), "arguments": item.get("arguments", "")})
     return items
 
 
-def expand_previous(body: dict[str, Any], store: ResponseStore) -> list[dict[str, Any]]:
+def expand_previous(body: dict[str, Any], store: ResponseStore,
+                    owner: str) -> list[dict[str, Any]]:
     """The full input of this turn: the stored conversation, then this request's input.
 
-    Raises a 400 when ``previous_response_id`` is unknown (never silently ignored).
+    Raises a 400 when ``previous_response_id`` is unknown to ``owner`` (never silently
+    ignored; another key's response is unknown too).
     """
     current = normalize_input(body["input"])
     prev_id = body.get("previous_response_id")
     if not prev_id:
         return current
-    if store.capacity <= 0:
+    if not store.enabled:
         raise ValidationError(400, "previous_response_id is not supported: this gateway "
                               "stores no responses (--store-responses 0)",
                               "previous_response_id", "unsupported_parameter")
-    stored = store.get(prev_id)
+    stored = store.get(prev_id, owner)
     if stored is None:
         raise ValidationError(400, f"previous response {prev_id!r} not found (it was never "
-                              "stored, store was false, or it has expired)",
-                              "previous_response_id", "previous_response_not_found")
-    return [*stored.input_items, *output_as_input(stored.output), *current]
+                              "stored, store was false, it was too large to keep, or it has "
+                              "expired)", "previous_response_id", "previous_response_not_found")
+    return [*stored.input_items(), *output_as_input(stored.output()), *current]
+
+
+_ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _kept_part(part: dict[str, Any]) -> dict[str, Any] | None:
+    kind = part.get("type")
+    if kind in _TEXT_PARTS:
+        return {"type": kind, "text": part.get("text", "")}
+    if kind == "input_image" and part.get("image_url"):
+        return {"type": kind, "image_url": part["image_url"]}
+    if kind == "refusal":
+        return {"type": kind, "refusal": part.get("refusal", "")}
+    return None
+
+
+def _kept_content(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return [kept for part in content if (kept := _kept_part(part)) is not None]
+
+
+def kept_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the store keeps of a turn's input: what reaches an engine, nothing else.
+
+    The members each item type is translated from (:func:`input_to_messages`) and the
+    client's own item id; other members, reasoning items and item references, which
+    carry nothing an engine is sent, are dropped.
+    """
+    kept: list[dict[str, Any]] = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind not in _ITEM_PREFIX:
+            continue
+        out: dict[str, Any] = {"type": kind}
+        if isinstance(item.get("id"), str):
+            out["id"] = item["id"]
+        if kind == "message":
+            out["role"] = item.get("role", "user")
+            out["content"] = _kept_content(item.get("content"))
+        elif kind == "function_call":
+            for name in ("call_id", "name", "arguments"):
+                out[name] = item.get(name, "")
+        else:
+            out["call_id"] = item.get("call_id", "")
+            out["output"] = _kept_content(item.get("output"))
+        kept.append(out)
+    return kept
+
+
+def listed_item(item: dict[str, Any], fallback_id: str) -> dict[str, Any]:
+    """A stored input item as ``input_items`` lists it: with an id, content as parts."""
+    out = {"id": fallback_id, **item, "status": "completed"}
+    if item.get("type") != "message":
+        return out
+    assistant = item.get("role") == "assistant"
+    content = item.get("content")
+    if isinstance(content, str):
+        content = [{"type": "output_text" if assistant else "input_text", "text": content}]
+    if assistant:
+        content = [{**p, "annotations": p.get("annotations", [])} for p in content or []]
+    out["content"] = content
+    return out
+
+
+def items_page(response_id: str, items: list[dict[str, Any]], *, limit: int, order: str,
+               after: str | None) -> dict[str, Any]:
+    """One page of ``GET /v1/responses/{id}/input_items`` (a cursor list, as OpenAI's).
+
+    An item the client gave no id gets one from its response and position, the same on
+    every call (``after`` pages by it).
+    """
+    suffix = response_id.partition("_")[2] or response_id
+    listed = [listed_item(item, f"{_ITEM_PREFIX[item['type']]}_{suffix}_{i}")
+              for i, item in enumerate(items)]
+    if order != "asc":
+        listed.reverse()
+    if after is not None:
+        ids = [item["id"] for item in listed]
+        listed = listed[ids.index(after) + 1:] if after in ids else []
+    page = listed[:limit]
+    return {"object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(listed) > limit}
 
 
 # -- request: Responses -> chat completions ----------------------------------------------

@@ -1,8 +1,11 @@
 """The router client pool: one aiohttp session, failover between router URLs.
 
 A router that refuses connections is remembered as dead for a few seconds so
-that the next requests go straight to a live one. A 5xx answered before any
-byte was sent to the client is retried on the next router.
+that the next requests go straight to a live one. The next router is tried only
+when this one was not reached, or answered 503 without having looked at the
+model's replicas (no endpoint table yet, overloaded): any other answer, a 502
+above all, means the router already tried the replicas itself, and another
+router would only start the same work again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,21 @@ class RouterUnavailable(Exception):
 
 class RouterTimeout(Exception):
     """A router accepted the request but sent no answer within the request timeout."""
+
+
+_REPLICAS_CONSIDERED = (b'"no_ready_replica"', b'"no_reachable_replica"')
+"""Codes of a router's 503 that answer for the model's replicas, not for the router."""
+
+
+async def worth_another_router(resp: aiohttp.ClientResponse) -> bool:
+    """Would the next router do better than this answer? (Only a 503 is read for it.)"""
+    if resp.status != 503:
+        return False
+    try:
+        body = await resp.read()  # (kept by aiohttp: whoever gets resp reads it again)
+    except (aiohttp.ClientError, TimeoutError):
+        return True
+    return not any(code in body for code in _REPLICAS_CONSIDERED)
 
 
 @dataclass
@@ -74,7 +92,7 @@ class RouterPool:
     async def request(self, method: str, path: str, *, data: bytes | None = None,
                       headers: Mapping[str, str] | None = None,
                       timeout: float | None = None) -> aiohttp.ClientResponse:
-        """Send to the first router that answers below 500 (or the last answer)."""
+        """The first router's answer that another router would not improve on."""
         order = self._order()
         last_error: BaseException | None = None
         for attempt, router in enumerate(order):
@@ -100,7 +118,7 @@ class RouterPool:
                 continue
             self.last_ok = time.monotonic()
             router.dead_until = 0.0
-            if resp.status >= 500 and not is_last:
+            if not is_last and resp.status >= 500 and await worth_another_router(resp):
                 log.warning("router answered %d; trying the next one", resp.status,
                             extra={"router": router.url})
                 resp.release()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from nebula_common.store import EtcdStore, LeaseKeeper, PrefixMirror
 from nebula_common.tasks import TaskSet, cancel_task
 
 from . import node_metrics as m
-from .context import NodeContext, NodeSettings, Publisher
+from .context import NodeContext, NodeSettings
 from .engines import EngineAdapter
 from .gpus import query_gpus
 from .process import reap_stale_engines
@@ -54,7 +55,8 @@ class NodeAgent:
         self.tasks = TaskSet("node")
         self._loops: list[asyncio.Task[None]] = []
         """Boot and the node's own loops: the first to go at shutdown."""
-        self.lease = LeaseKeeper(store, ttl=lease_ttl, tasks=self.tasks)
+        self.lease = LeaseKeeper(store, ttl=lease_ttl, registration=self._registration,
+                                 tasks=self.tasks)
         self.adapters = adapters
         self.engines_available = engines_available
         self.tracer = tracer
@@ -117,7 +119,7 @@ class NodeAgent:
         self.lease.on_regrant.append(m.LEASE_REGRANTS.inc)
         session = aiohttp.ClientSession()
         self.ctx = NodeContext(settings=self.settings, keys=self.keys,
-                               publisher=Publisher(self.store, self.lease), session=session,
+                               publisher=self.lease, session=session,
                                adapters=self.adapters, tracer=self.tracer)
         await self._clear_stale_keys()
         self.gpus = await query_gpus(self.nvidia_smi)
@@ -177,6 +179,27 @@ class NodeAgent:
                 with contextlib.suppress(Exception):
                     await self.store.delete(kv.key)
                     await self.store.delete(self.keys.endpoint_stats(ep.model_uid, ep.replica_id))
+
+    async def _registration(self, last: Mapping[str, bytes]) -> dict[str, bytes]:
+        """What to register under a re-granted lease: what this node runs now, per the plan now.
+
+        ``last`` is the last value of each key the lost lease held. The plans are read
+        again first, since the watch lags after a partition: a replica the scheduler
+        moved elsewhere meanwhile gets no key back (its new node may hold the same
+        replica's key already) and the reconcile pass that this read wakes stops it.
+        """
+        await self.mirror.resync()
+        plans, bad_keys = self.plans.decode(self.mirror.items)
+        desired = replicas_for_node(plans.values(), self.settings.node_id)
+        protected = {k[len(self.keys.placements):] for k in bad_keys}
+        wanted = {self.keys.node(self.settings.node_id): self.node_status().to_json()}
+        for key, sup in {**self.stopping_sups, **self.replicas}.items():
+            if key in desired or key[0] in protected:
+                wanted.update({k: last[k] for k in (sup.endpoint_key, sup.stats_key)
+                               if k in last})
+            else:
+                sup.registered = False  # its keys went with the lost lease and stay gone
+        return wanted
 
     # -- reconcile -------------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
@@ -246,21 +269,19 @@ class NodeAgent:
                           port_range=list(self.settings.port_range))
 
     async def _publish_status(self) -> None:
-        assert self.ctx is not None
-        await self.ctx.publisher.put(self.keys.node(self.settings.node_id),
-                                     self.node_status().to_json())
+        # Claimed: the key is this node's by name, even while a previous run's lease holds it.
+        await self.lease.put(self.keys.node(self.settings.node_id), self.node_status().to_json(),
+                             claim=True)
 
     async def _housekeeping_loop(self) -> None:
-        """Retry failed etcd writes, refresh the GPU inventory; a crash restarts it (backoff)."""
-        assert self.ctx is not None
-        last_gpu = time.monotonic()
+        """Refresh the GPU inventory; a crash restarts it (backoff).
+
+        Failed etcd writes are retried by the lease keeper itself, on every keepalive.
+        """
         while True:
-            await asyncio.sleep(1.0)
-            await self.ctx.publisher.flush()
-            if time.monotonic() - last_gpu >= GPU_REFRESH_S:
-                last_gpu = time.monotonic()
-                gpus = await query_gpus(self.nvidia_smi)
-                m.record_gpus(gpus)
-                if gpus != self.gpus:
-                    self.gpus = gpus
-                    await self._publish_status()
+            await asyncio.sleep(GPU_REFRESH_S)
+            gpus = await query_gpus(self.nvidia_smi)
+            m.record_gpus(gpus)
+            if gpus != self.gpus:
+                self.gpus = gpus
+                await self._publish_status()

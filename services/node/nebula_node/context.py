@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ import aiohttp
 from opentelemetry import trace
 
 from nebula_common.keys import Keys
-from nebula_common.store import EtcdStore, LeaseKeeper
+from nebula_common.store import LeaseKeeper
 
 from .engines import EngineAdapter
 
@@ -40,62 +39,13 @@ class NodeSettings:
 
 
 @dataclass
-class Publisher:
-    """Writes the node's leased keys; a write that fails while etcd is away is retried.
-
-    The LeaseKeeper remembers every key's latest value and re-puts them all when
-    the lease is re-granted; this adds the other half: a put or delete that failed
-    while the lease stayed valid is retried by :meth:`flush` until it lands.
-    """
-
-    store: EtcdStore
-    lease: LeaseKeeper
-    pending_puts: set[str] = field(default_factory=set)
-    pending_deletes: set[str] = field(default_factory=set)
-
-    async def put(self, key: str, value: bytes) -> bool:
-        self.pending_deletes.discard(key)
-        try:
-            await self.lease.put(key, value)
-        except Exception as exc:  # etcd away: remembered and retried
-            self.pending_puts.add(key)
-            log.debug("put %s failed (%s); will retry", key, exc)
-            return False
-        self.pending_puts.discard(key)
-        return True
-
-    async def delete(self, key: str) -> bool:
-        self.pending_puts.discard(key)
-        self.lease.forget(key)  # never re-put by a lease re-grant from now on
-        try:
-            await self.store.delete(key)
-        except Exception as exc:
-            self.pending_deletes.add(key)
-            log.debug("delete %s failed (%s); will retry", key, exc)
-            return False
-        self.pending_deletes.discard(key)
-        return True
-
-    async def flush(self) -> None:
-        for key in list(self.pending_deletes):
-            with contextlib.suppress(Exception):
-                await self.store.delete(key)
-                self.pending_deletes.discard(key)
-        for key in list(self.pending_puts):
-            value = self.lease.keys.get(key)
-            if value is None:
-                self.pending_puts.discard(key)
-                continue
-            with contextlib.suppress(Exception):
-                await self.lease.put(key, value)
-                self.pending_puts.discard(key)
-
-
-@dataclass
 class NodeContext:
+    """What the replicas share. ``publisher`` writes their leased keys: only keys that are
+    absent or this node's, retried until they land (see :class:`LeaseKeeper`)."""
+
     settings: NodeSettings
     keys: Keys
-    publisher: Publisher
+    publisher: LeaseKeeper
     session: aiohttp.ClientSession
     adapters: dict[str, EngineAdapter]
     tracer: trace.Tracer

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nebula_common.logs import redact_argv
+from nebula_common.logs import command_line
 from nebula_common.procs import cmd_matches, group_members, read_cmdline
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:  # noqa: ASYNC230 - a local append, tiny
             logf.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: "
-                       f"{' '.join(redact_argv(argv))}\n".encode())
+                       f"{command_line(argv)}\n".encode())
             logf.flush()
             self.popen = subprocess.Popen(  # noqa: ASYNC220 - vfork+exec returns at once
                 argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

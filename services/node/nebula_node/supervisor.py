@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from nebula_common.logs import redact_argv, scrub
+from nebula_common.logs import command_line, scrub
 from nebula_common.records import Endpoint, EndpointState, EndpointStats
 from nebula_common.retry import backoff_delay
 from nebula_common.tasks import TaskSet, cancel_task
@@ -208,7 +208,7 @@ class ReplicaSupervisor:
                 raise EngineFailure(f"cannot start {argv[0]}: {exc}") from None
             log.info("started engine %s/%s pid=%s port=%d", self.spec.model_uid,
                      self.spec.replica_id, self.engine.pid, self.port,
-                     extra={"cmd": " ".join(redact_argv(argv))})
+                     extra={"cmd": command_line(argv)})
             await self._wait_ready(began)
             seconds = time.monotonic() - began
             span.set_attribute("nebula.start_seconds", seconds)

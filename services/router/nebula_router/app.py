@@ -15,6 +15,7 @@ from quart import Quart, Response
 from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send
 from nebula_common.openai_errors import error_json
 from nebula_common.service import add_basic_routes
+from nebula_common.store import WATCH_STALL_S
 
 from . import metrics
 from .proxy import Proxy
@@ -30,9 +31,27 @@ def model_item(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
-def build_quart(table: EndpointTable, proxy: Proxy) -> Quart:
+def readiness(table: EndpointTable, stale_after: float = WATCH_STALL_S,
+              now: float | None = None) -> tuple[bool, str]:
+    """``/readyz``: the table's own verdict, and not ready while it may be stale.
+
+    Stale: etcd has not answered one of its watches (no event, no progress
+    notification) for ``stale_after`` seconds, as when etcd is frozen or the
+    connection is black-holed; the router keeps serving the last table meanwhile.
+    """
+    if table.synced and table.mirrors:
+        now = time.monotonic() if now is None else now
+        silent, name = max((m.silent_for(now), m.name) for m in table.mirrors)
+        if silent > stale_after:
+            return False, (f"endpoint table may be stale: etcd has not answered the {name} "
+                           f"watch for {silent:.1f}s (bound {stale_after:.0f}s); serving the "
+                           "last known table")
+    return table.readiness()
+
+
+def build_quart(table: EndpointTable, proxy: Proxy, stale_after: float = WATCH_STALL_S) -> Quart:
     app = Quart("nebula_router")
-    add_basic_routes(app, table.readiness)
+    add_basic_routes(app, lambda: readiness(table, stale_after))
     outlier = proxy.pipeline.outlier
 
     def json_response(obj: object, status: int = 200) -> Response:

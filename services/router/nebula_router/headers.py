@@ -1,4 +1,5 @@
-"""Header handling for the proxy: hop-by-hop headers never cross the router."""
+"""Header handling for the proxy: hop-by-hop headers never cross the router, and the
+``x-nebula-*`` headers (Nebula's own, from the gateway) never reach an engine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ HOP_BY_HOP = frozenset({
 
 # Request headers the upstream call sets itself (aiohttp computes host and length).
 REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+REQUEST_DROP_PREFIXES = (b"proxy-", b"x-nebula-")
+"""Request headers dropped by name prefix: proxy hop headers, and Nebula's internal ones."""
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -32,7 +35,7 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     extra = _connection_tokens(raw)
     out: dict[str, str] = {}
     for name, value in raw:
-        if name in REQUEST_DROP or name.startswith(b"proxy-") or name in extra:
+        if name in REQUEST_DROP or name.startswith(REQUEST_DROP_PREFIXES) or name in extra:
             continue
         key = name.decode("latin-1")
         text = value.decode("latin-1")

@@ -7,8 +7,12 @@ import logging
 import os
 import random
 
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
 from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys, on_off
 from nebula_common.logs import setup_logging
+from nebula_common.openai_errors import error_json
 from nebula_common.service import add_http_server_flag, run_app
 from nebula_common.store import EtcdStore
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
@@ -34,11 +38,18 @@ def build_parser() -> Parser:
                help="extra replicas tried when one fails before the first byte")
     p.add_flag("--max-body-bytes", default=16 * 1024 * 1024, type=int,
                help="larger request bodies get 413")
+    p.add_flag("--body-timeout", default=30.0, type=float,
+               help="seconds for a request body to arrive, else 408 (0 = no limit)")
     p.add_flag("--connect-timeout", default=2.0, type=float, help="seconds to connect upstream")
     p.add_flag("--ttfb-timeout", default=120.0, type=float,
-               help="seconds until the upstream's first body byte")
+               help="streams: seconds until the upstream's first body byte, else another "
+                    "replica is tried")
+    p.add_flag("--response-timeout", default=600.0, type=float,
+               help="non-streamed requests: seconds for the whole answer, else 504 (no retry: "
+                    "the engine may still be working on it)")
     p.add_flag("--idle-timeout", default=120.0, type=float,
-               help="seconds of upstream silence tolerated (also bounds the wait for headers)")
+               help="seconds of upstream silence tolerated in a stream (also bounds the wait "
+                    "for its headers)")
     p.add_flag("--total-timeout", default=900.0, type=float, help="seconds per request, all in")
     # The issue names NEBULA_ROUTER_POLICY; NEBULA_POLICY (the generic rule) works too.
     router_policy = os.environ.get("NEBULA_ROUTER_POLICY")
@@ -67,6 +78,29 @@ def build_parser() -> Parser:
     return p
 
 
+def add_http_errors(app: Quart) -> None:
+    """OpenAI-shaped 404 and 405 answers (``POST //v1/chat/completions`` included)."""
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        path = request.scope["path"]  # as sent: request.path has its slashes merged
+        code: str | None
+        if status == 404:
+            message, code = f"no route {request.method} {path}", "not_found"
+        elif status == 405:
+            message = f"method {request.method} not allowed on {path}"
+            code = "method_not_allowed"
+        else:
+            message, code = exc.description or exc.name, None
+        response = Response(error_json(status, message, code=code), status=status,
+                            content_type="application/json")
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging("router", args.log_level, args.log_format)
@@ -87,12 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     table = EndpointTable(store, keys(args))
     proxy = Proxy(table, pipeline, ProxyConfig(
         max_retries=max(args.max_retries, 0), max_body_bytes=args.max_body_bytes,
-        connect_timeout=args.connect_timeout, ttfb_timeout=args.ttfb_timeout,
+        body_timeout=args.body_timeout, connect_timeout=args.connect_timeout,
+        ttfb_timeout=args.ttfb_timeout, response_timeout=args.response_timeout,
         idle_timeout=args.idle_timeout, total_timeout=args.total_timeout,
         replica_header=not args.no_replica_header, access_log=args.access_log,
         prefix_chars=args.prefix_chars, upstream_keepalive_s=args.upstream_keepalive),
         tracer=tracer)
-    app = RouterApp(build_quart(table, proxy), proxy)
+    quart = build_quart(table, proxy)
+    add_http_errors(quart)
+    app = RouterApp(quart, proxy)
 
     async def before() -> None:
         await proxy.start()

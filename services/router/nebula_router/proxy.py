@@ -4,8 +4,13 @@ This is a raw ASGI handler (no framework objects per request): the router's hot
 path parses only what routing needs (``model``, and what the policy's plugins
 declared they read: ``policy.request``), forwards the original body bytes, and
 passes upstream chunks to the client as they arrive. Retries happen only before
-the first byte reached the client; afterwards a broken upstream ends an SSE
-stream with an error event so OpenAI clients raise instead of truncating.
+the first byte reached the client, and only for what another replica may do better
+(no connection, a crash, 502/503/504, a stream with no first byte); an answer that
+says the request itself cannot be served passes through as it came, and a
+non-streamed request that outlives its response timeout is a 504, not a retry (the
+engine may still be working on it). Afterwards a broken upstream ends an SSE stream
+with an error event so OpenAI clients raise instead of truncating. Client-facing
+error texts name no replica or address: those go to the log with the request id.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ from nebula_common.tracing import extract
 from . import metrics as m
 from .headers import request_headers, response_headers
 from .policy import Candidate, KeyReader, Pipeline, RouteKeys
-from .policy.request import PRIORITY_HEADER, SESSION_HEADER, TENANT_HEADER
+from .policy.request import MODEL_UID_HEADER, PRIORITY_HEADER, SESSION_HEADER, TENANT_HEADER
 from .table import EndpointTable, ModelEntry
+from .upstream import ERROR_HEAD_BYTES, FRAME_ENDS, ends_a_frame, refuses_request, split_frames
 
 access_log = logging.getLogger("nebula.router.access")
 log = logging.getLogger(__name__)
@@ -50,8 +56,14 @@ log = logging.getLogger(__name__)
 class ProxyConfig:
     max_retries: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout: float = 30.0
+    """Seconds for the whole request body to arrive (408 after); 0 = no limit."""
     connect_timeout: float = 2.0
     ttfb_timeout: float = 120.0
+    """Streams: seconds until the upstream's first body byte (then another replica is tried)."""
+    response_timeout: float = 600.0
+    """Non-streamed requests: seconds for the answer, whose headers come only when it is
+    complete (then 504, no retry)."""
     idle_timeout: float = 120.0
     total_timeout: float = 900.0
     replica_header: bool = True
@@ -65,13 +77,20 @@ class ProxyConfig:
 
 
 class AttemptFailed(Exception):
-    """An attempt failed before anything reached the client: try another replica."""
+    """An attempt failed before anything reached the client.
 
-    def __init__(self, kind: str, message: str, *, replica_fault: bool = True):
+    ``message`` is the detail for the log (replica address, engine text); ``public`` says
+    what happened in words a client may see. ``retry`` False: no other replica is tried.
+    """
+
+    def __init__(self, kind: str, message: str, public: str, *, replica_fault: bool = True,
+                 retry: bool = True):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.public = public
         self.replica_fault = replica_fault
+        self.retry = retry
 
 
 class IncompleteBody(Exception):
@@ -95,6 +114,8 @@ class _Outcome:
     """The last bytes are being sent: a disconnect now is the normal end, not a cancel."""
     abort: bool = False
     """The body is incomplete and cannot be marked so: drop the client connection."""
+    last_sent: bytes = b""
+    """The last body bytes sent to the client (does an error event need a frame end first?)."""
 
 
 class Proxy:
@@ -107,6 +128,12 @@ class Proxy:
         self.config = config
         self.tracer = tracer
         self.session: aiohttp.ClientSession | None = None
+        cfg = config
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.idle_timeout)
+        # A non-streamed answer is silent until it is complete: no idle limit before it.
+        self._answer_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.response_timeout)
         self._policy = pipeline.name
         # What to read from each request is what the pipeline's plugins declared.
         self.keys = KeyReader(pipeline.needs, config.prefix_chars)
@@ -121,8 +148,7 @@ class Proxy:
             connector=connector,
             auto_decompress=False,            # bytes pass through untouched
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout,
-                                          sock_read=self.config.idle_timeout),
+            timeout=self._stream_timeout,
             raise_for_status=False,
         )
 
@@ -145,6 +171,7 @@ class Proxy:
         req_id = ""
         incoming_tp = ""
         length: int | None = None
+        uid = ""
         reader = self.keys
         keys = RouteKeys()
         more = reader.more_headers  # else every other header skips two compares
@@ -158,6 +185,8 @@ class Proxy:
                     keys.session = value.decode("latin-1")
             elif name == b"traceparent":
                 incoming_tp = value.decode("latin-1")
+            elif name == MODEL_UID_HEADER:
+                uid = value.decode("latin-1")
             elif more:
                 if name == TENANT_HEADER and reader.tenant:
                     keys.tenant = value.decode("latin-1")
@@ -171,15 +200,18 @@ class Proxy:
                                           attributes={"http.request.method": "POST",
                                                       "url.path": scope["path"]})
         watcher: DisconnectWatcher | None = None
+        cfg = self.config
         try:
             try:
-                body = await self._body(receive, send, out, length)
-                if body is None:
-                    return
-                # A disconnect after the response completed cancels nothing.
-                watcher = DisconnectWatcher(receive, ignore=lambda: out.closing)
-                async with asyncio.timeout(self.config.total_timeout):
-                    await self._route(scope, body, send, out, span, req_id, keys)
+                # One deadline: the body's, then (moved once the body is in) the request's.
+                async with asyncio.timeout(cfg.body_timeout or None) as deadline:
+                    body = await self._body(receive, send, out, length)
+                    if body is None:
+                        return
+                    deadline.reschedule(asyncio.get_running_loop().time() + cfg.total_timeout)
+                    # A disconnect after the response completed cancels nothing.
+                    watcher = DisconnectWatcher(receive, ignore=lambda: out.closing)
+                    await self._route(scope, body, send, out, span, req_id, keys, uid)
                 if out.abort:
                     raise IncompleteBody(f"upstream body cut mid-way ({out.replica})")
             except asyncio.CancelledError:
@@ -188,17 +220,18 @@ class Proxy:
                 out.status = 499
                 m.CLIENT_DISCONNECTS.inc()
             except TimeoutError:
+                if watcher is None:  # still reading the body: as the gateway answers
+                    await self._reject(send, out, 408, "request body not received within "
+                                       f"{cfg.body_timeout:g}s", code="body_timeout")
+                    return
                 message = (f"no complete answer within the router's total timeout "
-                           f"({self.config.total_timeout:g}s)")
+                           f"({cfg.total_timeout:g}s)")
                 if out.ttfb is None:
                     out.status = 504
                     await send_json(send, 504, error_json(504, message, code="timeout"))
                 elif out.sse and not out.closing:
                     m.STREAM_ERRORS.inc()
-                    out.closing = True
-                    await send({"type": "http.response.body", "more_body": True,
-                                "body": sse_error_event(504, message, code="timeout")})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await self._end_stream(send, out, 504, message, "timeout")
                 elif not out.closing:
                     raise IncompleteBody(message) from None
         finally:
@@ -227,11 +260,14 @@ class Proxy:
 
     # -- routing ------------------------------------------------------------------------
     async def _route(self, scope: Scope, body: bytes, send: Send, out: _Outcome,
-                     span: trace.Span | None, req_id: str, keys: RouteKeys) -> None:
+                     span: trace.Span | None, req_id: str, keys: RouteKeys, uid: str) -> None:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             await self._reject(send, out, 400, f"request body is not valid JSON: {exc}")
+            return
+        except RecursionError:
+            await self._reject(send, out, 400, "request body is nested too deeply to parse")
             return
         if not isinstance(data, dict):
             await self._reject(send, out, 400, "request body must be a JSON object")
@@ -241,7 +277,11 @@ class Proxy:
             await self._reject(send, out, 400, "missing required parameter 'model'",
                                param="model", code="missing_required_parameter")
             return
-        entry = self.table.get(model)
+        # The gateway names the model it authorised by uid: that uid exactly, never a
+        # model whose name happens to equal it.
+        entry = self.table.get(uid or model)
+        if uid and entry is not None and entry.model_uid != uid:
+            entry = None
         if entry is None:
             if not self.table.synced:
                 await self._reject(send, out, 503, "the router has not loaded its endpoint "
@@ -249,6 +289,11 @@ class Proxy:
                 return
             await self._reject(send, out, 404, f"The model '{model}' does not exist",
                                param="model", code="model_not_found")
+            return
+        if uid and model != entry.model_name and model != entry.model_uid:
+            await self._reject(send, out, 400, f"the request's model '{model}' is not the "
+                               f"model of {MODEL_UID_HEADER.decode()} '{uid}'", param="model",
+                               code="model_mismatch")
             return
         out.model = entry.model_uid
         if span is not None:
@@ -267,11 +312,12 @@ class Proxy:
         url_tail = scope["path"]
         if scope.get("query_string"):
             url_tail += "?" + scope["query_string"].decode("latin-1")
-        await self._attempts(entry, keys, body, headers, url_tail, send, out, span)
+        streamed = data.get("stream") is True
+        await self._attempts(entry, keys, body, headers, url_tail, streamed, send, out, span)
 
     async def _attempts(self, entry: ModelEntry, keys: RouteKeys, body: bytes,
-                        headers: dict[str, str], url_tail: str, send: Send, out: _Outcome,
-                        span: trace.Span | None) -> None:
+                        headers: dict[str, str], url_tail: str, streamed: bool, send: Send,
+                        out: _Outcome, span: trace.Span | None) -> None:
         tried: list[Candidate] = []
         last: tuple[Candidate, AttemptFailed] | None = None
         unreachable = True  # every attempt so far failed to connect: nothing was sent
@@ -289,32 +335,40 @@ class Proxy:
             out.replica = cand.ref
             tried.append(cand)
             try:
-                await self._attempt(cand, entry, body, headers, url_tail, send, out, span)
+                await self._attempt(cand, entry, body, headers, url_tail, streamed, send, out,
+                                    span)
                 return
             except AttemptFailed as failure:
                 last = (cand, failure)
                 unreachable = unreachable and failure.kind == "connect"
                 m.upstream_errors_c(failure.kind).inc()
                 log.debug("attempt on %s failed: %s", cand.ref, failure.message)
+                if not failure.retry:
+                    break
         if last is None:
             await self._reject(send, out, 503, f"no ready replica for model "
                                f"'{entry.model_name}'", [(b"retry-after", b"1")],
                                code="no_ready_replica")
             return
         cand, final = last
-        if unreachable:
+        log.warning("request %s for model %s failed after %d attempt(s); last on replica "
+                    "%s: %s", out.request_id, entry.model_uid, len(tried), cand.ref,
+                    final.message, extra={"request_id": out.request_id})
+        if not final.retry:
+            await self._reject(send, out, 504, final.public, code="timeout")
+        elif unreachable:
             # No replica could even be connected to (a host gone, before its lease expires):
             # the model is unavailable for now, as with no replica at all, so say when to retry.
             await self._reject(send, out, 503, f"no replica of model '{entry.model_name}' is "
-                               f"reachable ({len(tried)} tried; last: {final.message})",
-                               [(b"retry-after", b"1")], code="no_reachable_replica")
-            return
-        await self._reject(send, out, 502, f"all {len(tried)} attempts failed; last: replica "
-                           f"{cand.ref}: {final.message}", code="upstream_failed")
+                               f"reachable ({len(tried)} tried)", [(b"retry-after", b"1")],
+                               code="no_reachable_replica")
+        else:
+            await self._reject(send, out, 502, f"all {len(tried)} attempts failed; last: "
+                               f"{final.public}", code="upstream_failed")
 
     async def _attempt(self, cand: Candidate, entry: ModelEntry, body: bytes,
-                       headers: dict[str, str], url_tail: str, send: Send, out: _Outcome,
-                       parent: trace.Span | None) -> None:
+                       headers: dict[str, str], url_tail: str, streamed: bool, send: Send,
+                       out: _Outcome, parent: trace.Span | None) -> None:
         """One try on ``cand``; raises :class:`AttemptFailed` if nothing was sent yet."""
         outlier = self.pipeline.outlier
         outlier.on_attempt(cand, time.monotonic())
@@ -327,36 +381,53 @@ class Proxy:
             if parent is not None:
                 span, headers = self._client_span(parent, cand, headers)
             assert self.session is not None
+            cfg = self.config
             try:
-                async with asyncio.timeout(self.config.ttfb_timeout):
-                    resp = await self.session.request("POST", cand.base_url + url_tail,
-                                                      data=body, headers=headers)
+                async with asyncio.timeout(cfg.ttfb_timeout if streamed
+                                           else cfg.response_timeout):
+                    resp = await self.session.request(
+                        "POST", cand.base_url + url_tail, data=body, headers=headers,
+                        timeout=self._stream_timeout if streamed else self._answer_timeout)
                     status = resp.status
                     if status >= 500 or status == 429:
-                        text = (await resp.read())[:300].decode("utf-8", "replace")
-                        raise AttemptFailed(
-                            "status_429" if status == 429 else "status_5xx",
-                            f"answered {status}: {text}", replica_fault=status != 429)
-                    first = await resp.content.readany()
+                        first = await _read_head(resp.content)
+                        # An answer that refuses the request itself passes through as it came.
+                        if not refuses_request(status, first):
+                            text = first[:300].decode("utf-8", "replace")
+                            raise AttemptFailed(
+                                "status_429" if status == 429 else "status_5xx",
+                                f"answered {status}: {text}", f"a replica answered {status}",
+                                replica_fault=status != 429)
+                    else:
+                        first = await resp.content.readany()
             except AttemptFailed as failure:
                 verdict = False if failure.replica_fault else None
                 raise
             except aiohttp.ConnectionTimeoutError:
                 # aiohttp's connect timeout is also a TimeoutError: tell it apart first.
                 verdict = False
-                raise AttemptFailed("connect", "cannot connect within "
-                                    f"{self.config.connect_timeout:g}s") from None
+                raise AttemptFailed("connect", f"cannot connect within {cfg.connect_timeout:g}s",
+                                    "could not connect to a replica") from None
             except TimeoutError:
+                if not streamed:
+                    # Merely slow, or not: the engine may still be working on it, so neither a
+                    # second copy elsewhere nor a mark against the replica.
+                    raise AttemptFailed(
+                        "response_timeout", f"no answer within {cfg.response_timeout:g}s",
+                        f"no answer within the router's response timeout "
+                        f"({cfg.response_timeout:g}s)", replica_fault=False, retry=False
+                    ) from None
                 verdict = False
-                raise AttemptFailed("ttfb_timeout", "no first byte within "
-                                    f"{self.config.ttfb_timeout:g}s") from None
+                message = f"no first byte within {cfg.ttfb_timeout:g}s"
+                raise AttemptFailed("ttfb_timeout", message, message) from None
             except aiohttp.ClientConnectorError as exc:
                 verdict = False
-                raise AttemptFailed("connect", f"cannot connect: {exc}") from None
+                raise AttemptFailed("connect", f"cannot connect: {exc}",
+                                    "could not connect to a replica") from None
             except aiohttp.ClientError as exc:
                 verdict = False
-                raise AttemptFailed("upstream_closed",
-                                    f"{type(exc).__name__}: {exc}") from None
+                raise AttemptFailed("upstream_closed", f"{type(exc).__name__}: {exc}",
+                                    "a replica closed the connection before answering") from None
             verdict = await self._stream(cand, resp, first, send, out)
             if span is not None:
                 span.set_attribute("http.response.status_code", resp.status)
@@ -400,7 +471,7 @@ class Proxy:
         if self.config.replica_header:
             hdrs.append((b"x-nebula-replica", cand.ref.encode()))
         out.status = resp.status
-        out.sse = resp.content_type == "text/event-stream"
+        sse = out.sse = resp.content_type == "text/event-stream"
         content = resp.content
         if content.at_eof():
             await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
@@ -411,34 +482,48 @@ class Proxy:
             return True
         await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
         out.ttfb = time.perf_counter()
-        if first:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+        held = b""  # an SSE frame's start, sent once its end came (see split_frames)
+        chunk = first
         try:
             while True:
+                if chunk:
+                    if sse and (held or not chunk.endswith(FRAME_ENDS)):
+                        chunk, held = split_frames(held + chunk)
+                    if chunk:
+                        out.last_sent = chunk
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
                 chunk = await content.readany()
                 if not chunk:
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The upstream died after bytes reached the client: no retry is possible.
             m.STREAM_ERRORS.inc()
             m.upstream_errors_c("stream_broken").inc()
             kind = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            message = f"replica {cand.ref} failed mid-stream ({kind})"
-            log.warning("%s", message)
+            log.warning("request %s: replica %s failed mid-stream (%s)", out.request_id,
+                        cand.ref, kind, extra={"request_id": out.request_id})
             out.status = 502 if out.status < 400 else out.status
-            if out.sse:
-                out.closing = True
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": sse_error_event(502, message, code="upstream_stream_error")})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if sse:  # a frame held back is dropped: the client gets whole frames only
+                await self._end_stream(send, out, 502, f"the replica failed mid-stream ({kind})",
+                                       "upstream_stream_error")
             else:
                 out.abort = True  # the server drops the connection: the client sees the cut
             return False
         out.closing = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": held, "more_body": False})
         resp.release()
         return True
+
+    async def _end_stream(self, send: Send, out: _Outcome, status: int, message: str,
+                          code: str) -> None:
+        """End an SSE response under way with an error event, in a frame of its own."""
+        out.closing = True
+        event = sse_error_event(status, message, code=code)
+        if not ends_a_frame(out.last_sent):  # a frame over the holding bound was cut
+            event = b"\n\n" + event
+        await send({"type": "http.response.body", "more_body": True, "body": event})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _finish(self, out: _Outcome, started: float, span: trace.Span | None, req_id: str,
                 incoming_tp: str) -> None:
@@ -469,6 +554,17 @@ class Proxy:
                 "replica": out.replica, "status": status,
                 "latency_ms": round((now - started) * 1000, 2), "ttft_ms": ttft_ms,
                 "retries": out.retries, "policy_reason": out.reason})
+
+
+async def _read_head(content: aiohttp.StreamReader) -> bytes:
+    """The first :data:`ERROR_HEAD_BYTES` (or so) of a body; all of a shorter one."""
+    head = b""
+    while len(head) < ERROR_HEAD_BYTES:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        head += chunk
+    return head
 
 
 def _status_class(status: int) -> str:

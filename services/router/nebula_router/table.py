@@ -60,12 +60,18 @@ REFUSED = "refused"
 """The ``status`` /debug/endpoints shows for a refused endpoint."""
 
 
+_NOT_IN_URL = {"?": "a query", "#": "a fragment", "@": "credentials", "\\": "a backslash"}
+
+
 @functools.lru_cache(maxsize=4096)
 def url_host(url: str) -> tuple[str, str]:
-    """``(host, "")`` for a plain ``http(s)://host:port`` (no path, query, fragment or user);
-    ``("", problem)`` otherwise. Cached: the table is rebuilt whenever any stats change."""
-    if any(c.isspace() or c in "?#@\\" for c in url):
-        return "", "base_url carries a query, fragment, credentials or odd characters"
+    """The host of a plain ``http(s)://host:port`` as ``(host, "")``, else ``("", problem)``.
+
+    Cached: the table is rebuilt whenever any replica's stats change.
+    """
+    for c in url:
+        if c in _NOT_IN_URL or c.isspace():
+            return "", f"base_url carries {_NOT_IN_URL.get(c, 'white space')}"
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -89,7 +95,8 @@ def endpoint_refusal(ep: Endpoint, node: NodeStatus | None) -> str:
         return f"node {ep.node_id!r} that registered it is not live"
     advertised = node.advertise_host.strip("[]").lower()
     if host != advertised:
-        return f"base_url host {host!r} is not node {ep.node_id!r}'s advertise host {advertised!r}"
+        return (f"base_url host {host!r} is not the advertise host of node {ep.node_id!r} "
+                f"({advertised!r})")
     return ""
 
 

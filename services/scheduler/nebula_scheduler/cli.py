@@ -243,7 +243,7 @@ async def cmd_deploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> 
     if conflict:
         raise CliError(f"cannot deploy {spec.model_uid!r}: {conflict}")
     existing = specs.get(spec.model_uid)
-    if existing is not None:  # an unreadable old spec is replaced whole
+    if existing is not None:  # (None too when unreadable: then it is replaced whole)
         spec.created_at = existing.created_at
     await store.put(keys.model(spec.model_uid), spec.to_json())
     print(f"deployed: key={keys.model(spec.model_uid)} engine={spec.engine} "

@@ -6,6 +6,11 @@ the key, every follower's watch sees it and campaigns again, so handover takes
 at most the lease TTL. The election key is deliberately *not* put through
 :meth:`LeaseKeeper.put`: a re-granted lease would re-put it unconditionally and
 steal leadership from whoever won in between.
+
+Leadership as this process believes it is only a hint (a process paused past
+its lease believes it still leads until it runs again and notices): every plan
+write is fenced with :meth:`Election.fence`, which etcd checks in the write's own
+transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import socket
 import uuid
 
 from nebula_common.keys import Keys
-from nebula_common.store import EtcdStore, LeaseKeeper, PrefixMirror
+from nebula_common.store import EtcdStore, Fence, LeaseKeeper, PrefixMirror
 from nebula_common.tasks import TaskSet
 
 from . import metrics
@@ -54,6 +59,13 @@ class Election:
         if self._won_lease != self.keeper.lease_id:
             return False  # the lease we won with is gone; so is the key
         return True
+
+    def fence(self) -> Fence | None:
+        """What a plan write must find in etcd: our identity in the key, under the lease
+        we won it with. None while we do not lead."""
+        if not self.leader:
+            return None
+        return Fence(self.key, self.identity, self._won_lease)
 
     @property
     def current_leader(self) -> str:

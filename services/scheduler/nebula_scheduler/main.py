@@ -1,6 +1,6 @@
 """``nebula-scheduler``: the seed's one-shot placement, then the long-running reconciler.
 
-Seed form (ARCHITECTURE.md section 2)::
+Seed form (docs/architecture.md section 2)::
 
     nebula-scheduler --model-uid qwen2_5_0_5b --model-name Qwen/Qwen2.5-0.5B-Instruct \\
         --node-id $(hostname) --engine vllm --port 10814 --etcd-endpoints http://127.0.0.1:2379
@@ -124,7 +124,7 @@ async def place_seed(args: argparse.Namespace, keys: Keys) -> None:
         if conflict:
             fail(PROG, f"cannot record {spec.model_uid!r}: {conflict}", code=1)
         existing = specs.get(spec.model_uid)
-        if existing is not None:  # an unreadable old spec is replaced whole
+        if existing is not None:  # (None too when unreadable: then it is replaced whole)
             spec.created_at = existing.created_at
         await store.put(keys.model(spec.model_uid), spec.to_json())
         for _ in range(5):

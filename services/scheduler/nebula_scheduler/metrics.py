@@ -27,7 +27,8 @@ RECONCILES = Counter(
 )
 PLAN_WRITES = Counter(
     "nebula_scheduler_plan_writes_total",
-    "Plan writes by result (ok, conflict: the compare-and-swap lost and was retried)",
+    "Plan writes by result (ok; conflict: the compare-and-swap lost and was retried; "
+    "fenced: refused because this scheduler no longer holds the election key)",
     ["result"],
 )
 LEADER = Gauge("nebula_scheduler_leader", "1 while this scheduler is the elected leader")
@@ -49,7 +50,7 @@ def forget_model(model_uid: str) -> None:
 
 
 # Every label value exists from the start, so a rate() over them never sees a gap.
-for _result in ("ok", "conflict"):
+for _result in ("ok", "conflict", "fenced"):
     PLAN_WRITES.labels(_result)
 for _result in ("ok", "error"):
     RECONCILES.labels(_result)

@@ -12,6 +12,10 @@ while moving as little as possible:
   node comes back: nothing flaps);
 * a cordoned node (``nebula drain``) gets a replacement placed elsewhere first; its
   assignment is removed only once enough replacements answer ``ready``;
+* a replica that spent its restart budget (its endpoint says ``failed``) is removed
+  and replaced, on another node where one fits, recorded in ``plan.failures``;
+  further failures of the model within a while wait longer each time (backoff),
+  the wait listed in ``plan.unplaced`` with its reason;
 * new replicas spread: fewest replicas of this model first, then least loaded node;
 * a replica needing k GPUs gets k free GPUs on one node; GPU engines never land on
   GPU-less nodes; engine ports never collide on a node;
@@ -23,6 +27,7 @@ No IO and no clock: everything comes in as arguments, so it is unit-tested as is
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,14 +36,41 @@ from nebula_common.records import (
     GPU_ENGINES,
     Assignment,
     Endpoint,
+    EndpointState,
     ModelSpec,
     NodeStatus,
     PlacementPlan,
+    ReplicaFailure,
     Unplaced,
     serves,
 )
+from nebula_common.retry import backoff_delay
 
 DEFAULT_GRACE_S = 10.0
+REASON_CHARS = 200
+"""A failure's reason is cut to this length in the plan (the node's endpoint has the log)."""
+
+
+@dataclass(frozen=True)
+class ReplacePolicy:
+    """How replicas whose restart budget is spent on their node are replaced."""
+
+    backoff_initial: float = 5.0
+    """Wait before the second replacement of a model within ``memory``; doubles after."""
+    backoff_max: float = 300.0
+    memory: float = 600.0
+    """Seconds a failure counts: for the backoff, and to keep replacements off its node."""
+    keep: int = 10
+    """Failures kept per plan (the newest)."""
+
+    def delay(self, nth: int) -> float:
+        """Wait before replacing the ``nth`` recent failure of a model: none for the first."""
+        if nth <= 1:
+            return 0.0
+        return backoff_delay(nth - 1, initial=self.backoff_initial, maximum=self.backoff_max)
+
+
+REPLACE = ReplacePolicy()
 
 
 @dataclass(frozen=True)
@@ -121,13 +153,23 @@ def _free_gpus(node: NodeStatus | None, used: set[int], count: int, memory_mb: i
 
 
 def _same(a: PlacementPlan, b: PlacementPlan) -> bool:
-    """Equal up to version and timestamp: an unchanged plan is not written."""
+    """Equal up to version, timestamp and writer: an unchanged plan is not written."""
     return (
         a.model_name == b.model_name
         and a.engine == b.engine
         and [x.to_dict() for x in a.assignments] == [x.to_dict() for x in b.assignments]
         and [x.to_dict() for x in a.unplaced] == [x.to_dict() for x in b.unplaced]
+        and [x.to_dict() for x in a.failures] == [x.to_dict() for x in b.failures]
     )
+
+
+def _failed(endpoints: Mapping[tuple[str, str], Endpoint], model_uid: str,
+            a: Assignment) -> Endpoint | None:
+    """The endpoint saying that ``a`` spent its restart budget where the plan put it."""
+    ep = endpoints.get((model_uid, a.replica_id))
+    if ep is not None and ep.node_id == a.node_id and ep.status == EndpointState.FAILED:
+        return ep
+    return None
 
 
 def place(
@@ -139,6 +181,7 @@ def place(
     now: float = 0.0,
     last_seen: Mapping[str, float] | None = None,
     grace: float = DEFAULT_GRACE_S,
+    replace: ReplacePolicy = REPLACE,
 ) -> PlacementResult:
     """Compute the plan of every spec. See the module docstring for the rules.
 
@@ -159,19 +202,32 @@ def place(
     # Pass 1: decide which existing assignments survive, for every model, so the
     # capacity they hold is known before any new replica is placed.
     kept: dict[str, list[Assignment]] = {}
+    failures: dict[str, list[ReplicaFailure]] = {}
     for uid in sorted(specs):
         spec = specs[uid]
         old = plans.get(uid)
         current = list(old.assignments) if old else []
         pins = set(spec.node_ids)
         survivors: list[Assignment] = []
+        # Copies: the replacement below is recorded in them, never in the caller's plan.
+        history = [dataclasses.replace(f) for f in (old.failures if old else [])
+                   if now - f.failed_at <= replace.memory]
         for a in current:
             if lost(a.node_id) and not (pins and _only_pinned_fallback(pins, nodes, cordon)):
                 result.decisions.append(Decision(uid, a.replica_id, "remove", a.node_id,
                                                  "node lost past grace period"))
                 continue
+            ep = _failed(endpoints, uid, a)
+            if ep is not None:
+                reason = (ep.reason or "failed")[:REASON_CHARS]
+                history.append(ReplicaFailure(replica_id=a.replica_id, node_id=a.node_id,
+                                              reason=reason, failed_at=now))
+                result.decisions.append(Decision(uid, a.replica_id, "remove", a.node_id,
+                                                 f"restart budget spent: {reason}"))
+                continue
             survivors.append(a)
         kept[uid] = survivors
+        failures[uid] = history[-replace.keep:]
 
     # Scale-down and drain bookkeeping need the draining set per model.
     def draining(spec: ModelSpec, a: Assignment) -> bool:
@@ -215,14 +271,29 @@ def place(
         missing = max(0, spec.replicas) - active_count
         unplaced: list[Unplaced] = []
         taken_ids = {a.replica_id for a in assignments}
+        history = failures[uid]
+        # Each missing replica first replaces a failed one (oldest first), once its backoff
+        # is over, away from the nodes where the model failed when another node fits.
+        waiting = [(n, f) for n, f in enumerate(history, 1) if not f.replaced_by]
+        avoid = {f.node_id for f in history}
         for _ in range(missing):
             rid = _next_replica_id(uid, taken_ids, endpoints)
             taken_ids.add(rid)
-            node_id, reason = _choose_node(spec, nodes, cordon, usage)
+            nth, failure = waiting.pop(0) if waiting else (0, None)
+            if failure is not None and now < failure.failed_at + replace.delay(nth):
+                reason = (f"replaces {failure.replica_id} (failed on {failure.node_id}) "
+                          f"after a {replace.delay(nth):.0f}s backoff")
+                unplaced.append(Unplaced(replica_id=rid, reason=reason))
+                result.decisions.append(Decision(uid, rid, "unplaced", "", reason))
+                continue
+            node_id, reason = _choose_node(spec, nodes, cordon, usage, avoid)
             if node_id is None:
                 unplaced.append(Unplaced(replica_id=rid, reason=reason))
                 result.decisions.append(Decision(uid, rid, "unplaced", "", reason))
                 continue
+            if failure is not None:
+                failure.replaced_by = rid
+                reason = f"replaces {failure.replica_id} (failed on {failure.node_id})"
             node_usage = usage.setdefault(node_id, _NodeUsage())
             a = Assignment(
                 replica_id=rid,
@@ -246,6 +317,7 @@ def place(
             assignments=assignments,
             unplaced=unplaced,
             updated_at=old.updated_at if old else now,
+            failures=history,
         )
         if old is None:
             result.changed.add(uid)
@@ -284,8 +356,12 @@ def _choose_node(
     nodes: Mapping[str, NodeStatus],
     cordon: set[str],
     usage: Mapping[str, _NodeUsage],
+    avoid: set[str] | None = None,
 ) -> tuple[str | None, str]:
-    """The best node for one more replica of ``spec``, or (None, why not)."""
+    """The best node for one more replica of ``spec``, or (None, why not).
+
+    Nodes in ``avoid`` (where the model failed lately) are used only when no other fits.
+    """
     need = gpus_needed(spec)
     pins = set(spec.node_ids)
     candidates = [n for n in nodes.values() if not pins or n.node_id in pins]
@@ -317,8 +393,9 @@ def _choose_node(
             memory = f" with {spec.gpu_memory_mb} MB free" if spec.gpu_memory_mb > 0 else ""
             plural = "GPU" if need == 1 else "GPUs"
             return None, f"no node with {need} free {plural}{memory}"
-    best = min(candidates, key=lambda n: _score(spec, n.node_id, usage))
-    return best.node_id, "spread"
+    preferred = [n for n in candidates if n.node_id not in (avoid or ())]
+    best = min(preferred or candidates, key=lambda n: _score(spec, n.node_id, usage))
+    return best.node_id, "spread" if preferred else "spread (only nodes where it failed fit)"
 
 
 def _score(spec: ModelSpec, node_id: str, usage: Mapping[str, _NodeUsage]) -> tuple[int, int, str]:

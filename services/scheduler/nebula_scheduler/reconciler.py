@@ -5,6 +5,11 @@ which is what notices a grace period running out) wakes the loop, which looks
 at the whole picture, runs :func:`placement.place`, and writes only the plans
 that changed, each with compare-and-swap on its mod_revision. A lost CAS means
 someone else wrote the plan: re-read it, place again, retry (bounded).
+Every write (and orphan delete) is fenced: its transaction also requires the
+election key to hold this scheduler's identity under the lease it won with, so
+a leader that stalled past its lease writes nothing once a follower took over
+(the pass stops at :class:`~nebula_common.store.FenceLost`). Each plan records
+its ``writer``.
 Running it twice in a row writes nothing the second time. A model whose stored
 plan is not a valid record is left alone (see :mod:`.view`).
 """
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +29,7 @@ from opentelemetry.context import Context
 
 from nebula_common.keys import Keys
 from nebula_common.records import PlacementPlan, decode_or_skip, ready_replicas
-from nebula_common.store import EtcdStore, PrefixMirror
+from nebula_common.store import EtcdStore, Fence, FenceLost, PrefixMirror
 from nebula_common.tasks import TaskSet
 
 from . import metrics
@@ -45,18 +52,23 @@ class WriteOutcome:
     conflicts: int = 0
 
 
-async def _cas_plan(store: EtcdStore, key: str, plan: PlacementPlan,
-                    expected: bytes | None) -> tuple[bool, bytes | None]:
-    """Write ``plan`` only if the stored value is still ``expected``.
+def unfenced_writer() -> str:
+    """``writer`` of a plan written outside the election (the seed's one-shot placement)."""
+    return f"{socket.gethostname()}:{os.getpid()} (unfenced)"
 
-    Returns (written, current stored value when not written).
+
+async def _cas_plan(store: EtcdStore, key: str, plan: PlacementPlan,
+                    expected: bytes | None, fence: Fence | None) -> tuple[bool, bytes | None]:
+    """Write ``plan`` only if the stored value is still ``expected`` (and ``fence`` holds).
+
+    Returns (written, current stored value when not written); raises FenceLost.
     """
     current = await store.get(key)
     current_raw = current.value if current else None
     if current_raw != expected:
         return False, current_raw
     revision = current.mod_revision if current else 0
-    if await store.put_if_revision(key, plan.to_json(), revision):
+    if await store.put_if_revision(key, plan.to_json(), revision, fence=fence):
         return True, None
     latest = await store.get(key)
     return False, latest.value if latest else None
@@ -72,8 +84,14 @@ async def reconcile_view(
     grace: float,
     delete_orphans: bool = True,
     only: set[str] | None = None,
+    fence: Fence | None = None,
+    writer: str = "",
 ) -> WriteOutcome:
     """Place and write. ``only`` limits writes to some model uids (the seed form).
+
+    With ``fence`` every write and delete requires it (raises FenceLost when it no
+    longer holds) and plans record the fence's identity as their ``writer``;
+    without one, ``writer`` (default :func:`unfenced_writer`).
 
     A pass that changes nothing records no span (the loop ticks every second); one
     that does is a ``scheduler.reconcile`` trace with a ``scheduler.place`` child per
@@ -81,6 +99,7 @@ async def reconcile_view(
     ``scheduler.write_plan`` span per compare-and-swap write.
     """
     started_ns = time.time_ns()
+    writer = fence.value.decode() if fence is not None else (writer or unfenced_writer())
     conflicts = 0
     written: list[str] = []
     root: trace.Span | None = None
@@ -106,11 +125,17 @@ async def reconcile_view(
             lost_any = False
             for uid in sorted(relevant):
                 plan = result.plans[uid]
+                plan.writer = writer
                 with tracer.start_as_current_span("scheduler.write_plan", context=ctx) as ws:
                     ws.set_attribute("nebula.model_uid", uid)
                     ws.set_attribute("nebula.plan_version", plan.version)
-                    ok, current = await _cas_plan(store, keys.placement(uid), plan,
-                                                  view.plan_raw.get(uid))
+                    try:
+                        ok, current = await _cas_plan(store, keys.placement(uid), plan,
+                                                      view.plan_raw.get(uid), fence)
+                    except FenceLost:
+                        ws.set_attribute("nebula.result", "fenced")
+                        metrics.PLAN_WRITES.labels("fenced").inc()
+                        raise
                     ws.set_attribute("nebula.result", "ok" if ok else "conflict")
                 if ok:
                     metrics.PLAN_WRITES.labels("ok").inc()
@@ -134,7 +159,7 @@ async def reconcile_view(
             stored = await store.get(key)
             if stored is None:
                 continue
-            if await store.delete_if_revision(key, stored.mod_revision):
+            if await store.delete_if_revision(key, stored.mod_revision, fence=fence):
                 deleted.append(uid)
                 metrics.forget_model(uid)
                 log.info("deleted plan of undeployed model model_uid=%s", uid,
@@ -206,11 +231,16 @@ class Reconciler:
 
     def __init__(self, store: EtcdStore, keys: Keys, *, grace: float,
                  is_leader: Callable[[], bool], interval: float = 1.0,
-                 debounce: float = 0.05, tasks: TaskSet | None = None):
+                 debounce: float = 0.05, tasks: TaskSet | None = None,
+                 fence: Callable[[], Fence | None] | None = None):
         self.store = store
         self.keys = keys
         self.grace = grace
         self.is_leader = is_leader
+        self.fence = fence
+        """The election's fence for every write (``Election.fence``); None writes unfenced."""
+        self.fenced = 0
+        """Passes stopped because etcd refused a write: this scheduler no longer leads."""
         self.interval = interval
         self.debounce = debounce
         self.models = PrefixMirror(store, keys.models, "models", tasks)
@@ -286,6 +316,9 @@ class Reconciler:
             await self.reconcile_once()
 
     async def reconcile_once(self) -> WriteOutcome | None:
+        fence = self.fence() if self.fence is not None else None
+        if self.fence is not None and fence is None:
+            return None  # not the leader (any more)
         started = time.perf_counter()
         now = time.time()
         view = self.view()
@@ -297,7 +330,15 @@ class Reconciler:
                 self.last_seen.setdefault(a.node_id, now)
         try:
             outcome = await reconcile_view(self.store, self.keys, view, now=now,
-                                           last_seen=self.last_seen, grace=self.grace)
+                                           last_seen=self.last_seen, grace=self.grace,
+                                           fence=fence)
+        except FenceLost as exc:
+            # Our belief that we lead is stale (we were paused or cut off past our lease):
+            # write nothing more; the election notices the lost lease and steps down.
+            self.fenced += 1
+            self.last_error = f"plan write refused, no longer the leader: {exc}"
+            log.warning("%s", self.last_error)
+            return None
         except Exception as exc:  # etcd trouble: the next pass retries
             metrics.RECONCILES.labels("error").inc()
             self.last_error = str(exc) or type(exc).__name__

@@ -24,8 +24,10 @@ from nebula_common.records import (
     Record,
     RecordCache,
     RecordError,
+    ReplicaFailure,
     Unplaced,
     decode_or_skip,
+    identity_conflict,
     ready_replicas,
     serves,
 )
@@ -82,13 +84,16 @@ def test_keys_prefix_and_parsing() -> None:
 VALID: dict[type[Record], dict[str, Any]] = {
     ModelSpec: {"model_uid": "m", "model_name": "org/M", "engine": "sim", "replicas": 2,
                 "engine_args": ["--x"], "gpus_per_replica": 1, "gpu_memory_mb": 100,
-                "port": 10814, "node_ids": ["n1"], "created_at": 1.5},
+                "port": 10814, "node_ids": ["n1"], "created_at": 1.5, "trust_remote_code": True},
     Assignment: {"replica_id": "r0", "node_id": "n1", "port": 10814, "gpu_indices": [0],
                  "engine_args": ["--x"]},
     Unplaced: {"replica_id": "r1", "reason": "no live node"},
+    ReplicaFailure: {"replica_id": "r0", "node_id": "n1", "reason": "engine exited",
+                     "failed_at": 7.0, "replaced_by": "r2"},
     PlacementPlan: {"model_uid": "m", "model_name": "org/M", "engine": "sim", "version": 2,
                     "assignments": [{"replica_id": "r0", "node_id": "n1", "port": 1}],
-                    "unplaced": [{"replica_id": "r1", "reason": "full"}], "updated_at": 2.0},
+                    "unplaced": [{"replica_id": "r1", "reason": "full"}], "updated_at": 2.0,
+                    "trust_remote_code": False},
     GpuInfo: {"index": 0, "name": "H100", "memory_total_mb": 80000, "memory_used_mb": 1},
     NodeStatus: {"node_id": "n1", "advertise_host": "10.0.0.1", "gpus": [{"index": 0}],
                  "engines": ["sim"], "started_at": 3.0, "port_range": [1, 2]},
@@ -110,6 +115,8 @@ def wrong_values(annotation: Any) -> list[Any]:
         return ["x", 1.5, True, None]
     if annotation is float:
         return ["x", False, None, [1.0]]
+    if annotation is bool:
+        return [1, "true", None]
     if annotation is EndpointState:
         return [7, "sleeping", None]
     if origin is list:
@@ -258,3 +265,30 @@ def test_a_record_field_of_an_unsupported_type_is_refused_at_first_use() -> None
 
     with pytest.raises(TypeError, match="records cannot hold a field of type"):
         Odd.from_dict({})
+
+
+def test_trust_remote_code_defaults_off_in_specs_and_plans() -> None:
+    assert ModelSpec.from_dict({"model_uid": "m", "model_name": "n"}).trust_remote_code is False
+    assert PlacementPlan.from_dict({"model_uid": "m", "model_name": "n",
+                                    "engine": "vllm"}).trust_remote_code is False
+
+
+def spec(uid: str, name: str) -> ModelSpec:
+    return ModelSpec(model_uid=uid, model_name=name)
+
+
+@pytest.mark.parametrize(("uid", "name", "problem"), [
+    ("b", "Org/New", "model uid 'b' is the name of model 'a'"),   # uid == another's name
+    ("c", "a", "model name 'a' is the uid of another model"),      # name == another's uid
+    ("c", "b", "model name 'b' is already the name of model 'a'"),  # two models, one name
+])
+def test_a_uid_or_name_that_means_another_model_is_refused(uid: str, name: str,
+                                                           problem: str) -> None:
+    assert identity_conflict(uid, name, [spec("a", "b")]) == problem
+
+
+def test_a_redeploy_and_distinct_models_are_no_conflict() -> None:
+    others = [spec("a", "Org/A"), spec("q", "q")]
+    assert identity_conflict("a", "Org/A2", others) is None  # the same uid: an update
+    assert identity_conflict("q", "q", others) is None  # uid == its own name is fine
+    assert identity_conflict("c", "Org/C", others) is None

@@ -54,11 +54,12 @@ def test_bearer_parsing() -> None:
     assert bearer_token(None) is None
 
 
-def test_auth_off_without_keys() -> None:
+def test_auth_off_without_keys_every_caller_is_the_anonymous_key() -> None:
     auth = Authenticator({})
-    assert auth.authenticate(None) is None
-    auth.acquire(None)
-    auth.check_model(None, "anything")
+    key = auth.authenticate(None)
+    assert key is auth.authenticate("Bearer anything") and key.label == "anonymous"
+    auth.acquire(key)
+    auth.check_model(key, "anything")
 
 
 def test_missing_and_unknown_key_are_401() -> None:
@@ -119,3 +120,27 @@ def test_model_allow_list() -> None:
     with pytest.raises(AuthError) as caught:
         auth.check_model(key, "b")
     assert caught.value.status == 403
+
+
+def test_key_names_and_priorities_are_header_safe() -> None:
+    digest = hash_key("k")
+    key = parse_key_line(f"{digest} team-a priority=high", 1)
+    assert key is not None and (key.label, key.priority) == ("team-a", "high")
+    for bad in ("anonymous", "two\u00e9", "x" * 65):  # the anonymous tenant is nobody's name
+        with pytest.raises(KeyFileError):
+            parse_key_line(f"{digest} {bad}", 1)
+    with pytest.raises(KeyFileError):
+        parse_key_line(f"{digest} priority=a,b", 1)
+
+
+def test_anonymous_limits_fall_back_to_the_defaults() -> None:
+    auth = Authenticator({}, default_concurrency=1, clock=Clock())
+    key = auth.authenticate(None)
+    auth.acquire(key)
+    with pytest.raises(AuthError) as caught:
+        auth.acquire(key)
+    assert caught.value.code == "concurrency_limit_exceeded"
+    limited = Authenticator({}, anonymous_rpm=1, clock=Clock())
+    limited.acquire(limited.authenticate(None))
+    with pytest.raises(AuthError):
+        limited.acquire(limited.authenticate(None))

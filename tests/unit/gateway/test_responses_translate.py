@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
+from nebula_gateway.response_store import ResponseStore
 from nebula_gateway.responses_translate import (
-    ResponseStore,
-    StoredResponse,
     StreamTranslator,
     chat_to_response,
     expand_previous,
@@ -27,7 +26,7 @@ TOOLS = [{"type": "function", "name": "get_weather", "description": "weather by 
 def test_request_string_input_instructions_and_sampling() -> None:
     body = {"model": "m", "input": "Hello", "instructions": "Be brief.",
             "max_output_tokens": 32, "temperature": 0.2, "top_p": 0.9, "stream": True}
-    chat = responses_to_chat(body, expand_previous(body, ResponseStore(4)))
+    chat = responses_to_chat(body, expand_previous(body, ResponseStore(4), "k"))
     assert chat == {
         "model": "m",
         "messages": [{"role": "system", "content": "Be brief."},
@@ -59,7 +58,7 @@ def test_request_message_items_tools_and_json_schema() -> None:
         "text": {"format": {"type": "json_schema", "name": "answer", "strict": True,
                             "schema": {"type": "object"}}},
     }
-    chat = responses_to_chat(body, expand_previous(body, ResponseStore(4)))
+    chat = responses_to_chat(body, expand_previous(body, ResponseStore(4), "k"))
     assert chat["messages"] == [
         {"role": "system", "content": "dev note"},
         {"role": "user", "content": "Weather in Paris?"},
@@ -84,7 +83,7 @@ def test_request_message_items_tools_and_json_schema() -> None:
 def test_request_non_function_tool_is_refused() -> None:
     body = {"model": "m", "input": "x", "tools": [{"type": "web_search"}]}
     with pytest.raises(ValidationError) as caught:
-        responses_to_chat(body, expand_previous(body, ResponseStore(4)))
+        responses_to_chat(body, expand_previous(body, ResponseStore(4), "k"))
     assert caught.value.param == "tools[0].type"
 
 
@@ -213,15 +212,19 @@ def test_stream_failure_emits_error_event(checker: SchemaChecker) -> None:
     assert translator.finish() == []
 
 
+def stored_output(output: list[dict[str, Any]]) -> bytes:
+    return json.dumps({"id": "r", "object": "response", "output": output}).encode()
+
+
 def test_store_and_previous_response_id() -> None:
     store = ResponseStore(2)
     first = {"model": "m", "input": "My name is Ada."}
-    items = expand_previous(first, store)
-    store.put("resp_1", StoredResponse(items, [
+    items = expand_previous(first, store, "k")
+    store.put("resp_1", "k", stored_output([
         {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
-         "content": [{"type": "output_text", "text": "Hi Ada", "annotations": []}]}]))
+         "content": [{"type": "output_text", "text": "Hi Ada", "annotations": []}]}]), items)
     second = {"model": "m", "input": "What is my name?", "previous_response_id": "resp_1"}
-    expanded = expand_previous(second, store)
+    expanded = expand_previous(second, store, "k")
     assert expanded == [
         {"type": "message", "role": "user", "content": "My name is Ada."},
         {"type": "message", "role": "assistant",
@@ -231,16 +234,16 @@ def test_store_and_previous_response_id() -> None:
     assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "user"]
     assert chat["messages"][1]["content"] == "Hi Ada"
     with pytest.raises(ValidationError) as caught:
-        expand_previous({**second, "previous_response_id": "resp_nope"}, store)
+        expand_previous({**second, "previous_response_id": "resp_nope"}, store, "k")
     assert caught.value.status == 400 and caught.value.param == "previous_response_id"
     # bounded: the oldest entry goes first
-    store.put("resp_2", StoredResponse([], []))
-    store.put("resp_3", StoredResponse([], []))
-    assert store.get("resp_1") is None and len(store) == 2
+    store.put("resp_2", "k", b"{}", [])
+    store.put("resp_3", "k", b"{}", [])
+    assert store.get("resp_1", "k") is None and len(store) == 2
 
 
 def test_store_disabled_refuses_previous_response_id() -> None:
     with pytest.raises(ValidationError) as caught:
         expand_previous({"model": "m", "input": "x", "previous_response_id": "r"},
-                        ResponseStore(0))
+                        ResponseStore(0), "k")
     assert caught.value.code == "unsupported_parameter"

@@ -14,8 +14,8 @@ from nebula_gateway.auth import Authenticator
 from nebula_gateway.config import GatewayConfig
 from nebula_gateway.outcome import Outcome
 from nebula_gateway.passthrough import pass_frames
+from nebula_gateway.response_store import ResponseStore
 from nebula_gateway.responses import native_frames, translated_frames
-from nebula_gateway.responses_translate import ResponseStore
 from nebula_gateway.sse import frames_of, sse_blocks, tail_of
 
 
@@ -94,8 +94,9 @@ async def test_native_stream_passes_through_and_its_final_response_is_stored(siz
                                       store))
     assert b"".join(out) == data
     assert (record.prompt_tokens, record.completion_tokens) == (4, 2)
-    stored = store.get("resp_1")
-    assert stored is not None and stored.input_items == items
+    stored = store.get("resp_1", record.owner)
+    assert stored is not None and stored.input_items() == items
+    assert json.loads(stored.response) == final
     record.finish(200)
 
 

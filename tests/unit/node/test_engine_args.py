@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nebula_node.engines import LlamaCppAdapter, ReplicaSpec, SimAdapter, VllmAdapter
+from nebula_node.engines import LlamaCppAdapter, ReplicaSpec, SimAdapter, VllmAdapter, sim
+from nebula_node.sim.main import build_parser
 from nebula_node.supervisor import engine_listen_host
 
 
@@ -62,6 +63,11 @@ def test_sim_allow_list_is_its_own_flags_but_those_the_node_sets() -> None:
     for flag in ("--no-such-flag", "--host", "--listen", "--served-model-name"):
         reason = adapter.refusal(spec("sim", flag, "x"))
         assert reason is not None and flag in reason
+
+
+def test_sim_allow_list_keeps_in_step_with_the_sims_parser() -> None:
+    flags = {flag for action in build_parser()._actions for flag in action.option_strings}
+    assert sim.POLICY.allowed == flags - sim.NODE_SETS and sim.NODE_SETS <= flags
 
 
 def test_a_model_name_or_uid_that_reads_as_a_flag_is_refused() -> None:

@@ -20,6 +20,13 @@ def test_request_headers_drop_hop_by_hop_and_host() -> None:
                    "accept": "a, b"}
 
 
+def test_request_headers_drop_nebulas_internal_headers() -> None:
+    raw = [(b"x-nebula-model-uid", b"m1"), (b"x-nebula-tenant", b"team-a"),
+           (b"x-nebula-priority", b"1"), (b"x-nebula-session", b"s"),
+           (b"x-session-id", b"s"), (b"x-nebulae", b"kept: not our prefix")]
+    assert request_headers(raw) == {"x-session-id": "s", "x-nebulae": "kept: not our prefix"}
+
+
 def test_response_headers_strip_hop_by_hop_and_keep_length_on_passthrough() -> None:
     raw = [(b"Content-Type", b"text/event-stream"), (b"Transfer-Encoding", b"chunked"),
            (b"Connection", b"close"), (b"Keep-Alive", b"x"), (b"Trailer", b"t"),

@@ -11,7 +11,7 @@ import pytest
 
 from nebula_common.asgi import Message
 from nebula_common.keys import Keys
-from nebula_common.records import Endpoint
+from nebula_common.records import Endpoint, NodeStatus
 from nebula_router.app import RouterApp, build_quart
 from nebula_router.main import build_parser, main
 from nebula_router.policy import (
@@ -29,6 +29,12 @@ K = Keys()
 CHAT = {"model": "m1", "messages": [{"role": "system", "content": "be brief"}]}
 
 
+def load(table: EndpointTable, *endpoints: Endpoint) -> None:
+    """Fill ``table`` with ``endpoints``, each on a live node ``n1`` at 127.0.0.1."""
+    table.load({K.endpoint(e.model_uid, e.replica_id): e.to_json() for e in endpoints}, {}, {},
+               {K.node("n1"): NodeStatus("n1", "127.0.0.1").to_json()})
+
+
 def make_proxy(pipeline: Pipeline | None = None, **config: object) -> Proxy:
     return Proxy(EndpointTable(None, K), pipeline or Pipeline.build(),
                  ProxyConfig(**config))  # type: ignore[arg-type]
@@ -36,9 +42,13 @@ def make_proxy(pipeline: Pipeline | None = None, **config: object) -> Proxy:
 
 async def call(app: RouterApp | Proxy, chunks: Sequence[bytes],
                headers: Sequence[tuple[bytes, bytes]] = (),
-               disconnect: bool = False) -> list[Message]:
-    """Drive one POST through the ASGI app; returns what it sent."""
-    inbox: list[Message] = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+               disconnect: bool = False, more: bool = False) -> list[Message]:
+    """Drive one POST through the ASGI app; returns what it sent.
+
+    ``more``: the last chunk says more body follows, and none ever does.
+    """
+    inbox: list[Message] = [{"type": "http.request", "body": c,
+                             "more_body": more or i < len(chunks) - 1}
                             for i, c in enumerate(chunks)]
     if disconnect:
         inbox[-1]["more_body"] = True
@@ -77,6 +87,7 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
 def test_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args([])
     assert args.policy == "least_load" and args.max_retries == 2 and args.access_log
+    assert (args.body_timeout, args.ttfb_timeout, args.response_timeout) == (30, 120, 600)
     assert args.listen == "0.0.0.0:18081" and not args.no_replica_header
     assert args.policy_profile is None
     monkeypatch.setenv("NEBULA_ROUTER_POLICY", "prefix")
@@ -135,6 +146,26 @@ async def test_client_gone_mid_body_gets_no_answer_and_bad_json_is_400() -> None
     assert status == 503 and headers[b"retry-after"] == b"1"  # table never synced
 
 
+async def test_json_nested_too_deeply_is_a_400_not_a_crash() -> None:
+    depth = 100_000
+    for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        status, headers, answer_body = answer(await call(make_proxy(), [body]))
+        assert status == 400 and headers[b"content-type"] == b"application/json"
+        assert answer_body["error"] == {"message": "request body is nested too deeply to parse",
+                                        "type": "invalid_request_error", "param": None,
+                                        "code": None}
+
+
+async def test_a_body_that_never_completes_is_408_after_the_body_timeout() -> None:
+    proxy = make_proxy(body_timeout=0.1, total_timeout=0.05)  # the body has its own limit
+    started = asyncio.get_running_loop().time()
+    sent = await call(proxy, [b'{"model": "m1", ', b""], more=True)
+    status, _, body = answer(sent)
+    assert status == 408 and body["error"]["code"] == "body_timeout"
+    assert body["error"]["message"] == "request body not received within 0.1s"
+    assert 0.1 <= asyncio.get_running_loop().time() - started < 2
+
+
 class Recorder:
     """A picker declaring ``needs``; it records the keys the proxy gave it."""
 
@@ -163,8 +194,7 @@ async def test_proxy_extracts_exactly_the_declared_needs(needs: Need, expected: 
     pipeline = Pipeline(profile, [], [], recorder, recorder.needs, OutlierPolicy())
     proxy = make_proxy(pipeline, max_retries=0, connect_timeout=1.0)
     # port 9 (discard) is closed on loopback: the attempt fails fast, after the pick
-    endpoint = Endpoint("m1", "m1", "0", "n1", "http://127.0.0.1:9", "sim")
-    proxy.table.load({K.endpoint("m1", "0"): endpoint.to_json()}, {}, {})
+    load(proxy.table, Endpoint("m1", "m1", "0", "n1", "http://127.0.0.1:9", "sim"))
     await proxy.start()
     try:
         sent = await call(proxy, [json.dumps(CHAT).encode()],
@@ -172,7 +202,7 @@ async def test_proxy_extracts_exactly_the_declared_needs(needs: Need, expected: 
                            (b"x-nebula-priority", b"2")])
     finally:
         await proxy.close()
-    assert answer(sent)[0] == 502
+    assert answer(sent)[0] == 503  # nothing listens there: no replica reachable
     assert recorder.seen == [expected]
 
 

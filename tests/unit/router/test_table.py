@@ -13,8 +13,13 @@ from nebula_common.records import (
     NodeStatus,
     PlacementPlan,
 )
-from nebula_router.app import build_quart
-from nebula_router.table import EndpointTable, build_index, endpoint_refusal, screen_endpoints
+from nebula_router.table import (
+    EndpointTable,
+    build_index,
+    debug_rows,
+    endpoint_refusal,
+    screen_endpoints,
+)
 
 K = Keys("/t")
 NODES = {K.node("n1"): NodeStatus("n1", "h").to_json()}
@@ -119,3 +124,62 @@ def test_rebuild_decodes_only_changed_values(monkeypatch: pytest.MonkeyPatch) ->
     assert calls == [raw] and table.rebuilds == 3
     table.load(dict([ep("m1", "0")]), {key: EndpointStats(running=5).to_json()}, {}, NODES)
     assert len(calls) == 2 and table.replicas[("m1", "0")].running == 5.0
+
+
+# -- trust: an endpoint must be a plain URL on its node's advertise host --------------------
+def at(base_url: str, node_id: str = "n1") -> Endpoint:
+    return Endpoint("m", "Org/Model", "0", node_id, base_url, "sim")
+
+
+NODE = NodeStatus("n1", "h")
+
+
+@pytest.mark.parametrize("url", ["http://h:8000", "http://h:8000/", "https://H:8443"])
+def test_a_plain_url_on_the_nodes_advertise_host_is_accepted(url: str) -> None:
+    assert endpoint_refusal(at(url), NODE) == ""
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://h:8000/v1", "path"),
+    ("http://h:8000/?x=1", "query"),
+    ("http://h:8000#top", "fragment"),
+    ("http://user:pw@h:8000", "credentials"),
+    ("http://h", "host:port"),
+    ("http://h:99999", "not a URL"),
+    ("ftp://h:21", "scheme"),
+    ("unix:///run/engine.sock", "scheme"),
+    ("http://169.254.169.254:80", "advertise host"),
+    ("http://h.evil.example:8000", "advertise host"),
+])
+def test_an_endpoint_url_that_is_not_a_plain_url_on_that_host_is_refused(url: str,
+                                                                          why: str) -> None:
+    assert why in endpoint_refusal(at(url), NODE)
+
+
+def test_an_endpoint_of_a_node_that_is_not_registered_is_refused() -> None:
+    assert "not live" in endpoint_refusal(at("http://h:8000", "ghost"), None)
+    accepted, refused = screen_endpoints(K, {"a": at("http://h:1"), "b": at("http://h:2", "x")},
+                                         {K.node("n1"): NODE})
+    assert list(accepted) == ["a"] and list(refused) == ["b"]
+
+
+def test_refused_endpoints_are_skipped_logged_counted_once_and_shown(
+        caplog: pytest.LogCaptureFixture) -> None:
+    before = invalid("Endpoint")
+    endpoints = {K.endpoint("m1", "0"): endpoint("m1", "0").to_json(),
+                 K.endpoint("m2", "0"): Endpoint("m2", "Evil", "0", "n1", "http://attacker:80",
+                                                 "sim").to_json()}
+    with caplog.at_level("WARNING"):
+        table = loaded(endpoints)
+        table.load(endpoints, {}, {}, NODES)  # unchanged: not logged nor counted again
+    assert list(table.replicas) == [("m1", "0")] and table.get("Evil") is None
+    assert invalid("Endpoint") == before + 1
+    assert [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()] == [
+        f"refusing endpoint at {K.endpoint('m2', '0')}: base_url host 'attacker' is not "
+        "the advertise host of node 'n1' ('h')"]
+    rows = {r["model_uid"]: r for r in debug_rows(table, 0.0, lambda c, now: "closed")}
+    assert rows["m2"]["status"] == "refused" and "advertise host" in str(rows["m2"]["reason"])
+    assert rows["m1"]["status"] == "ready" and set(rows["m1"]) == set(rows["m2"])
+    # The node now advertises that address: the same record is routed to, the other is not.
+    table.load(endpoints, {}, {}, {K.node("n1"): NodeStatus("n1", "attacker").to_json()})
+    assert table.get("Evil") is not None and list(table.refused) == [K.endpoint("m1", "0")]

@@ -8,18 +8,22 @@ from pathlib import Path
 
 import aiohttp
 
-from ..sim.main import build_parser
 from .args import ArgPolicy
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 
-_NODE_SETS = frozenset({"--host", "--port", "--listen", "--model-name", "--model",
-                        "--served-model-name", "--help", "-h"})
+NODE_SETS = frozenset({"--host", "--port", "--listen", "--model-name", "--model",
+                       "--served-model-name", "--help", "-h"})
+"""Flags of ``nebula-sim`` that the node sets itself, so no plan may."""
 
-
-def sim_policy() -> ArgPolicy:
-    """Every flag of ``nebula-sim`` (read from its parser) but those the node sets."""
-    flags = {flag for action in build_parser()._actions for flag in action.option_strings}
-    return ArgPolicy("sim", frozenset(flags - _NODE_SETS))
+# Every other flag of nebula-sim (a unit test keeps the two lists in step). Written out
+# rather than read from its parser: that parser reads NEBULA_* variables, the node's own.
+POLICY = ArgPolicy("sim", frozenset({
+    "--crash-after", "--crlf-frames", "--embedding-dim", "--embeddings-unsupported",
+    "--fail-rate", "--hang", "--hang-health", "--itl-ms", "--kv-cache-tokens", "--log-format",
+    "--log-level", "--max-concurrency", "--max-model-len", "--output-tokens",
+    "--prefill-ms-per-token", "--prefix-block-chars", "--prefix-cache-blocks", "--seed",
+    "--stream-cut-after", "--ttft-ms",
+}))
 
 
 def sim_binary() -> str:
@@ -32,10 +36,10 @@ def sim_binary() -> str:
 
 class SimAdapter(EngineAdapter):
     name = "sim"
+    arg_policy = POLICY
 
     def __init__(self, binary: str | None = None):
         self.binary = binary or sim_binary()
-        self.arg_policy = sim_policy()
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         return [self.binary, "--host", host, "--port", str(port),

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, Response, request
 
-from .engine import JSONObject, SimEngine, StreamCut
+from .engine import JSONObject, SimEngine, StreamCut, crlf_framed
 from .metrics import METRICS_CONTENT_TYPE
 from .protocol import (
     BadRequest,
@@ -86,8 +86,10 @@ class TextGeneration(Handler):
             return error_response(exc)
         fmt = self.format(engine.served_name(body), body)
         if body.get("stream"):
-            return Response(engine.stream(fmt, job), content_type="text/event-stream",
-                            headers=SSE_HEADERS)
+            frames = engine.stream(fmt, job)
+            if engine.faults.crlf_frames:
+                frames = crlf_framed(frames)
+            return Response(frames, content_type="text/event-stream", headers=SSE_HEADERS)
         text, usage = await engine.complete(job)
         return json_response(fmt.full(text, job.reason, usage))
 

@@ -37,6 +37,9 @@ JSONObject = dict[str, Any]
 RECORDED_HEADERS = ("traceparent", "tracestate", "x-request-id", "x-session-id")
 """Request headers kept for /sim/stats, so tests can see what reached the engine."""
 
+NO_EMBEDDINGS = "Llama model must be created with embedding=True to call this method"
+"""llama-cpp-python's error for embeddings from a model loaded without them."""
+
 
 class HeaderLookup(Protocol):
     """What :meth:`SimEngine.admit` reads of a request's headers (werkzeug's ``Headers``)."""
@@ -64,6 +67,12 @@ def crash_process(request_number: int) -> NoReturn:
     sys.stderr.write(f"nebula-sim: crash_after fault: exiting at request {request_number}\n")
     sys.stderr.flush()
     os._exit(1)
+
+
+async def crlf_framed(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The crlf_frames fault: ``frames`` with CRLF line ends (JSON data holds no raw newline)."""
+    async for chunk in frames:
+        yield chunk.replace(b"\n", b"\r\n")
 
 
 async def hang_forever() -> None:
@@ -308,7 +317,14 @@ class SimEngine:
             self._stop(job)
 
     def embed(self, body: JSONObject) -> JSONObject:
-        """The embeddings response of an admitted request; :class:`BadRequest` on bad fields."""
+        """The embeddings response of an admitted request; :class:`BadRequest` on bad fields.
+
+        The embeddings_unsupported fault answers as llama-cpp-python's server does for a
+        model not loaded with ``--embedding``: a 500 whose message says why.
+        """
+        if self.faults.embeddings_unsupported:
+            self.requests_failed += 1
+            raise Refusal(500, NO_EMBEDDINGS, type="internal_server_error")
         inputs = embedding_inputs(body)
         dimensions = int_param(body, "dimensions") or self.embedding_dim
         if dimensions > self.embedding_dim:

@@ -20,9 +20,11 @@ class Faults:
     hang_health: bool = False
     stream_cut_after: int = 0  # 0 = never; else drop the connection after N frames
     max_concurrency: int = 0  # 0 = unlimited
+    embeddings_unsupported: bool = False  # /v1/embeddings: 500, as llama.cpp without embeddings
+    crlf_frames: bool = False  # SSE frames end with \r\n\r\n instead of \n\n
 
     _INTS = ("crash_after", "stream_cut_after", "max_concurrency")
-    _BOOLS = ("hang", "hang_health")
+    _BOOLS = ("hang", "hang_health", "embeddings_unsupported", "crlf_frames")
 
     def validated(self, patch: object) -> dict[str, FaultValue]:
         """Check a partial update; returns the typed values or raises ValueError."""

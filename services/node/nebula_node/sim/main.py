@@ -51,6 +51,9 @@ def build_parser() -> Parser:
     p.add_flag("--hang-health", action="store_true", help="with --hang, /health hangs too")
     p.add_flag("--stream-cut-after", default=0, type=int,
                help="drop streaming connections after N frames (0 = never)")
+    p.add_flag("--embeddings-unsupported", action="store_true",
+               help="answer /v1/embeddings 500, as llama.cpp's server not started for them")
+    p.add_flag("--crlf-frames", action="store_true", help="end SSE lines with CRLF")
     p.add_flag("--seed", default=0, type=int, help="seed of the fail-rate RNG")
     p.add_flag("--log-level", default="info", help="debug, info, warning or error")
     p.add_flag("--log-format", default="json", choices=["json", "text"], help="log format")
@@ -76,7 +79,8 @@ def engine_from_args(a: argparse.Namespace, parser: Parser) -> SimEngine:
     faults = Faults(ttft_ms=a.ttft_ms, itl_ms=a.itl_ms,
                     prefill_ms_per_token=a.prefill_ms_per_token, fail_rate=a.fail_rate,
                     crash_after=a.crash_after, hang=a.hang, hang_health=a.hang_health,
-                    stream_cut_after=a.stream_cut_after, max_concurrency=a.max_concurrency)
+                    stream_cut_after=a.stream_cut_after, max_concurrency=a.max_concurrency,
+                    embeddings_unsupported=a.embeddings_unsupported, crlf_frames=a.crlf_frames)
     return SimEngine(model=model, served_names=names, max_model_len=a.max_model_len,
                      output_tokens=a.output_tokens, faults=faults,
                      prefix_cache_blocks=a.prefix_cache_blocks,

@@ -26,15 +26,17 @@ class Refusal(Exception):
     """A request answered with an OpenAI error instead of being run (status, code, param)."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, type: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.param = param
+        self.type = type  # None: the OpenAI type of the status
 
     def body(self) -> bytes:
         """The OpenAI error body (``{"error": {...}}``)."""
-        return error_json(self.status, str(self), code=self.code, param=self.param)
+        return error_json(self.status, str(self), code=self.code, param=self.param,
+                          type=self.type)
 
 
 class BadRequest(Refusal, ValueError):

@@ -16,6 +16,8 @@ SESSION_HEADER = b"x-session-id"
 TENANT_HEADER = b"x-nebula-tenant"
 """The API key's name, set by the gateway (the tenant a request is billed to)."""
 PRIORITY_HEADER = b"x-nebula-priority"
+MODEL_UID_HEADER = b"x-nebula-model-uid"
+"""The uid of the model the gateway authorised: the router routes on exactly that model."""
 
 
 class Need(Flag):

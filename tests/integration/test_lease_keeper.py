@@ -1,0 +1,157 @@
+"""LeaseKeeper on a real etcd: re-registration that fails half-way, deletes racing it, owners.
+
+etcd misbehaves on purpose here through :class:`FaultyStore`, a real store whose next
+calls after a lease grant can be made to fail or to wait: the window in which a
+re-grant puts its keys back is otherwise too short to hit from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from devtools.cluster import Cluster
+from nebula_common.store import EtcdConfig, EtcdStore, LeaseKeeper, StoreUnavailable
+from tests.integration.test_store import store_for, until
+
+T = TypeVar("T")
+
+
+class FaultyStore(EtcdStore):
+    """A real store; after each lease grant, call number ``fail_nth`` fails, or the first waits.
+
+    A failing call raises StoreUnavailable, as a call does when etcd went away.
+    """
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self.fail_nth = 0
+        self.hold: asyncio.Event | None = None
+        self.holding = asyncio.Event()
+        self.grants = 0
+        self._since_grant = 0
+
+    async def grant(self, ttl: int) -> int:
+        lease = await super().grant(ttl)
+        self.grants += 1
+        self._since_grant = 0
+        return lease
+
+    async def call(self, op: Callable[[Any], Awaitable[T]], attempts: int = 0) -> T:
+        if self.grants > 1:  # a re-grant (the first grant is the keeper's start)
+            self._since_grant += 1
+            if self._since_grant == self.fail_nth:
+                self.fail_nth = 0
+                raise StoreUnavailable("injected: etcd went away in the middle of a re-grant")
+            if self._since_grant == 1 and self.hold is not None:
+                hold, self.hold = self.hold, None
+                self.holding.set()
+                await hold.wait()
+        return await super().call(op, attempts)
+
+
+def faulty(cluster: Cluster) -> FaultyStore:
+    return FaultyStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2))
+
+
+async def lose_lease(other: EtcdStore, keeper: LeaseKeeper) -> int:
+    """What etcd does when a lease expires during a partition: every key under it goes."""
+    lost = keeper.lease_id
+    await other.revoke(lost)
+    return lost
+
+
+async def values(store: EtcdStore, prefix: str) -> dict[str, tuple[bytes, int]]:
+    kvs, _ = await store.get_prefix(prefix)
+    return {kv.key: (kv.value, kv.lease) for kv in kvs}
+
+
+async def test_regrant_that_fails_half_way_puts_every_key_back(cluster: Cluster) -> None:
+    store, other = faulty(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    keys = {f"/half/{name}": name.encode() for name in ("endpoint", "node", "stats")}
+    for key, value in keys.items():
+        await keeper.put(key, value)
+    store.fail_nth = 2  # the grant's next call lands, the one after fails
+    await lose_lease(other, keeper)
+    await until(lambda: store.grants == 2 and store.fail_nth == 0, timeout=10)
+    # Half of the keys are back; the rest must follow without anyone doing anything.
+    await until(lambda: keeper.alive, timeout=10)
+
+    async def all_back() -> bool:
+        found = await values(other, "/half/")
+        return found == {k: (v, keeper.lease_id) for k, v in keys.items()}
+    await until(all_back, timeout=10)
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_delete_racing_a_regrant_is_not_put_back(cluster: Cluster) -> None:
+    store, other = faulty(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    await keeper.put("/race/kept", b"k")
+    await keeper.put("/race/removed", b"r")
+    store.hold = asyncio.Event()  # the re-grant's first put waits until released
+    release = store.hold
+    await lose_lease(other, keeper)
+    await asyncio.wait_for(store.holding.wait(), 10)
+    # The replica goes away while the re-grant is putting keys back.
+    deleting = asyncio.create_task(keeper.delete("/race/removed"))
+    await asyncio.wait([deleting], timeout=0.5)  # bounded: whether it can finish now or not
+    release.set()
+    await asyncio.wait_for(deleting, 10)
+    await until(lambda: keeper.alive and keeper.regrants == 1, timeout=10)
+    assert await values(other, "/race/") == {"/race/kept": (b"k", keeper.lease_id)}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_keys_another_lease_holds_are_neither_overwritten_nor_deleted(
+        cluster: Cluster) -> None:
+    store, other = store_for(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    theirs = await other.grant(10)
+    await other.put("/own/r0", b"new owner", lease=theirs)
+    assert not await keeper.put("/own/r0", b"stale copy")
+    await keeper.delete("/own/r0")
+    assert await values(other, "/own/") == {"/own/r0": (b"new owner", theirs)}
+    # Refused writes are retried: once the other owner lets go, ours lands.
+    assert "/own/r0" not in keeper.pending, "a delete supersedes the refused put"
+    assert not await keeper.put("/own/r0", b"ours now")
+    await other.revoke(theirs)
+    await keeper.flush()
+    assert await values(other, "/own/") == {"/own/r0": (b"ours now", keeper.lease_id)}
+    # A key named after this process can be claimed from a previous run's lease.
+    previous = await other.grant(10)
+    await other.put("/own/node", b"previous run", lease=previous)
+    assert await keeper.put("/own/node", b"this run", claim=True)
+    assert (await values(other, "/own/"))["/own/node"] == (b"this run", keeper.lease_id)
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_registration_comes_from_the_current_state(cluster: Cluster) -> None:
+    store, other = store_for(cluster), store_for(cluster)
+    running = {"/reg/r0", "/reg/r1"}
+
+    async def current(last: Any) -> dict[str, bytes]:
+        return {k: v for k, v in last.items() if k in running}
+
+    keeper = LeaseKeeper(store, ttl=2, registration=current)
+    await keeper.start()
+    for key in sorted(running):
+        await keeper.put(key, b"ready")
+    running.discard("/reg/r1")  # moved away while the lease was being lost
+    await lose_lease(other, keeper)
+    await until(lambda: keeper.regrants == 1 and keeper.alive, timeout=10)
+    assert await values(other, "/reg/") == {"/reg/r0": (b"ready", keeper.lease_id)}
+    await keeper.stop()
+    await store.close()
+    await other.close()

@@ -1,0 +1,37 @@
+"""The router's /readyz verdict from its mirrors' state (no etcd: the mirrors are not started)."""
+
+from __future__ import annotations
+
+from nebula_common.keys import Keys
+from nebula_common.store import EtcdConfig, EtcdStore
+from nebula_router.app import readiness
+from nebula_router.table import EndpointTable
+
+NOW = 1000.0
+
+
+def synced_table(silent: dict[str, float]) -> EndpointTable:
+    """A table whose mirrors synced and last heard from etcd ``silent[name]`` seconds ago."""
+    table = EndpointTable(EtcdStore(EtcdConfig()), Keys())
+    for mirror in table.mirrors:
+        mirror.synced.set()
+        mirror.healthy = True
+        mirror.last_progress = NOW - silent.get(mirror.name, 0.5)
+    table.rebuilds = 1  # as after the first build from those mirrors
+    return table
+
+
+def test_ready_while_every_watch_was_answered_within_the_bound() -> None:
+    assert readiness(synced_table({}), stale_after=5, now=NOW) == (True, "ready")
+
+
+def test_not_ready_with_the_reason_when_one_watch_is_silent_past_the_bound() -> None:
+    ok, detail = readiness(synced_table({"stats": 7.5, "endpoints": 6.0}), stale_after=5, now=NOW)
+    assert not ok
+    assert "stale" in detail and "stats watch for 7.5s" in detail and "bound 5s" in detail
+
+
+def test_never_synced_says_so_rather_than_stale() -> None:
+    table = EndpointTable(EtcdStore(EtcdConfig()), Keys())
+    ok, detail = readiness(table, stale_after=5, now=NOW)
+    assert not ok and "never synced" in detail
