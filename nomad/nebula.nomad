@@ -125,6 +125,10 @@ job "nebula" {
       port "peer" {
         static = 2380
       }
+      # /health and /metrics only, in plain HTTP: the client port requires a client certificate.
+      port "metrics" {
+        static = 2381
+      }
     }
 
     # Keep the data directory across restarts and updates of the allocation.
@@ -149,6 +153,7 @@ job "nebula" {
       check {
         name     = "etcd-health"
         type     = "http"
+        port     = "metrics"
         path     = "/health"
         interval = "10s"
         timeout  = "3s"
@@ -160,18 +165,50 @@ job "nebula" {
 
       config {
         image = var.etcd_image
-        ports = ["client", "peer"]
+        ports = ["client", "peer", "metrics"]
         command = "/usr/local/bin/etcd"
+        # Clients over TLS with a certificate signed by the job's CA; every role then logs in
+        # as its own user (auth is enabled by the scheduler group's etcd-auth task).
         args = [
           "--name=nebula-etcd",
           "--data-dir=/alloc/data/etcd",
-          "--listen-client-urls=http://0.0.0.0:2379",
-          "--advertise-client-urls=http://${NOMAD_IP_client}:2379",
+          "--listen-client-urls=https://0.0.0.0:2379",
+          "--advertise-client-urls=https://${NOMAD_IP_client}:2379",
+          "--cert-file=/secrets/etcd-server.pem",
+          "--key-file=/secrets/etcd-server-key.pem",
+          "--trusted-ca-file=/secrets/etcd-ca.pem",
+          "--client-cert-auth=true",
+          "--listen-metrics-urls=http://0.0.0.0:2381",
           "--listen-peer-urls=http://0.0.0.0:2380",
           "--initial-advertise-peer-urls=http://${NOMAD_IP_peer}:2380",
           "--initial-cluster=nebula-etcd=http://${NOMAD_IP_peer}:2380",
           "--auto-compaction-retention=1h",
         ]
+      }
+
+      template {
+        destination = "secrets/etcd-ca.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_ca }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-server.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_server_cert }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-server-key.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_server_key }}{{ end }}
+        EOT
       }
 
       resources {
@@ -212,6 +249,104 @@ job "nebula" {
       }
     }
 
+    # Before the scheduler starts: etcd auth on, one least-privilege user per role, with the
+    # passwords of the Nomad Variable (idempotent: it runs before every start).
+    task "etcd-auth" {
+      driver = "docker"
+
+      lifecycle {
+        hook    = "prestart"
+        sidecar = false
+      }
+
+      config {
+        image      = var.scheduler_image
+        entrypoint = ["nebula-etcd-auth"]
+        args       = ["--credentials-dir", "/secrets/etcd-users"]
+      }
+
+      template {
+        destination = "local/etcd.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        NEBULA_ETCD_ENDPOINTS={{ with "${var.etcd_endpoints}" }}{{ . }}{{ else }}{{ range $i, $s := nomadService "nebula-etcd" }}{{ if $i }},{{ end }}{{ $s.Address }}:{{ $s.Port }}{{ end }}{{ end }}
+        EOT
+      }
+
+      template {
+        destination = "secrets/etcd.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        NEBULA_ETCD_CA_CERT=/secrets/etcd-ca.pem
+        NEBULA_ETCD_CERT=/secrets/etcd-client.pem
+        NEBULA_ETCD_KEY=/secrets/etcd-client-key.pem
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-ca.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_ca }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_cert }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client-key.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_key }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-users/root"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_root_password }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-users/nebula-router"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_router }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-users/nebula-node"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_node }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-users/nebula-scheduler"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_scheduler }}{{ end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 100
+        memory = 128
+      }
+    }
+
     task "scheduler" {
       driver = "docker"
 
@@ -238,6 +373,53 @@ job "nebula" {
         change_mode = "restart"
         data        = <<-EOT
         NEBULA_ETCD_ENDPOINTS={{ with "${var.etcd_endpoints}" }}{{ . }}{{ else }}{{ range $i, $s := nomadService "nebula-etcd" }}{{ if $i }},{{ end }}{{ $s.Address }}:{{ $s.Port }}{{ end }}{{ end }}
+        EOT
+      }
+
+      # etcd over TLS as this role's own user (docs/security.md); the secrets come from the
+      # Nomad Variable nomad/jobs/nebula (nomad/README.md says how to create it).
+      template {
+        destination = "secrets/etcd.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        NEBULA_ETCD_USERNAME=nebula-scheduler
+        NEBULA_ETCD_PASSWORD_FILE=/secrets/etcd-password
+        NEBULA_ETCD_CA_CERT=/secrets/etcd-ca.pem
+        NEBULA_ETCD_CERT=/secrets/etcd-client.pem
+        NEBULA_ETCD_KEY=/secrets/etcd-client-key.pem
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-password"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_scheduler }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-ca.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_ca }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_cert }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client-key.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_key }}{{ end }}
         EOT
       }
 
@@ -307,6 +489,53 @@ job "nebula" {
         EOT
       }
 
+      # etcd over TLS as this role's own user (docs/security.md); the secrets come from the
+      # Nomad Variable nomad/jobs/nebula (nomad/README.md says how to create it).
+      template {
+        destination = "secrets/etcd.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        NEBULA_ETCD_USERNAME=nebula-router
+        NEBULA_ETCD_PASSWORD_FILE=/secrets/etcd-password
+        NEBULA_ETCD_CA_CERT=/secrets/etcd-ca.pem
+        NEBULA_ETCD_CERT=/secrets/etcd-client.pem
+        NEBULA_ETCD_KEY=/secrets/etcd-client-key.pem
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-password"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_router }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-ca.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_ca }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_cert }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client-key.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_key }}{{ end }}
+        EOT
+      }
+
       resources {
         cpu    = 1000
         memory = 512
@@ -363,14 +592,13 @@ job "nebula" {
         NEBULA_LOG_LEVEL = var.log_level
       }
 
-      # The gateway fails over between every healthy router; etcd only serves /v1/models.
+      # The gateway fails over between every healthy router; it never talks to etcd.
       template {
         destination = "local/endpoints.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
         NEBULA_ROUTER_URL={{ range $i, $s := nomadService "nebula-router" }}{{ if $i }},{{ end }}http://{{ $s.Address }}:{{ $s.Port }}{{ end }}
-        NEBULA_ETCD_ENDPOINTS={{ with "${var.etcd_endpoints}" }}{{ . }}{{ else }}{{ range $i, $s := nomadService "nebula-etcd" }}{{ if $i }},{{ end }}{{ $s.Address }}:{{ $s.Port }}{{ end }}{{ end }}
         EOT
       }
 
@@ -468,6 +696,53 @@ job "nebula" {
         change_mode = "restart"
         data        = <<-EOT
         NEBULA_ETCD_ENDPOINTS={{ with "${var.etcd_endpoints}" }}{{ . }}{{ else }}{{ range $i, $s := nomadService "nebula-etcd" }}{{ if $i }},{{ end }}{{ $s.Address }}:{{ $s.Port }}{{ end }}{{ end }}
+        EOT
+      }
+
+      # etcd over TLS as this role's own user (docs/security.md); the secrets come from the
+      # Nomad Variable nomad/jobs/nebula (nomad/README.md says how to create it).
+      template {
+        destination = "secrets/etcd.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+        NEBULA_ETCD_USERNAME=nebula-node
+        NEBULA_ETCD_PASSWORD_FILE=/secrets/etcd-password
+        NEBULA_ETCD_CA_CERT=/secrets/etcd-ca.pem
+        NEBULA_ETCD_CERT=/secrets/etcd-client.pem
+        NEBULA_ETCD_KEY=/secrets/etcd-client-key.pem
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-password"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_password_node }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-ca.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_ca }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_cert }}{{ end }}
+        EOT
+      }
+      template {
+        destination = "secrets/etcd-client-key.pem"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ with nomadVar "nomad/jobs/nebula" }}{{ .etcd_client_key }}{{ end }}
         EOT
       }
 

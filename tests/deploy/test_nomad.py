@@ -46,9 +46,11 @@ def groups(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def only_task(group: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The group's one long-running task; others may only be prestart steps."""
     tasks = blocks(group, "task")
-    assert len(tasks) == 1, list(tasks)
-    return next(iter(tasks.items()))
+    main = {name: t for name, t in tasks.items() if not block_list(t, "lifecycle")}
+    assert len(main) == 1, list(tasks)
+    return next(iter(main.items()))
 
 
 def static_ports(group: dict[str, Any]) -> dict[str, int]:
@@ -151,8 +153,11 @@ def test_update_stanza(job: dict[str, Any]) -> None:
     assert update["auto_revert"] is True
 
 
+ETCD_CLIENTS = {"scheduler": "nebula-scheduler", "router": "nebula-router", "node": "nebula-node"}
+
+
 def test_endpoints_rendered_from_service_discovery(groups: dict[str, dict[str, Any]]) -> None:
-    for role in ROLES:
+    for role in ETCD_CLIENTS:
         _, task = only_task(groups[role])
         etcd = rendered_env(task)["NEBULA_ETCD_ENDPOINTS"]
         assert "${var.etcd_endpoints}" in etcd, role
@@ -196,3 +201,49 @@ def test_readme_explains_how_to_run_it() -> None:
     text = (REPO / "nomad" / "README.md").read_text()
     for needle in ("nomad job run", "nvidia", "docker", "etcd_endpoints", "service discovery"):
         assert needle.lower() in text.lower(), needle
+
+
+def test_etcd_serves_tls_to_clients_with_certificates(groups: dict[str, dict[str, Any]]) -> None:
+    _, task = only_task(groups["etcd"])
+    (config,) = block_list(task, "config")
+    args = config["args"]
+    assert "--listen-client-urls=https://0.0.0.0:2379" in args
+    assert "--client-cert-auth=true" in args
+    for flag in ("--cert-file=", "--key-file=", "--trusted-ca-file="):
+        (path,) = [a.split("=", 1)[1] for a in args if a.startswith(flag)]
+        rendered = {t["destination"] for t in block_list(task, "template")}
+        assert path.removeprefix("/") in rendered, f"{flag} {path} is rendered from secrets"
+    (service,) = block_list(groups["etcd"], "service")
+    (check,) = block_list(service, "check")
+    assert check["port"] == "metrics" and check["path"] == "/health"
+
+
+@pytest.mark.parametrize("role", sorted(ETCD_CLIENTS))
+def test_each_etcd_client_logs_in_as_its_own_user(role: str,
+                                                  groups: dict[str, dict[str, Any]]) -> None:
+    _, task = only_task(groups[role])
+    env = rendered_env(task)
+    assert env["NEBULA_ETCD_USERNAME"] == ETCD_CLIENTS[role]
+    rendered = {t["destination"]: t for t in block_list(task, "template")}
+    for var in ("NEBULA_ETCD_PASSWORD_FILE", "NEBULA_ETCD_CA_CERT", "NEBULA_ETCD_CERT",
+                "NEBULA_ETCD_KEY"):
+        path = env[var].removeprefix("/")
+        assert path.startswith("secrets/") and path in rendered, (role, var)
+        assert rendered[path]["perms"] == "0600"
+        assert 'nomadVar "nomad/jobs/nebula"' in rendered[path]["data"]
+
+
+def test_etcd_auth_runs_before_the_scheduler(groups: dict[str, dict[str, Any]]) -> None:
+    task = blocks(groups["scheduler"], "task")["etcd-auth"]
+    (hook,) = block_list(task, "lifecycle")
+    assert hook["hook"] == "prestart" and hook["sidecar"] is False
+    (config,) = block_list(task, "config")
+    assert config["entrypoint"] == ["nebula-etcd-auth"]
+    users = {t["destination"] for t in block_list(task, "template")}
+    for user in ("root", *ETCD_CLIENTS.values()):
+        assert f"secrets/etcd-users/{user}" in users, user
+
+
+def test_the_gateway_has_no_etcd_access(groups: dict[str, dict[str, Any]]) -> None:
+    _, task = only_task(groups["gateway"])
+    assert not any(k.startswith("NEBULA_ETCD") for k in rendered_env(task))

@@ -203,10 +203,11 @@ class Authenticator:
                 raise AuthError(429, f"rate limit of {rpm} requests per minute reached "
                                 "for this key", "rate_limit_exceeded", "rate_limit_error",
                                 retry_after=max(1, math.ceil(wait)))
-        self._in_flight[key.key_hash] = self._in_flight.get(key.key_hash, 0) + 1
+        if limit:  # (counted only where a limit reads the count)
+            self._in_flight[key.key_hash] = self._in_flight.get(key.key_hash, 0) + 1
 
     def release(self, key: ApiKey | None) -> None:
-        if key is None:
+        if key is None or not (key.concurrency or self.default_concurrency):
             return
         left = self._in_flight.get(key.key_hash, 0) - 1
         if left > 0:
