@@ -94,6 +94,12 @@ variable "hf_cache_dir" {
   description = "Host directory for the Hugging Face cache on GPU clients (kept across restarts)."
 }
 
+variable "allow_anonymous" {
+  description = "Serve callers without an API key (with the anonymous limits). Off: the gateway needs keys (api_keys in the Nomad Variable nomad/jobs/nebula) and refuses to start without them."
+  type        = bool
+  default     = false
+}
+
 variable "log_level" {
   type    = string
   default = "info"
@@ -588,8 +594,21 @@ job "nebula" {
       }
 
       env {
-        NEBULA_LISTEN    = "0.0.0.0:8081"
-        NEBULA_LOG_LEVEL = var.log_level
+        NEBULA_LISTEN          = "0.0.0.0:8081"
+        NEBULA_LOG_LEVEL       = var.log_level
+        NEBULA_ALLOW_ANONYMOUS = var.allow_anonymous ? "1" : "0"
+        NEBULA_API_KEYS_FILE   = "/secrets/api-keys"
+      }
+
+      # API keys, one per line (see nebula-gateway --help), from the Nomad Variable; never in
+      # the environment.
+      template {
+        destination = "secrets/api-keys"
+        change_mode = "restart"
+        perms       = "0600"
+        data        = <<-EOT
+        {{ if nomadVarExists "nomad/jobs/nebula" }}{{ with nomadVar "nomad/jobs/nebula" }}{{ with .api_keys }}{{ . }}{{ end }}{{ end }}{{ end }}
+        EOT
       }
 
       # The gateway fails over between every healthy router; it never talks to etcd.

@@ -428,6 +428,8 @@ def test_auth_missing_wrong_and_good_key(env: dict[str, Any]) -> None:
         assert get(keyed + path).status_code == 401, path
         assert request("GET", keyed + path,
                        headers={"authorization": f"Bearer {KEYS['good']}"}).status_code == 200
+    for path in ("/debug/endpoints", "/debug/policy", "/debug/table", "/logs"):
+        assert get(keyed + path).status_code == 404, path  # the router's and node's stay inside
     metrics_text = request("GET", keyed + "/metrics",
                            headers={"authorization": f"Bearer {KEYS['good']}"}).text
     for secret in KEYS.values():

@@ -13,7 +13,8 @@ def test_router_and_gateway_on_uvicorn(cluster: Cluster) -> None:
     flags = ["--http-server", "uvicorn"]
     cluster.start_node("uv-node")
     router_proc, router = cluster.start_router(args=flags)
-    gateway_proc, gateway = cluster.start_gateway([router], args=flags)
+    gateway_proc, gateway = cluster.start_gateway([router],
+                                                  args=[*flags, "--expose-replica-header"])
     cluster.start_scheduler(args=["--model-uid", "uv", "--model-name", MODEL, "--node-id",
                                   "uv-node", "--engine", "sim", "--port", str(free_port())])
     cluster.wait_ready("uv", 1)

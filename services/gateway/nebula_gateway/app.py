@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from quart import Quart, Response, g, request
@@ -160,13 +160,6 @@ def build_quart(gateway: Gateway) -> Quart:
         from .openapi import openapi_document
         return Response(json.dumps(openapi_document()), content_type="application/json")
 
-    def begin(endpoint: str) -> tuple[Outcome, dict[str, str]]:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        outcome = gateway.begin(endpoint, request.method, headers)
-        outcome.request_id = g.request_id
-        g.outcome = outcome
-        return outcome, headers
-
     def refused(outcome: Outcome, exc: Exception) -> Response:
         status, body, headers = refusal(outcome, exc)
         outcome.finish(status)
@@ -175,38 +168,43 @@ def build_quart(gateway: Gateway) -> Quart:
             resp.headers[name.decode()] = value.decode()
         return resp
 
-    @app.get("/v1/models")
-    async def list_models() -> Response:
-        outcome, headers = begin("/v1/models")
+    async def answer(endpoint: str, build: Callable[[Outcome], Awaitable[bytes]]) -> Response:
+        """One GET/DELETE of the API: the caller's key, then ``build``'s JSON or a refusal."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        outcome = gateway.begin(endpoint, request.method, headers)
+        outcome.request_id = g.request_id
+        g.outcome = outcome
         try:
             gateway.authenticate(outcome, headers)
-            items = await catalog.items()
-        except (AuthError, RouterUnavailable) as exc:
+            data = await build(outcome)
+        except (AuthError, RouterUnavailable, ValidationError) as exc:
             return refused(outcome, exc)
-        key = outcome.key
-        if key is not None and key.models:
-            items = [m for m in items if key.allows(m["id"])
-                     or key.allows(m.get("nebula", {}).get("model_uid", ""))]
         outcome.finish(200)
-        return Response(json.dumps({"object": "list", "data": items}),
-                        content_type="application/json")
+        return Response(data, content_type="application/json")
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        async def build(outcome: Outcome) -> bytes:
+            items = await catalog.items()
+            key = outcome.key
+            if key is not None and key.models:
+                items = [m for m in items if key.allows(m["id"])
+                         or key.allows(m.get("nebula", {}).get("model_uid", ""))]
+            return json.dumps({"object": "list", "data": items}).encode()
+        return await answer("/v1/models", build)
 
     @app.get("/v1/models/<path:model_id>")
     async def retrieve_model(model_id: str) -> Response:
-        outcome, headers = begin("/v1/models/{model}")
-        try:
-            gateway.authenticate(outcome, headers)
+        async def build(outcome: Outcome) -> bytes:
             info = await catalog.lookup(model_id)
             key = outcome.key
             if info is None or (key is not None and not (key.allows(info.id)
                                                          or key.allows(info.model_uid))):
                 raise ValidationError(404, f"The model `{model_id}` does not exist.", "model",
                                       "model_not_found")
-        except (AuthError, RouterUnavailable, ValidationError) as exc:
-            return refused(outcome, exc)
-        outcome.model = info.id
-        outcome.finish(200)
-        return Response(json.dumps(info.item), content_type="application/json")
+            outcome.model = info.id
+            return json.dumps(info.item).encode()
+        return await answer("/v1/models/{model}", build)
 
     def stored(outcome: Outcome, response_id: str) -> StoredResponse:
         entry = gateway.store.get(response_id, outcome.owner)
@@ -217,44 +215,30 @@ def build_quart(gateway: Gateway) -> Quart:
 
     @app.get("/v1/responses/<response_id>")
     async def retrieve_response(response_id: str) -> Response:
-        outcome, headers = begin("/v1/responses/{id}")
-        try:
-            gateway.authenticate(outcome, headers)
+        async def build(outcome: Outcome) -> bytes:
             if request.args.get("stream", "false").lower() not in ("false", "0"):
                 raise ValidationError(400, "stream is not supported when retrieving a "
                                       "response", "stream", "unsupported_parameter")
-            entry = stored(outcome, response_id)
-        except (AuthError, ValidationError) as exc:
-            return refused(outcome, exc)
-        outcome.finish(200)
-        return Response(entry.response, content_type="application/json")
+            return stored(outcome, response_id).response
+        return await answer("/v1/responses/{id}", build)
 
     @app.delete("/v1/responses/<response_id>")
     async def delete_response(response_id: str) -> Response:
-        outcome, headers = begin("/v1/responses/{id}")
-        try:
-            gateway.authenticate(outcome, headers)
+        async def build(outcome: Outcome) -> bytes:
             stored(outcome, response_id)
-        except (AuthError, ValidationError) as exc:
-            return refused(outcome, exc)
-        gateway.store.delete(response_id, outcome.owner)
-        outcome.finish(200)
-        return Response(json.dumps({"id": response_id, "object": "response", "deleted": True}),
-                        content_type="application/json")
+            gateway.store.delete(response_id, outcome.owner)
+            return json.dumps({"id": response_id, "object": "response",
+                               "deleted": True}).encode()
+        return await answer("/v1/responses/{id}", build)
 
     @app.get("/v1/responses/<response_id>/input_items")
     async def list_input_items(response_id: str) -> Response:
-        outcome, headers = begin("/v1/responses/{id}/input_items")
-        try:
-            gateway.authenticate(outcome, headers)
+        async def build(outcome: Outcome) -> bytes:
             limit, order, after = page_args(request.args)
-            entry = stored(outcome, response_id)
-        except (AuthError, ValidationError) as exc:
-            return refused(outcome, exc)
-        page = items_page(response_id, entry.input_items(), limit=limit, order=order,
-                          after=after)
-        outcome.finish(200)
-        return Response(json.dumps(page), content_type="application/json")
+            page = items_page(response_id, stored(outcome, response_id).input_items(),
+                              limit=limit, order=order, after=after)
+            return json.dumps(page).encode()
+        return await answer("/v1/responses/{id}/input_items", build)
 
     return app
 

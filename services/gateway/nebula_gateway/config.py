@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .auth import ApiKey
 from .media import MediaPolicy
+from .response_store import ENTRY_BYTES, STORE_BYTES, TTL
 
 MIB = 1024 * 1024
 ANONYMOUS_RPM = 6000
@@ -26,9 +27,9 @@ class GatewayConfig:
     models_stale_seconds: float = 60.0
     """How long the last good model list is served while refreshing it fails."""
     store_responses: int = 1024
-    response_store_bytes: int = 64 * MIB
-    response_entry_bytes: int = 1 * MIB
-    response_ttl: float = 3600.0
+    response_store_bytes: int = STORE_BYTES
+    response_entry_bytes: int = ENTRY_BYTES
+    response_ttl: float = TTL
     default_rpm: int = 0
     default_concurrency: int = 0
     anonymous_rpm: int = ANONYMOUS_RPM

@@ -13,8 +13,9 @@ from nebula_common.logs import setup_logging
 from nebula_common.service import add_http_server_flag, run_app
 
 from .auth import KeyFileError, load_keys
-from .config import ANONYMOUS_CONCURRENCY, ANONYMOUS_RPM, MAX_IN_FLIGHT, MIB, GatewayConfig
+from .config import ANONYMOUS_CONCURRENCY, ANONYMOUS_RPM, MAX_IN_FLIGHT, GatewayConfig
 from .media import MediaPolicy
+from .response_store import ENTRY_BYTES, STORE_BYTES, TTL
 
 PROG = "nebula-gateway"
 log = logging.getLogger("nebula.gateway")
@@ -72,11 +73,11 @@ def build_parser() -> Parser:
                          "answers GET /v1/models")
     parser.add_flag("--store-responses", default=1024, type=int,
                     help="responses kept in memory for previous_response_id (0 = none)")
-    parser.add_flag("--response-store-bytes", default=64 * MIB, type=int,
+    parser.add_flag("--response-store-bytes", default=STORE_BYTES, type=int,
                     help="bytes of stored responses kept in all (the oldest go first)")
-    parser.add_flag("--response-entry-bytes", default=MIB, type=int,
+    parser.add_flag("--response-entry-bytes", default=ENTRY_BYTES, type=int,
                     help="a stored response larger than this (with its input) is not kept")
-    parser.add_flag("--response-ttl", default=3600.0, type=float,
+    parser.add_flag("--response-ttl", default=TTL, type=float,
                     help="seconds a stored response is kept")
     add_http_server_flag(parser)
     parser.add_flag("--access-log", default=True, type=on_off,

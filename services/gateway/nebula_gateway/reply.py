@@ -84,7 +84,9 @@ def refusal(outcome: Outcome, exc: Exception) -> tuple[int, bytes, RawHeaders]:
     if isinstance(exc, RouterTimeout):
         return 504, error_bytes(504, str(exc), code="timeout"), headers
     headers.append((b"retry-after", b"1"))
-    if isinstance(exc, RouterUnavailable):  # (which routers and why: in the log)
+    if isinstance(exc, RouterUnavailable):  # which routers and why: for the log only
+        log.warning("no router reachable", extra={"request_id": outcome.request_id,
+                                                  "error": str(exc)})
         return 503, error_bytes(503, "no router reachable", code="router_unavailable"), headers
     if isinstance(exc, Busy):
         return 503, error_bytes(503, str(exc), code="server_busy"), headers

@@ -18,6 +18,12 @@ from typing import Any
 
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its JSON: the id, the record, the dict slot."""
+STORE_BYTES = 64 << 20
+"""All stored responses together (``--response-store-bytes``)."""
+ENTRY_BYTES = 1 << 20
+"""One stored response with its input (``--response-entry-bytes``); a larger one is not kept."""
+TTL = 3600.0
+"""Seconds a stored response is kept (``--response-ttl``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +57,8 @@ class ResponseStore:
     order they expire in, so expired entries are always at the front.
     """
 
-    def __init__(self, capacity: int, *, max_bytes: int = 64 << 20,
-                 max_entry_bytes: int = 1 << 20, ttl: float = 3600.0,
+    def __init__(self, capacity: int, *, max_bytes: int = STORE_BYTES,
+                 max_entry_bytes: int = ENTRY_BYTES, ttl: float = TTL,
                  clock: Callable[[], float] = time.monotonic):
         self.capacity = capacity
         self.max_bytes = max_bytes

@@ -122,7 +122,7 @@ class FakeRouter:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         try:
             yield self
