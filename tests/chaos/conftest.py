@@ -38,7 +38,9 @@ ROUTER_ARGS = ["--connect-timeout", "1", "--ttfb-timeout", str(TTFB_TIMEOUT),
                "--idle-timeout", "5", "--total-timeout", "30", "--max-retries", "2",
                "--eject-after", "3", "--eject-base", "2", "--eject-max", "10"]
 # The driver and the mid-stream scenario read which replica served: the header is off by default.
-GATEWAY_ARGS = ["--request-timeout", "20", "--body-timeout", "5", "--expose-replica-header"]
+# Anonymous limits off: the scenarios measure failure handling, not the default limits.
+GATEWAY_ARGS = ["--request-timeout", "20", "--body-timeout", "5", "--expose-replica-header",
+                "--anonymous-rpm", "0", "--anonymous-concurrency", "0"]
 NODE_ARGS = ["--lease-ttl", "3", "--health-interval", "0.5", "--health-failures", "3",
              "--restart-backoff", "0.2", "--drain-timeout", "10", "--stop-grace", "2",
              "--stats-interval", "0.5", "--engine-host", "127.0.0.1"]

@@ -213,3 +213,65 @@ def test_node_cut_off_is_replaced_and_stands_down_when_back(hosts: Hosts) -> Non
         wait_for(lambda u=url: sorted(router_view(u)) == ["r0", "r1", "r2"], 30,
                  "every router's table to converge on three replicas")
     assert_nothing_lost(load)
+
+
+SCHEDULERS = ("scheduler", "scheduler2")
+PLAN_SCRIPT = (
+    "import asyncio, json\n"
+    "from nebula_common.records import PlacementPlan\n"
+    "from nebula_common.store import EtcdConfig, EtcdStore\n"
+    "async def main():\n"
+    "    pw = open('/run/nebula/etcd/nebula-scheduler').read().strip()\n"
+    "    s = EtcdStore(EtcdConfig(endpoints=('etcd:2379', 'etcd2:2379', 'etcd3:2379'),"
+    " username='nebula-scheduler', password=pw, timeout=3))\n"
+    "    kv = await s.get('/placements/sim')\n"
+    "    plan = PlacementPlan.from_json(kv.value)\n"
+    "    print(json.dumps({'writer': plan.writer, 'revision': kv.mod_revision,"
+    " 'replicas': len(plan.assignments)}))\n"
+    "    await s.close()\n"
+    "asyncio.run(main())\n")
+LEADER_SCRIPT = ("import urllib.request\n"
+                 "text = urllib.request.urlopen('http://127.0.0.1:10815/metrics', timeout=3)"
+                 ".read().decode()\n"
+                 "print(next((ln.split()[-1] for ln in text.splitlines()"
+                 " if ln.startswith('nebula_scheduler_leader ')), '0'))\n")
+
+
+def plan_state(hosts: Hosts, via: str) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(hosts.compose.exec(via, "python", "-c", PLAN_SCRIPT))
+    return state
+
+
+def leader(hosts: Hosts) -> str | None:
+    leaders = [s for s in SCHEDULERS
+               if float(hosts.compose.exec(s, "python", "-c", LEADER_SCRIPT).strip()) == 1.0]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def test_scheduler_leader_cut_off_a_follower_takes_over_and_the_old_one_writes_nothing(
+        hosts: Hosts) -> None:
+    old = wait_for(lambda: leader(hosts), 30, "one scheduler leading")
+    follower = next(s for s in SCHEDULERS if s != old)
+    before = plan_state(hosts, follower)
+    disconnect(hosts, old, "control")
+    try:
+        wait_for(lambda: leader_of(hosts, follower), LEASE_TTL_S + 5,
+                 f"{follower} to take over")
+        # The new leader writes the next plan (one more replica)...
+        hosts.compose.exec(follower, "nebula", "scale", UID, "4", "--wait", timeout=120)
+        after = plan_state(hosts, follower)
+        assert after["replicas"] == 4 and after["revision"] > before["revision"]
+        assert after["writer"] and after["writer"] != before["writer"], (before, after)
+    finally:
+        reconnect(hosts, old, "control")
+    # ...and the old leader, back with a lost lease, writes none (its writes are fenced).
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = plan_state(hosts, follower)
+        assert now["writer"] == after["writer"], (after, now)
+        time.sleep(1)
+    hosts.compose.exec(follower, "nebula", "scale", UID, "3", "--wait", timeout=120)
+
+
+def leader_of(hosts: Hosts, scheduler: str) -> bool:
+    return float(hosts.compose.exec(scheduler, "python", "-c", LEADER_SCRIPT).strip()) == 1.0

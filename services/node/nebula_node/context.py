@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from nebula_common.keys import Keys
 from nebula_common.store import LeaseKeeper
 
 from .engines import EngineAdapter
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

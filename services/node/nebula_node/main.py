@@ -11,7 +11,7 @@ from pathlib import Path
 from quart import Quart, Response, jsonify, request
 
 from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys
-from nebula_common.logs import setup_logging
+from nebula_common.logs import scrub, setup_logging
 from nebula_common.service import add_basic_routes, run_app
 from nebula_common.store import EtcdStore
 from nebula_common.tracing import setup_tracing, shutdown_tracing
@@ -78,7 +78,9 @@ def build_parser() -> Parser:
                     help="seconds between SIGTERM and SIGKILL when stopping an engine")
     parser.add_flag("--port-range", default="10814-10914",
                     help="ports to fall back to when an assigned one is taken (LOW-HIGH)")
-    parser.add_flag("--engine-host", default="0.0.0.0", help="address engines listen on")
+    parser.add_flag("--engine-host", default="0.0.0.0",
+                    help="address engines listen on; a wildcard (0.0.0.0, ::) means the "
+                         "advertise address, so engines never listen on every interface")
     parser.add_flag("--health-interval", default=1.0, type=float,
                     help="seconds between engine health checks")
     parser.add_flag("--health-failures", default=3, type=int,
@@ -114,7 +116,8 @@ def build_app(agent: NodeAgent) -> Quart:
             size = max(1, min(int(request.args.get("bytes", "16384")), 1 << 20))
         except ValueError:
             size = 16384
-        return Response(tail_file(path, size), content_type="text/plain; charset=utf-8")
+        # Engines print their own arguments (vLLM does): scrub before it leaves the node.
+        return Response(scrub(tail_file(path, size)), content_type="text/plain; charset=utf-8")
 
     return app
 

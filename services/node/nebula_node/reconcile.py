@@ -24,7 +24,8 @@ def replicas_for_node(plans: Iterable[PlacementPlan],
             spec = ReplicaSpec(
                 model_uid=plan.model_uid, model_name=plan.model_name, engine=plan.engine,
                 replica_id=a.replica_id, port=a.port, gpu_indices=tuple(a.gpu_indices),
-                engine_args=tuple(a.engine_args), plan_version=plan.version)
+                engine_args=tuple(a.engine_args), plan_version=plan.version,
+                trust_remote_code=plan.trust_remote_code)
             desired[spec.key] = spec
     return desired
 

@@ -160,6 +160,14 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
             replicas.append({"model_uid": uid, "replica_id": u.replica_id, "node_id": "",
                              "port": None, "gpu_indices": [], "state": "unplaced",
                              "reason": u.reason})
+        for f in plan.failures if plan else []:
+            # A replica whose restart budget was spent: replaced, or waiting for its backoff.
+            then = (f"replaced by {f.replaced_by}" if f.replaced_by
+                    else "replacement waits for its backoff")
+            replicas.append({"model_uid": uid, "replica_id": f.replica_id,
+                             "node_id": f.node_id, "port": None, "gpu_indices": [],
+                             "state": "replaced" if f.replaced_by else "failed",
+                             "reason": f"restart budget spent: {f.reason}; {then}"})
         models.append({
             "model_uid": uid,
             "model_name": spec.model_name if spec else (plan.model_name if plan else ""),

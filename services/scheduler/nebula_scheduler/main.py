@@ -176,7 +176,7 @@ class SchedulerService:
                                             tasks=self.tasks)
         reconciler = self.reconciler = Reconciler(
             self.store, self.keys, grace=self.args.reschedule_grace,
-            is_leader=lambda: election.leader, tasks=self.tasks)
+            is_leader=lambda: election.leader, fence=election.fence, tasks=self.tasks)
         reconciler.start()
         self.tasks.supervise("election", lambda: election.run(self.stop), restart=False)
         self.tasks.supervise("reconcile", lambda: reconciler.run(self.stop))

@@ -157,6 +157,7 @@ def _same(a: PlacementPlan, b: PlacementPlan) -> bool:
     return (
         a.model_name == b.model_name
         and a.engine == b.engine
+        and a.trust_remote_code == b.trust_remote_code
         and [x.to_dict() for x in a.assignments] == [x.to_dict() for x in b.assignments]
         and [x.to_dict() for x in a.unplaced] == [x.to_dict() for x in b.unplaced]
         and [x.to_dict() for x in a.failures] == [x.to_dict() for x in b.failures]
@@ -318,6 +319,7 @@ def place(
             unplaced=unplaced,
             updated_at=old.updated_at if old else now,
             failures=history,
+            trust_remote_code=spec.trust_remote_code,
         )
         if old is None:
             result.changed.add(uid)
