@@ -36,7 +36,11 @@ ENGINE_ARGS = "--ttft-ms 30 --itl-ms 5 --output-tokens 20"
 TTFB_TIMEOUT = 3.0
 ROUTER_ARGS = ["--connect-timeout", "1", "--ttfb-timeout", str(TTFB_TIMEOUT),
                "--idle-timeout", "5", "--total-timeout", "30", "--max-retries", "2",
-               "--eject-after", "3", "--eject-base", "2", "--eject-max", "10"]
+               "--eject-after", "3", "--eject-base", "2", "--eject-max", "10",
+               # A non-streamed answer is not retried after it was sent; a hung engine is
+               # found by its node's health check (its restart drops the connection, which
+               # is retried) well inside this bound.
+               "--response-timeout", "10"]
 # The driver and the mid-stream scenario read which replica served: the header is off by default.
 # Anonymous limits off: the scenarios measure failure handling, not the default limits.
 GATEWAY_ARGS = ["--request-timeout", "20", "--body-timeout", "5", "--expose-replica-header",

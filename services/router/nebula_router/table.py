@@ -187,6 +187,11 @@ class EndpointTable:
         self._stats = RecordCache(EndpointStats)
         self._placements = RecordCache(PlacementPlan)
         self._nodes = RecordCache(NodeStatus)
+        self._known_nodes: dict[str, NodeStatus] = {}
+        """Every node seen, by key: a node's record and its endpoints come and go under one
+        lease, but not in one event (a lease re-grant puts them one by one, a watch reopens
+        one prefix at a time), so an endpoint is screened against its node's last known
+        advertise host rather than dropped while the node's record blinks."""
         self._pending = False
         if store is not None:
             self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints")
@@ -215,8 +220,9 @@ class EndpointTable:
     def load(self, endpoints: Mapping[str, bytes], stats: Mapping[str, bytes],
              placements: Mapping[str, bytes], nodes: Mapping[str, bytes]) -> None:
         """Rebuild from the mirrored raw values (nodes rewrite /stats often: see the caches)."""
+        self._known_nodes.update(self._nodes.decode(nodes)[0])
         accepted, refused = screen_endpoints(self.keys, self._endpoints.decode(endpoints)[0],
-                                             self._nodes.decode(nodes)[0])
+                                             self._known_nodes)
         for key, (_ep, reason) in refused.items():
             seen = self.refused.get(key)
             if seen is None or seen[1] != reason:  # once per endpoint and reason, not per pass

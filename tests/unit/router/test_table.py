@@ -183,3 +183,18 @@ def test_refused_endpoints_are_skipped_logged_counted_once_and_shown(
     # The node now advertises that address: the same record is routed to, the other is not.
     table.load(endpoints, {}, {}, {K.node("n1"): NodeStatus("n1", "attacker").to_json()})
     assert table.get("Evil") is not None and list(table.refused) == [K.endpoint("m1", "0")]
+
+
+def test_an_endpoint_outlives_a_blink_of_its_nodes_record() -> None:
+    """A lease re-grant puts a node's keys one by one: while its /nodes/ record is missing
+    its endpoints keep being screened against the advertise host last seen."""
+    endpoints = {K.endpoint("m1", "0"): endpoint("m1", "0").to_json()}
+    table = loaded(endpoints)
+    assert list(table.replicas) == [("m1", "0")]
+    table.load(endpoints, {}, {}, {})  # the node's record is gone for a moment
+    assert list(table.replicas) == [("m1", "0")] and not table.refused
+    # A node never seen is still refused: the memory only bridges records it has had.
+    ghost = {K.endpoint("m2", "0"): Endpoint("m2", "G", "0", "ghost", "http://h:1",
+                                             "sim").to_json()}
+    table.load({**endpoints, **ghost}, {}, {}, {})
+    assert list(table.refused) == [K.endpoint("m2", "0")]
