@@ -73,7 +73,7 @@ bench-tools:
 # A Docker engine and the Compose v2 plugin: the engine that answers, else Debian's docker.io
 # started with its state in .cache/docker; it says what it did (deploy/docker/engine.sh).
 docker:
-	@deploy/docker/engine.sh
+	@$(STEP) docker -- deploy/docker/engine.sh
 
 docker-down:
 	@deploy/docker/engine.sh stop
