@@ -155,3 +155,24 @@ async def test_registration_comes_from_the_current_state(cluster: Cluster) -> No
     await keeper.stop()
     await store.close()
     await other.close()
+
+
+async def test_keys_still_under_the_lost_lease_move_at_once(cluster: Cluster) -> None:
+    """etcd can report a lease gone that still holds keys (a restart promotes the leases it
+    restored): re-registration moves them to the new lease instead of waiting for the old
+    one to expire and take them away, which left the router without endpoints for a tick."""
+    store, other = store_for(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    await keeper.put("/moved/endpoint", b"e")
+    old = keeper.lease_id
+    await keeper._regrant()  # as if a refresh had said TTL 0 while the lease lived on
+    assert keeper.lease_id != old
+    assert await values(other, "/moved/") == {"/moved/endpoint": (b"e", keeper.lease_id)}
+    await other.revoke(old)  # the old lease ending takes nothing of ours with it
+    assert await values(other, "/moved/") == {"/moved/endpoint": (b"e", keeper.lease_id)}
+    assert await keeper.delete("/moved/endpoint")
+    assert await values(other, "/moved/") == {}
+    await keeper.stop()
+    await store.close()
+    await other.close()

@@ -386,11 +386,13 @@ class EtcdStore:
 
         return await self.call(op)
 
-    async def put_owned(self, key: str, value: bytes, lease: int) -> bool:
-        """Put ``key`` under ``lease`` only if it is absent or already under ``lease``.
+    async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
+        """Put ``key`` under ``lease`` only if it is absent, under ``lease``, or still under
+        ``previous`` (this process's lease before it was lost and re-granted).
 
-        False when another lease (another process, or this one before it lost its
-        lease) holds the key: it is left as it is.
+        False when another lease (another process) holds the key: it is left as it is. A
+        key still under ``previous`` was written by nobody since, so it is moved to the
+        new lease at once instead of vanishing when the old lease expires.
         """
 
         async def op(client: aetcd.Client) -> bool:
@@ -398,21 +400,38 @@ class EtcdStore:
             raw = key.encode()
             put = txn.put(raw, value, lease=lease)
             absent = txn.txn(compare=[txn.version(raw) == 0], success=[put], failure=[])
+            fallback = absent
+            if previous:
+                fallback = txn.txn(compare=[_lease_is(raw, previous)], success=[put],
+                                   failure=[absent])
             ours, responses = await client.transaction(
-                compare=[_lease_is(raw, lease)], success=[put], failure=[absent])
-            return bool(ours or responses[0].response_txn.succeeded)
+                compare=[_lease_is(raw, lease)], success=[put], failure=[fallback])
+            if ours:
+                return True
+            inner = responses[0].response_txn
+            if inner.succeeded or not previous:
+                return bool(inner.succeeded)
+            return bool(inner.responses[0].response_txn.succeeded)
 
         return await self.call(op)
 
-    async def delete_owned(self, key: str, lease: int) -> bool:
-        """Delete ``key`` only if ``lease`` holds it; False when it is absent or another's."""
+    async def delete_owned(self, key: str, lease: int, previous: int = 0) -> bool:
+        """Delete ``key`` only if ``lease`` (or this process's ``previous`` one) holds it;
+        False when it is absent or another's."""
 
         async def op(client: aetcd.Client) -> bool:
             txn = client.transactions
             raw = key.encode()
-            succeeded, _ = await client.transaction(
-                compare=[_lease_is(raw, lease)], success=[txn.delete(raw)], failure=[])
-            return bool(succeeded)
+            delete = txn.delete(raw)
+            failure = []
+            if previous:
+                failure = [txn.txn(compare=[_lease_is(raw, previous)], success=[delete],
+                                   failure=[])]
+            succeeded, responses = await client.transaction(
+                compare=[_lease_is(raw, lease)], success=[delete], failure=failure)
+            if succeeded or not previous:
+                return bool(succeeded)
+            return bool(responses[0].response_txn.succeeded)
 
         return await self.call(op)
 
@@ -707,7 +726,8 @@ class LeaseKeeper:
 
     Every write goes through :meth:`put` or :meth:`delete`, serialised with
     re-registration by one lock, and touches only a key that is absent or held
-    by this lease: a process whose lease expired while it was away can neither
+    by this lease (or still by this process's previous lease, which nobody else
+    wrote since): a process whose lease expired while it was away can neither
     overwrite nor delete what another process registered meanwhile. A write that
     does not land (etcd away, or the key still another lease's) is kept and
     retried on every keepalive tick until it lands or a newer write of that key
@@ -744,6 +764,9 @@ class LeaseKeeper:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _lost: dict[str, bytes] | None = None
     """What the lost lease held, until its registration under the new one is complete."""
+    _previous: int = 0
+    """The lease before the last re-grant: keys still under it are ours to move or delete
+    (etcd can report a lease gone that then outlives the report, e.g. across a restart)."""
 
     async def start(self) -> None:
         self.lease_id = await self.store.grant(self.ttl)
@@ -787,13 +810,13 @@ class LeaseKeeper:
         self.pending[key] = write
         if value is None:
             self.held.pop(key, None)
-            await self.store.delete_owned(key, self.lease_id)
+            await self.store.delete_owned(key, self.lease_id, self._previous)
             landed = True
         elif claim:
             await self.store.put(key, value, lease=self.lease_id)
             landed = True
         else:
-            landed = await self.store.put_owned(key, value, self.lease_id)
+            landed = await self.store.put_owned(key, value, self.lease_id, self._previous)
         if landed:
             del self.pending[key]
             if value is not None:
@@ -813,6 +836,7 @@ class LeaseKeeper:
                 else:
                     last[key] = value
             self._lost = last
+            self._previous = self.lease_id
             self.lease_id, self.held, self.pending = lease, {}, {}
         self.regrants += 1
         await self._register()
