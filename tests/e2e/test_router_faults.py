@@ -185,22 +185,22 @@ def test_crlf_framed_stream_passes_intact_and_a_cut_ends_in_an_error_frame(
 
 
 def test_the_gateways_model_uid_routes_exactly_that_model(cluster: Cluster) -> None:
-    """Model x1 is named "shared"; model "shared" (its uid) is named Org/Y. A key allowed
-    only x1 asks for "shared": the gateway authorised x1, so x1 must answer."""
-    (x1,) = start_sims(cluster, "x1", "shared", 1)
-    (shared,) = start_sims(cluster, "shared", "Org/Y", 1)
+    """Model x1 is named "twin"; model "twin" (its uid) is named Org/Y. A key allowed
+    only x1 asks for "twin": the gateway authorised x1, so x1 must answer."""
+    (x1,) = start_sims(cluster, "x1", "twin", 1)
+    (twin,) = start_sims(cluster, "twin", "Org/Y", 1)
     _, router = cluster.start_router(name="router-uid")
     wait_router_sees(router, "x1", 1)
-    wait_router_sees(router, "shared", 1)
+    wait_router_sees(router, "twin", 1)
     chat = {"messages": MESSAGES, "max_tokens": 2}
 
     def ask(model: str, uid: str | None) -> tuple[int, dict[str, str], bytes]:
         headers = {"x-nebula-model-uid": uid} if uid is not None else {}
         return post(router, {**chat, "model": model}, headers=headers)
 
-    status, headers, _ = ask("shared", "x1")
+    status, headers, _ = ask("twin", "x1")
     assert status == 200 and headers["x-nebula-replica"] == x1.ref
-    assert ask("shared", None)[1]["x-nebula-replica"] == shared.ref  # no header: as before
+    assert ask("twin", None)[1]["x-nebula-replica"] == twin.ref  # no header: as before
     status, _, body = ask("Org/Y", "x1")
     assert status == 400 and json.loads(body)["error"]["code"] == "model_mismatch"
     status, _, body = ask("Org/Y", "Org/Y")  # a name is not a uid

@@ -11,23 +11,26 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from nebula_common.sse import split_frames
+
 FRAME_END = b"\n\n"
 
 
 class SseFrames:
-    """Re-cuts a byte stream on SSE frame boundaries (``\\n\\n``) without decoding it."""
+    """Re-cuts a byte stream on SSE frame boundaries without decoding it.
+
+    Frames end as :func:`nebula_common.sse.split_frames` says (any line-ending style), and
+    at most its bound is held back: an engine that frames with ``\\r\\n\\r\\n`` is passed
+    on frame by frame instead of being buffered until its end.
+    """
 
     def __init__(self) -> None:
         self._pending = b""
 
     def push(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
-        cut = data.rfind(FRAME_END)
-        if cut < 0:
-            self._pending = data
-            return b""
-        self._pending = data[cut + 2:]
-        return data[:cut + 2]
+        ready, self._pending = split_frames(data)
+        return ready
 
     def rest(self) -> bytes:
         rest, self._pending = self._pending, b""

@@ -39,6 +39,7 @@ from nebula_common.asgi import (
 )
 from nebula_common.openai_errors import error_json, sse_error_event
 from nebula_common.retry import backoff_delay
+from nebula_common.sse import FRAME_ENDS, ends_a_frame, split_frames
 from nebula_common.tracing import extract
 
 from . import metrics as m
@@ -46,7 +47,7 @@ from .headers import request_headers, response_headers
 from .policy import Candidate, KeyReader, Pipeline, RouteKeys
 from .policy.request import MODEL_UID_HEADER, PRIORITY_HEADER, SESSION_HEADER, TENANT_HEADER
 from .table import EndpointTable, ModelEntry
-from .upstream import ERROR_HEAD_BYTES, FRAME_ENDS, ends_a_frame, refuses_request, split_frames
+from .upstream import ERROR_HEAD_BYTES, refuses_request
 
 access_log = logging.getLogger("nebula.router.access")
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from nebula_gateway.gateway import Gateway
 from tests.unit.gateway.asgi import FakeRouter, chat, post
 
 TWO_MODELS = [
-    # one model's uid is the other one's name: "shared" names B, and is A's uid
-    {"id": "shared", "nebula": {"model_uid": "uid-b", "engine": "sim"}},
-    {"id": "model-a", "nebula": {"model_uid": "shared", "engine": "sim"}},
+    # one model's uid is the other one's name: "twin" names B, and is A's uid
+    {"id": "twin", "nebula": {"model_uid": "uid-b", "engine": "sim"}},
+    {"id": "model-a", "nebula": {"model_uid": "twin", "engine": "sim"}},
 ]
 
 
@@ -30,8 +30,8 @@ async def test_the_router_is_told_the_uid_the_key_was_allowed_and_the_tenant() -
     keys, auth = keyed("team-b", models=frozenset({"uid-b"}), priority="high")
     async with FakeRouter(models=TWO_MODELS).running() as router:
         gateway = Gateway(GatewayConfig([router.url], keys=keys))
-        answer = await post(gateway, "/v1/chat/completions", chat("shared"), {
-            **auth, "x-nebula-model-uid": "shared", "x-nebula-tenant": "someone-else",
+        answer = await post(gateway, "/v1/chat/completions", chat("twin"), {
+            **auth, "x-nebula-model-uid": "twin", "x-nebula-tenant": "someone-else",
             "x-nebula-priority": "urgent"})
         await gateway.pool.close()
     assert answer.status == 200, answer.body

@@ -68,6 +68,16 @@ async def test_blocks_hold_whole_frames_and_the_tail_comes_last(size: int) -> No
     assert sum(len(frames_of(b)) for b in blocks) == CHAT_STREAM.count(b"\n\n")
 
 
+async def test_a_crlf_framed_stream_flows_frame_by_frame_byte_exact() -> None:
+    """An engine framing with \\r\\n\\r\\n is passed on as its frames come (it used to be
+    held back whole until the stream ended: no \\n\\n ever arrived)."""
+    crlf = CHAT_STREAM.replace(b"\n", b"\r\n")
+    frames = [f + b"\r\n\r\n" for f in crlf.split(b"\r\n\r\n")[:-1]]
+    blocks = await collect(sse_blocks(Upstream(crlf, len(frames[0])).iter_any()))
+    assert b"".join(blocks) == crlf
+    assert len(blocks) > 1 and blocks[0] == frames[0]
+
+
 @pytest.mark.parametrize("size", SIZES)
 async def test_pass_through_is_byte_exact_and_drops_only_the_unasked_usage(size: int) -> None:
     asked = outcome()

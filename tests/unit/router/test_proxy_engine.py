@@ -138,15 +138,15 @@ async def test_engines_get_no_nebula_headers(engine: Engine, proxy: Proxy) -> No
 
 async def test_the_gateways_model_uid_is_routed_exactly(engine: Engine,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Model x1 is named "shared"; model "shared" (a uid) is named Org/Y."""
+    """Model x1 is named "twin"; model "twin" (a uid) is named Org/Y."""
     monkeypatch.setattr(EndpointTable, "synced", property(lambda self: True))  # no etcd here
     async def ok(request: web.Request) -> web.StreamResponse:
         return web.json_response({"ok": True})
 
     engine.handler = ok
     proxy = make_proxy()
-    load(proxy.table, Endpoint("x1", "shared", "0", "n1", engine.url, "sim"),
-         Endpoint("shared", "Org/Y", "0", "n1", engine.url, "sim"))
+    load(proxy.table, Endpoint("x1", "twin", "0", "n1", engine.url, "sim"),
+         Endpoint("twin", "Org/Y", "0", "n1", engine.url, "sim"))
     await proxy.start()
 
     async def ask(model: str, uid: str | None) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -155,13 +155,13 @@ async def test_the_gateways_model_uid_is_routed_exactly(engine: Engine,
         return sent[0]["status"], dict(sent[0]["headers"]), body_of(sent)
 
     try:
-        status, headers, _ = await ask("shared", "x1")
+        status, headers, _ = await ask("twin", "x1")
         assert status == 200 and headers[b"x-nebula-replica"] == b"x1/0"
         status, headers, _ = await ask("x1", "x1")
         assert status == 200 and headers[b"x-nebula-replica"] == b"x1/0"
         # without the header: as before, a uid wins over another model's name
-        status, headers, _ = await ask("shared", None)
-        assert status == 200 and headers[b"x-nebula-replica"] == b"shared/0"
+        status, headers, _ = await ask("twin", None)
+        assert status == 200 and headers[b"x-nebula-replica"] == b"twin/0"
         status, _, body = await ask("Org/Y", "x1")  # the body names another model
         assert status == 400 and json.loads(body)["error"]["code"] == "model_mismatch"
         for uid in ("nope", "Org/Y"):  # not a uid at all; a name, not a uid

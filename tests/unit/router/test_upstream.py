@@ -6,13 +6,8 @@ import json
 
 import pytest
 
-from nebula_router.upstream import (
-    MAX_PARTIAL_FRAME,
-    ends_a_frame,
-    frame_end,
-    refuses_request,
-    split_frames,
-)
+from nebula_common.sse import MAX_PARTIAL_FRAME, ends_a_frame, frame_end, split_frames
+from nebula_router.upstream import refuses_request
 
 LLAMA_CPP_PYTHON = json.dumps({"error": {
     "message": "Llama model must be created with embedding=True to call this method",
