@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 PORTS ?=
 RUN_DIR ?= .run
 
-.PHONY: up down test unit lint typecheck bench venv llamacpp prometheus bench-tools clean \
+.PHONY: up down test unit lint typecheck bench venv llamacpp prometheus redis bench-tools clean \
         docker docker-down images
 
 $(VENV)/.installed: requirements/runtime.lock requirements/dev.lock libs/nebula_common/pyproject.toml services/*/pyproject.toml
@@ -62,6 +62,13 @@ prometheus:
 	  $(STEP) "installing Debian's prometheus (promtool)" --log $(LOGS)/apt-prometheus.log -- \
 	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	           apt-get install -y -qq --no-install-recommends prometheus'
+
+# Debian's redis-server: the shared gateway state's tests start their own on a free port.
+redis:
+	@command -v redis-server >/dev/null || \
+	  $(STEP) "installing Debian's redis-server" --log $(LOGS)/apt-redis.log -- \
+	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	           apt-get install -y -qq --no-install-recommends redis-server'
 
 # wrk drives make bench; nginx is its fixed-reply stand-in engine (and tests/unit/bench runs it).
 bench-tools:
@@ -107,7 +114,7 @@ unit: venv
 
 # Each step prints how long it took (devtools.step); pytest's exit 5 (no test ran) fails.
 # The container suite runs last, as its own step, against the images `make images` built.
-test: venv llamacpp prometheus bench-tools lint typecheck images
+test: venv llamacpp prometheus redis bench-tools lint typecheck images
 	@$(STEP) tests -- $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/containers $(PYTEST_ARGS)
 	@$(STEP) "container tests" -- $(PY) -m pytest -q -p no:cacheprovider tests/containers $(PYTEST_ARGS)
 

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,18 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str) -> str:
-    """Start a sim engine and register it as a node would; returns its base URL."""
+def start_sim(cluster: Cluster, uid: str, name: str, engine: str, *extra: str,
+              capabilities: Sequence[str] = ()) -> str:
+    """Start a sim engine and register it as a node would (declaring ``capabilities`` for
+    the engine it stands in for); returns its base URL."""
     _, url = cluster.start_sim(f"sim-{uid}", name, [uid], list(extra))
     keys = Keys(cluster.prefix)
     plan = PlacementPlan(model_uid=uid, model_name=name, engine=engine, version=1,
                          assignments=[Assignment(replica_id="r0", node_id="test-node",
                                                  port=int(url.rsplit(":", 1)[1]))])
     endpoint = Endpoint(model_uid=uid, model_name=name, replica_id="r0", node_id="test-node",
-                        base_url=url, engine=engine, status="ready", plan_version=1)
+                        base_url=url, engine=engine, status="ready", plan_version=1,
+                        capabilities=list(capabilities))
 
     async def write(store: EtcdStore) -> None:
         # the router routes only to endpoints on a live node's advertised host
@@ -124,7 +127,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         cluster.start_etcd()
         sims = {
             QWEN: start_sim(cluster, "qwen-sim", QWEN, "sim", "--output-tokens", "12"),
-            LLAMA: start_sim(cluster, "llama-sim", LLAMA, "llamacpp", "--output-tokens", "9"),
+            # declared as the node's llama.cpp adapter declares it without --embedding True
+            LLAMA: start_sim(cluster, "llama-sim", LLAMA, "llamacpp", "--output-tokens", "9",
+                             capabilities=["chat", "completions"]),
             SLOW: start_sim(cluster, "slow-sim", SLOW, "sim", "--ttft-ms", "2500"),
             CUT_NATIVE: start_sim(cluster, "cut-native", CUT_NATIVE, "sim",
                                   "--stream-cut-after", "4", "--output-tokens", "30"),
@@ -235,6 +240,25 @@ def test_completions_and_embeddings(env: dict[str, Any]) -> None:
     assert len(streamed) > 1
     emb = c.embeddings.create(model=QWEN, input=["hello", "world"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) > 0
+
+
+def test_a_model_whose_engine_lacks_embeddings_gets_400_not_a_replica_fault(
+        env: dict[str, Any]) -> None:
+    """The router lists what the replicas declared; the gateway refuses what the engine
+    cannot serve, before anything reaches a replica (which would fail and count for it)."""
+    models = json.loads(http_get(f"{env['router']}/v1/models")[1])["data"]
+    declared = {m["id"]: m["nebula"].get("capabilities") for m in models}
+    assert declared[LLAMA] == ["chat", "completions"] and declared[QWEN] is None
+    served = sim_served(env, LLAMA)
+    with pytest.raises(openai.BadRequestError) as err:
+        client(env).embeddings.create(model=LLAMA, input=["hello"])
+    assert err.value.status_code == 400
+    assert err.value.body["code"] == "model_not_supported" and err.value.body["param"] == "model"
+    assert "does not support embeddings" in err.value.body["message"]
+    assert sim_served(env, LLAMA) == served
+    # what it declared it still serves, Responses translated onto chat completions
+    out = client(env).responses.create(model=LLAMA, input="Hi", max_output_tokens=4)
+    assert out.status == "completed" and sim_served(env, LLAMA) == served + 1
 
 
 async def test_async_client_chat_and_responses(env: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devtools.cluster import BIN, Cluster, http_get, wait_for
-from nebula_common.etcd_access import NODE, ROUTER, SCHEDULER
+from nebula_common.etcd_access import GATEWAY, NODE, ROUTER, SCHEDULER
 from nebula_common.store import EtcdConfig, EtcdStore
 
 # (user, operation, key, allowed)
@@ -38,6 +38,10 @@ CASES = [
     (SCHEDULER, "get", "/endpoints/", True),
     (SCHEDULER, "put", "/endpoints/m/r0", False),
     (SCHEDULER, "put", "/nodes/n1", False),
+    (SCHEDULER, "put", "/keys/0123456789abcdef", True),
+    (GATEWAY, "get", "/keys/", True),
+    (GATEWAY, "put", "/keys/0123456789abcdef", False),
+    (GATEWAY, "get", "/placements/", False),
 ]
 
 

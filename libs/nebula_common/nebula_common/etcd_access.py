@@ -6,9 +6,10 @@ each role gets only the key ranges it needs (docs/security.md):
 * router: reads placements, endpoints, stats and nodes; writes nothing;
 * node: reads placements, models and cordons; writes nodes, endpoints and stats;
 * scheduler (and the operator CLI run inside its container): writes models, placements,
-  cordons and the election key; reads nodes, endpoints and stats.
+  cordons, API keys and the election key; reads nodes, endpoints and stats;
+* gateway: reads API keys (``--watch-keys``); writes nothing.
 
-The gateway never talks to etcd. This module is the table (pure); applying it to a cluster
+This module is the table (pure); applying it to a cluster
 is ``nebula-etcd-auth`` (``nebula_scheduler.etcd_auth``).
 """
 
@@ -46,7 +47,8 @@ class Grant:
 
 
 ROUTER, NODE, SCHEDULER = "nebula-router", "nebula-node", "nebula-scheduler"
-ROLES = (ROUTER, NODE, SCHEDULER)
+GATEWAY = "nebula-gateway"
+ROLES = (ROUTER, NODE, SCHEDULER, GATEWAY)
 
 
 def election_prefix(keys: Keys) -> str:
@@ -65,6 +67,8 @@ def grants(keys: Keys) -> dict[str, tuple[Grant, ...]]:
                Grant(keys.endpoints, write), Grant(keys.stats, write)),
         SCHEDULER: (Grant(keys.models, write), Grant(keys.placements, write),
                     Grant(keys.cordons, write), Grant(election_prefix(keys), write),
+                    Grant(keys.api_keys, write),
                     Grant(keys.nodes, read), Grant(keys.endpoints, read),
                     Grant(keys.stats, read)),
+        GATEWAY: (Grant(keys.api_keys, read),),
     }

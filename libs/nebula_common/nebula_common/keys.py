@@ -44,6 +44,11 @@ class Keys:
         return f"{self.prefix}/cordon/"
 
     @property
+    def api_keys(self) -> str:
+        """Run-time API keys (``nebula keys``), watched by every gateway."""
+        return f"{self.prefix}/keys/"
+
+    @property
     def election(self) -> str:
         return f"{self.prefix}/election/scheduler"
 
@@ -60,6 +65,10 @@ class Keys:
     def cordon(self, node_id: str) -> str:
         """A :class:`~nebula_common.records.Cordon` while an operator drains the node; no lease."""
         return f"{self.cordons}{node_id}"
+
+    def api_key(self, key_id: str) -> str:
+        """An :class:`~nebula_common.records.ApiKey` by its id (a prefix of its sha256)."""
+        return f"{self.api_keys}{key_id}"
 
     def endpoint(self, model_uid: str, replica_id: str) -> str:
         return f"{self.endpoints}{model_uid}/{replica_id}"

@@ -366,6 +366,8 @@ class Endpoint(Record):
     plan_version: int = 0
     reason: str = ""
     log_tail: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    """What its engine serves (``nebula_common.capabilities``); empty: not declared."""
     updated_at: float = field(default_factory=time.time)
 
     @property
@@ -398,6 +400,48 @@ class Cordon(Record):
 
     node_id: str
     cordoned_at: float = field(default_factory=time.time)
+
+
+BUDGET_PERIODS = ("day", "month")
+"""Periods a key's token budget renews over (UTC calendar days and months)."""
+
+
+@dataclass
+class ApiKey(Record):
+    """One API key issued at run time (``nebula keys create``), at ``Keys.api_key(key_id)``.
+
+    Only the SHA-256 of the secret is stored. Limits are 0 when unset (the gateway's
+    defaults apply to rpm and concurrency; no tpm and no budget). ``revoked_at`` > 0 makes
+    every gateway refuse the key (401); a revoked record stays for the audit trail.
+    """
+
+    KIND: ClassVar[str] = "ApiKey"
+
+    key_hash: str
+    name: str
+    models: list[str] = field(default_factory=list)
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+    budget_tokens: int = 0
+    budget_period: str = ""
+    """One of :data:`BUDGET_PERIODS` when ``budget_tokens`` is set, else empty."""
+    priority: str = ""
+    created_at: float = field(default_factory=time.time)
+    revoked_at: float = 0.0
+
+    @property
+    def key_id(self) -> str:
+        """The record's id in its key: a prefix of the hash (never the secret)."""
+        return self.key_hash[:API_KEY_ID_CHARS]
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at > 0
+
+
+API_KEY_ID_CHARS = 16
+"""Hex digits of the key's hash that name its record (64 bits: no collisions in practice)."""
 
 
 EndpointsByReplica = Mapping[tuple[str, str], Endpoint]

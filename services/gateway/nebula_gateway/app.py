@@ -22,18 +22,22 @@ from werkzeug.exceptions import HTTPException
 
 from nebula_common import openai_errors
 from nebula_common.asgi import OPENAI_POST_PATHS, Receive, Scope, Send, send_json
+from nebula_common.keys import Keys
 from nebula_common.service import add_basic_routes
 from nebula_common.tasks import TaskSet
 
-from . import metrics
+from . import conversations, metrics
 from .auth import AuthError
 from .config import GatewayConfig
+from .conversations import Conversations, is_conversation_id
 from .gateway import Gateway
+from .key_watch import KeyWatch
 from .outcome import Outcome, request_id_from
 from .reply import refusal
 from .response_store import StoredResponse
 from .responses_translate import items_page
 from .routers import RouterUnavailable
+from .state import StateError
 from .validation import ValidationError
 
 __all__ = ["GatewayApp", "GatewayConfig", "create_app"]
@@ -86,12 +90,20 @@ def build_quart(gateway: Gateway) -> Quart:
     pool, catalog = gateway.pool, gateway.catalog
     router_ready = {"ok": False}
 
+    tasks = TaskSet("gateway")
+    key_watch: KeyWatch | None = None
+    if config.watch_keys is not None:
+        key_watch = KeyWatch(gateway.auth, config.watch_keys, Keys(config.etcd_prefix), tasks)
+    metrics.KEYS_LOADED.labels("static").set(len(config.keys))
+
     def ready() -> tuple[bool, str]:
+        if key_watch is not None and not key_watch.synced:
+            return False, "API keys not yet read from etcd"
         ok = router_ready["ok"] or time.monotonic() - pool.last_ok < 5
         return ok, "ready" if ok else "no router reachable"
 
     add_basic_routes(app, ready)
-    tasks = app.extensions["nebula_tasks"] = TaskSet("gateway")
+    app.extensions["nebula_tasks"] = tasks
 
     async def probe_loop() -> None:
         while True:
@@ -101,10 +113,18 @@ def build_quart(gateway: Gateway) -> Quart:
     @app.before_serving
     async def startup() -> None:
         tasks.supervise("router-probe", probe_loop)  # a crash restarts it after a backoff
+        tasks.supervise("usage-flush", gateway.tenancy.flush_loop)
+        if gateway.state.shared:  # Redis: find it again after an outage, reconcile
+            tasks.supervise("state-probe", gateway.tenancy.probe_loop)
+        if key_watch is not None:
+            key_watch.start()
 
     @app.after_serving
     async def shutdown() -> None:
+        if key_watch is not None:
+            await key_watch.stop()
         await tasks.close()
+        await gateway.tenancy.close()  # the last usage counted is written
         await pool.close()
 
     @app.before_request
@@ -206,8 +226,13 @@ def build_quart(gateway: Gateway) -> Quart:
             return json.dumps(info.item).encode()
         return await answer("/v1/models/{model}", build)
 
-    def stored(outcome: Outcome, response_id: str) -> StoredResponse:
-        entry = gateway.store.get(response_id, outcome.owner)
+    async def stored(outcome: Outcome, response_id: str) -> StoredResponse:
+        try:
+            entry = None if is_conversation_id(response_id) else \
+                await gateway.state.get_response(response_id, outcome.owner, time.time())
+        except StateError:
+            raise AuthError(503, "the gateway cannot reach its state store; retry shortly",
+                            "state_unavailable", "server_error", retry_after=1) from None
         if entry is None:  # (another key's response does not exist for this one)
             raise ValidationError(404, f"No response found with id '{response_id}'.", None,
                                   "response_not_found")
@@ -219,14 +244,19 @@ def build_quart(gateway: Gateway) -> Quart:
             if request.args.get("stream", "false").lower() not in ("false", "0"):
                 raise ValidationError(400, "stream is not supported when retrieving a "
                                       "response", "stream", "unsupported_parameter")
-            return stored(outcome, response_id).response
+            return (await stored(outcome, response_id)).response
         return await answer("/v1/responses/{id}", build)
 
     @app.delete("/v1/responses/<response_id>")
     async def delete_response(response_id: str) -> Response:
         async def build(outcome: Outcome) -> bytes:
-            stored(outcome, response_id)
-            gateway.store.delete(response_id, outcome.owner)
+            await stored(outcome, response_id)
+            try:
+                await gateway.state.delete_response(response_id, outcome.owner)
+            except StateError:
+                raise AuthError(503, "the gateway cannot reach its state store; retry "
+                                "shortly", "state_unavailable", "server_error",
+                                retry_after=1) from None
             return json.dumps({"id": response_id, "object": "response",
                                "deleted": True}).encode()
         return await answer("/v1/responses/{id}", build)
@@ -235,11 +265,12 @@ def build_quart(gateway: Gateway) -> Quart:
     async def list_input_items(response_id: str) -> Response:
         async def build(outcome: Outcome) -> bytes:
             limit, order, after = page_args(request.args)
-            page = items_page(response_id, stored(outcome, response_id).input_items(),
+            page = items_page(response_id, (await stored(outcome, response_id)).input_items(),
                               limit=limit, order=order, after=after)
             return json.dumps(page).encode()
         return await answer("/v1/responses/{id}/input_items", build)
 
+    conversations.add_routes(app, Conversations(gateway.state), answer, page_args)
     return app
 
 

@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from nebula_common.records import BUDGET_PERIODS
+from nebula_common.records import ApiKey as KeyRecord
+
 ANONYMOUS = "anonymous"
 """The label (and tenant) of every caller when the gateway has no keys."""
 
@@ -32,6 +35,7 @@ class ApiKey:
     """One configured key: its hash, label and limits (0 = use the default).
 
     ``priority`` ("" = none) is handed to the router's policy as ``x-nebula-priority``.
+    ``tpm`` and ``budget_tokens`` per ``budget_period`` are token limits (:mod:`.budget`).
     """
 
     key_hash: str
@@ -40,6 +44,14 @@ class ApiKey:
     concurrency: int = 0
     models: frozenset[str] = field(default_factory=frozenset)
     priority: str = ""
+    tpm: int = 0
+    budget_tokens: int = 0
+    budget_period: str = ""
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Does a request of this key reserve tokens at admission?"""
+        return bool(self.tpm or (self.budget_tokens and self.budget_period))
 
     @property
     def label(self) -> str:
@@ -53,9 +65,16 @@ class KeyFileError(ValueError):
     pass
 
 
+def from_record(record: KeyRecord) -> ApiKey:
+    """A run-time key (``nebula keys``, from etcd) as the gateway holds it."""
+    return ApiKey(record.key_hash, record.name, record.rpm, record.concurrency,
+                  frozenset(record.models), record.priority, record.tpm,
+                  record.budget_tokens, record.budget_period)
+
+
 def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
-    """``<sha256> [name] [rpm=N] [concurrency=N] [models=a,b] [priority=P]``;
-    blank/# lines -> None."""
+    """``<sha256> [name] [rpm=N] [concurrency=N] [tpm=N] [budget=N/day|month] [models=a,b]
+    [priority=P]``; blank/# lines -> None."""
     line = line.split("#", 1)[0].strip()
     if not line:
         return None
@@ -71,7 +90,12 @@ def parse_key_line(line: str, lineno: int = 0) -> ApiKey | None:
                 raise KeyFileError(f"line {lineno}: a key name is 1-64 of A-Z a-z 0-9 . _ : @ -"
                                    f" and not {ANONYMOUS!r}")
             key.name = item
-        elif name in ("rpm", "concurrency"):
+        elif name == "budget":
+            tokens, _, period = value.partition("/")
+            if not tokens.isdigit() or period not in BUDGET_PERIODS:
+                raise KeyFileError(f"line {lineno}: budget is N/day or N/month")
+            key.budget_tokens, key.budget_period = int(tokens), period
+        elif name in ("rpm", "concurrency", "tpm"):
             if not value.isdigit():
                 raise KeyFileError(f"line {lineno}: {name} must be a whole number")
             setattr(key, name, int(value))
@@ -150,8 +174,14 @@ class Authenticator:
 
     def __init__(self, keys: dict[str, ApiKey], default_rpm: int = 0,
                  default_concurrency: int = 0, clock: Callable[[], float] = time.monotonic,
-                 *, anonymous_rpm: int = 0, anonymous_concurrency: int = 0):
+                 *, anonymous_rpm: int = 0, anonymous_concurrency: int = 0,
+                 require_keys: bool = False):
+        self.static = dict(keys)
+        """Keys from the key file and NEBULA_API_KEYS, fixed at start."""
         self.keys = keys
+        """What is accepted now: the static keys merged with the run-time ones."""
+        self.require_keys = require_keys
+        """Keys are watched (--watch-keys): no anonymous access even before the first key."""
         self.default_rpm = default_rpm
         self.default_concurrency = default_concurrency
         self.clock = clock
@@ -161,13 +191,31 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return self.require_keys or bool(self.keys)
 
-    def authenticate(self, authorization: str | None) -> ApiKey:
-        """The caller's key (the anonymous one when auth is off); raises 401 otherwise."""
+    def set_records(self, records: Iterable[KeyRecord]) -> None:
+        """Apply the run-time keys (the whole current set, from the etcd watch).
+
+        A run-time record wins over a static key of the same hash, its revocation
+        included: etcd holds the operator's latest word, the file only the first one.
+        """
+        merged = dict(self.static)
+        for record in records:
+            if record.revoked:
+                merged.pop(record.key_hash, None)
+            else:
+                merged[record.key_hash] = from_record(record)
+        self.keys = merged
+
+    def authenticate(self, authorization: str | None, api_key: str | None = None) -> ApiKey:
+        """The caller's key (the anonymous one when auth is off); raises 401 otherwise.
+
+        The key is a bearer token in ``Authorization`` or, as Anthropic's clients send
+        it, the ``x-api-key`` header (``api_key``).
+        """
         if not self.enabled:
             return self.anonymous
-        token = bearer_token(authorization)
+        token = bearer_token(authorization) or (api_key or "").strip() or None
         if token is None:
             raise AuthError(401, "You didn't provide an API key. Provide it in the "
                             "Authorization header as 'Bearer YOUR_KEY'.",
@@ -196,7 +244,7 @@ class Authenticator:
         rpm = key.rpm or self.default_rpm
         if rpm:
             bucket = self._buckets.get(key.key_hash)
-            if bucket is None:
+            if bucket is None or bucket.capacity != rpm:  # new, or its rpm was changed
                 bucket = self._buckets[key.key_hash] = TokenBucket(rpm, self.clock)
             wait = bucket.take()
             if wait > 0:

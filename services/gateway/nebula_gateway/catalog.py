@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nebula_common.capabilities import Capability, parse_capabilities
+
 from .routers import RouterPool, RouterUnavailable
 
 log = logging.getLogger("nebula.gateway")
@@ -26,6 +28,8 @@ class ModelInfo:
     model_uid: str
     engine: str
     item: dict[str, Any]
+    capabilities: frozenset[Capability] | None = None
+    """What every ready replica serves, as the router lists it (None: not declared)."""
 
 
 class ModelCatalog:
@@ -82,8 +86,11 @@ class ModelCatalog:
                     "owned_by": raw.get("owned_by") or "nebula"}
             if nebula:
                 item["nebula"] = nebula
+            declared = nebula.get("capabilities")
             info = ModelInfo(raw["id"], str(nebula.get("model_uid") or raw["id"]),
-                             str(nebula.get("engine") or ""), item)
+                             str(nebula.get("engine") or ""), item,
+                             parse_capabilities(declared) if isinstance(declared, list)
+                             else None)
             items.append(item)
             models[info.id] = info
             models.setdefault(info.model_uid, info)

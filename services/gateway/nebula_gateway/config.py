@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nebula_common.store import EtcdConfig
+
 from .auth import ApiKey
+from .budget import DEFAULT_MAX_TOKENS
 from .media import MediaPolicy
 from .response_store import ENTRY_BYTES, STORE_BYTES, TTL
+from .state.base import ResponseLimits
 
 MIB = 1024 * 1024
 ANONYMOUS_RPM = 6000
@@ -40,3 +44,18 @@ class GatewayConfig:
     media: MediaPolicy = field(default_factory=MediaPolicy)
     keys: dict[str, ApiKey] = field(default_factory=dict)
     access_log: bool = True
+    watch_keys: EtcdConfig | None = None
+    """Where to follow the run-time keys (``nebula keys``) from; None: static keys only."""
+    etcd_prefix: str = ""
+    state_url: str = ""
+    """``redis://...`` (shared), ``sqlite:///PATH``, or empty: SQLite in ``state_dir``."""
+    state_dir: str | None = None
+    state_fail_open: bool = True
+    """Serve on local state while a shared store is unreachable (else refuse with 503)."""
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    """Completion tokens reserved for a request without ``max_tokens`` (keys with limits)."""
+
+    @property
+    def response_limits(self) -> ResponseLimits:
+        return ResponseLimits(self.store_responses, self.response_store_bytes,
+                              self.response_entry_bytes, self.response_ttl)

@@ -187,10 +187,109 @@ RESPONSES = Obj(
     Field("max_output_tokens", Int(1)),
     Field("instructions", Str()),
     Field("previous_response_id", Opaque(Str(min_length=1), NON_EMPTY)),
+    Field("conversation", OneOf(Str(min_length=1),
+                                Obj(Field("id", Str(min_length=1), required=True)),
+                                message=" must be a conversation id or an object with its id")),
     Field("text", Obj(Field("format", output_format("schema")))),
     Field("tools", Arr(RESPONSES_TOOL)),
     Field("tool_choice", TOOL_CHOICE),
 )
+
+
+# -- /v1/messages and /v1/messages/count_tokens (Anthropic) ------------------------------
+
+_IMAGE_SOURCE = Tagged("type", {
+    "base64": Obj(Field("media_type", Str(), required=True), Field("data", Str(), required=True)),
+    "url": Obj(Field("url", Str(), required=True)),
+}, bad=" must be 'base64' or 'url'", title="ImageSource")
+
+_IMAGE = Obj(Field("source", _IMAGE_SOURCE, required=True))
+
+_RESULT_PART = Tagged("type", {"text": _TEXT, "image": _IMAGE}, other=Obj(), at_tag=False,
+                      bad=_PART, title="ToolResultContentBlock")
+
+MESSAGES_BLOCK = Tagged("type", {
+    "text": _TEXT,
+    "image": _IMAGE,
+    "tool_use": Obj(Field("id", Opaque(Str(min_length=1), NON_EMPTY), required=True),
+                    Field("name", Opaque(Str(min_length=1), NON_EMPTY), required=True),
+                    Field("input", Obj(), required=True)),
+    "tool_result": Obj(Field("tool_use_id", Opaque(Str(min_length=1), NON_EMPTY),
+                             required=True),
+                       Field("content", OneOf(Str(), Arr(_RESULT_PART),
+                                              message=" must be a string or an array of "
+                                              "content blocks")),
+                       Field("is_error", Bool())),
+}, other=Obj(), at_tag=False, bad=_PART, title="ContentBlockParam")
+"""A Messages content block: the types translated for a chat engine are checked; any
+other type (thinking, document, ...) is the translation's to take or refuse."""
+
+_MESSAGES_CONTENT = Field("content", OneOf(Str(), Arr(MESSAGES_BLOCK),
+                                           message=" must be a string or an array of "
+                                           "content blocks"),
+                          required=True, absent=" is required")
+
+MESSAGES_MESSAGE = Tagged("role", {"user": Obj(_MESSAGES_CONTENT),
+                                   "assistant": Obj(_MESSAGES_CONTENT)},
+                          bad=" must be one of {values}", title="MessageParam")
+
+MESSAGES_TOOL = Tagged("type", {
+    "custom": Obj(Field("name", Opaque(Str(min_length=1), NON_EMPTY), required=True),
+                  Field("input_schema", Obj(), required=True),
+                  Field("description", Str())),
+}, default="custom", other=Obj(), at_tag=False, bad=" must be an object with a type",
+    title="ToolParam")
+
+_PARALLEL = Field("disable_parallel_tool_use", Bool())
+MESSAGES_TOOL_CHOICE = Tagged("type", {
+    "auto": Obj(_PARALLEL),
+    "any": Obj(_PARALLEL),
+    "tool": Obj(Field("name", Opaque(Str(min_length=1), NON_EMPTY), required=True), _PARALLEL),
+    "none": Obj(),
+}, bad=" must be one of {values}", title="ToolChoice")
+
+_SYSTEM = Field("system", OneOf(
+    Str(), Arr(Tagged("type", {"text": _TEXT}, bad=" must be 'text'", title="TextBlockParam")),
+    message=" must be a string or an array of text blocks"))
+
+_CONVERSATION = (
+    MODEL,
+    Field("messages", Arr(MESSAGES_MESSAGE, min_items=1, item_noun="message"), required=True),
+    _SYSTEM,
+    Field("tools", Arr(MESSAGES_TOOL)),
+    Field("tool_choice", MESSAGES_TOOL_CHOICE),
+    Field("thinking", Obj()),
+)
+"""What a Messages request and a count_tokens request share."""
+
+MESSAGES = Obj(
+    *_CONVERSATION,
+    Field("max_tokens", Int(1), required=True),
+    Field("stop_sequences", Arr(Str())),
+    STREAM,
+    Field("temperature", Num(0, 1)),
+    TOP_P,
+    Field("top_k", Int(0)),
+    Field("metadata", Obj(Field("user_id", Str()))),
+    Field("output_config", Obj(Field("format", Tagged(
+        "type", {"json_schema": Obj(Field("schema", Obj(), required=True))},
+        bad=" must be 'json_schema'", title="JSONOutputFormat")))),
+)
+
+COUNT_TOKENS = Obj(*_CONVERSATION)
+
+# -- /tokenize and /detokenize (vLLM's) --------------------------------------------------
+
+TOKENIZE = Obj(
+    MODEL,
+    Field("prompt", Str(), required=True, unless="messages"),
+    Field("messages", Arr(CHAT_MESSAGE, item_noun="message")),
+    Field("add_special_tokens", Bool()),
+    Field("add_generation_prompt", Bool()),
+    Field("tools", Arr(CHAT_TOOL)),
+)
+
+DETOKENIZE = Obj(MODEL, Field("tokens", Arr(Int(0)), required=True))
 
 
 @dataclass(frozen=True)
@@ -202,6 +301,7 @@ class Endpoint:
     schema_name: str  # OpenAI's component name for the same request
     operation_id: str
     summary: str
+    api: str = "openai"  # whose API it is: openai, anthropic or vllm
 
 
 ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (
@@ -212,4 +312,11 @@ ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (
     Endpoint("/v1/embeddings", EMBEDDINGS, "CreateEmbeddingRequest", "createEmbedding",
              "Embeddings"),
     Endpoint("/v1/responses", RESPONSES, "CreateResponse", "createResponse", "Responses API"),
+    Endpoint("/v1/messages", MESSAGES, "CreateMessageParams", "createMessage",
+             "Anthropic Messages API", "anthropic"),
+    Endpoint("/v1/messages/count_tokens", COUNT_TOKENS, "CountMessageTokensParams",
+             "countMessageTokens", "Anthropic token count", "anthropic"),
+    Endpoint("/tokenize", TOKENIZE, "TokenizeRequest", "tokenize", "Tokenize (vLLM's)", "vllm"),
+    Endpoint("/detokenize", DETOKENIZE, "DetokenizeRequest", "detokenize",
+             "Detokenize (vLLM's)", "vllm"),
 )}

@@ -3,7 +3,9 @@
 Order of checks on every request, cheapest first: requests in flight on this
 gateway (503) -> API key (401) -> the key's rate and concurrency (429) -> body
 size and time (413/408) -> JSON and fields (400) -> media URLs (400) -> model
-placed (404) -> model allowed for the key (403) -> forward to a router, with the
+placed (404) -> model allowed for the key (403) -> the key's tokens per minute and
+budget, reserved (429; settled on the engine's usage once the request ended, :mod:`tenancy`)
+-> forward to a router, with the
 model uid the key was allowed, the key's name as the tenant and its priority.
 Nothing reaches a router unless every check passed, and nothing is read or
 parsed for a caller over its limits. The answer is the endpoint's handler's: chat, completions
@@ -33,9 +35,10 @@ from nebula_common.asgi import (
     declared_length,
     read_body,
 )
+from nebula_common.capabilities import refusal as capability_refusal
 from nebula_common.tracing import setup_tracing, tracing_enabled
 
-from . import metrics, passthrough, responses
+from . import messages, metrics, passthrough, responses, tokens
 from .auth import Authenticator, AuthError
 from .catalog import ModelCatalog, ModelInfo
 from .config import GatewayConfig
@@ -51,8 +54,9 @@ from .reply import (
     send_error,
     send_reply,
 )
-from .response_store import ResponseStore
 from .routers import RouterPool
+from .state import open_state
+from .tenancy import Tenancy
 from .validation import ValidationError, validate
 
 log = logging.getLogger("nebula.gateway")
@@ -69,6 +73,10 @@ HANDLERS: dict[str, Handler] = {
     "/v1/completions": passthrough.handle,
     "/v1/embeddings": passthrough.handle,
     "/v1/responses": responses.handle,
+    "/v1/messages": messages.handle,
+    "/v1/messages/count_tokens": messages.count_tokens,
+    "/tokenize": tokens.handle,
+    "/detokenize": tokens.handle,
 }
 """Who answers each OpenAI POST path once the request is admitted."""
 
@@ -83,11 +91,13 @@ class Gateway:
                                     config.models_stale_seconds)
         self.auth = Authenticator(config.keys, config.default_rpm, config.default_concurrency,
                                   anonymous_rpm=config.anonymous_rpm,
-                                  anonymous_concurrency=config.anonymous_concurrency)
-        self.store = ResponseStore(config.store_responses,
-                                   max_bytes=config.response_store_bytes,
-                                   max_entry_bytes=config.response_entry_bytes,
-                                   ttl=config.response_ttl)
+                                  anonymous_concurrency=config.anonymous_concurrency,
+                                  require_keys=config.watch_keys is not None)
+        # token holds, usage and stored responses (SQLite, or Redis shared by gateways)
+        self.state = open_state(config.state_url, config.state_dir, config.response_limits,
+                                fail_open=config.state_fail_open)
+        self.tenancy = Tenancy(self.state, request_timeout=config.request_timeout,
+                               default_max_tokens=config.default_max_tokens)
         self.response_headers = response_header_names(config.expose_replica_header)
         self.max_in_flight = config.max_in_flight or sys.maxsize
         self.in_flight = 0
@@ -102,7 +112,8 @@ class Gateway:
 
     def authenticate(self, outcome: Outcome, headers: Mapping[str, str]) -> None:
         try:
-            outcome.key = self.auth.authenticate(headers.get("authorization"))
+            outcome.key = self.auth.authenticate(headers.get("authorization"),
+                                                 headers.get("x-api-key"))
         except AuthError as exc:
             metrics.AUTH_FAILURES.labels(exc.code).inc()
             raise
@@ -132,7 +143,9 @@ class Gateway:
                     reply = await HANDLERS[path](self, path, headers, raw, outcome)
                 except REFUSALS as exc:
                     started = True
-                    await send_error(send, outcome, *refusal(outcome, exc))
+                    status, body, extra = refusal(outcome, exc)
+                    await send_error(send, outcome, status, messages.anthropic_error(
+                        path, status, body, outcome.request_id), extra)
                 else:
                     started = True
                     await send_reply(send, reply, outcome)
@@ -148,8 +161,10 @@ class Gateway:
                 log.exception("unhandled error", extra={"request_id": outcome.request_id})
                 outcome.status = 500
                 if not started:
-                    await send_error(send, outcome, 500, error_bytes(
-                        500, "internal error in the gateway", code="internal_error"), [])
+                    await send_error(send, outcome, 500, messages.anthropic_error(
+                        path, 500, error_bytes(500, "internal error in the gateway",
+                                               code="internal_error"), outcome.request_id),
+                        [])
         finally:
             self.in_flight -= 1
             if watcher is not None:
@@ -160,6 +175,7 @@ class Gateway:
                 else:
                     reply.upstream.close()  # drop the connection: the router cancels upstream
             outcome.finish()
+            await self.tenancy.finish(outcome)  # settles its token hold, counts its usage
 
     async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         """The whole body within the size and time limits (413, 408), or ClientGone."""
@@ -194,6 +210,11 @@ class Gateway:
         key = outcome.key
         if key is not None and not (key.allows(info.id) or key.allows(info.model_uid)):
             self.auth.check_model(key, info.id)  # raises the 403
+        unsupported = capability_refusal(info.id, endpoint, info.capabilities)
+        if unsupported is not None:  # refused here: on a replica it would fail and count
+            raise ValidationError(400, f"{unsupported} (its engine is {info.engine})", "model",
+                                  "model_not_supported")
+        await self.tenancy.reserve(outcome, endpoint, raw, body)  # tokens: 429 over a limit
         return body, info
 
     async def forward(self, outcome: Outcome, headers: Mapping[str, str], path: str,

@@ -8,14 +8,24 @@ import ipaddress
 import logging
 import os
 
-from nebula_common.config import Parser, add_common_flags, fail, listen_address, on_off
+from nebula_common.config import (
+    Parser,
+    add_common_flags,
+    add_etcd_flags,
+    etcd_config,
+    fail,
+    listen_address,
+    on_off,
+)
 from nebula_common.logs import setup_logging
 from nebula_common.service import add_http_server_flag, run_app
 
 from .auth import KeyFileError, load_keys
+from .budget import DEFAULT_MAX_TOKENS
 from .config import ANONYMOUS_CONCURRENCY, ANONYMOUS_RPM, MAX_IN_FLIGHT, GatewayConfig
 from .media import MediaPolicy
 from .response_store import ENTRY_BYTES, STORE_BYTES, TTL
+from .state import StateError, check_url, describe
 
 PROG = "nebula-gateway"
 log = logging.getLogger("nebula.gateway")
@@ -25,17 +35,30 @@ def build_parser() -> Parser:
     parser = Parser(prog=PROG, description=__doc__)
     # loopback unless told otherwise: a wider address needs keys (or --allow-anonymous)
     add_common_flags(parser, listen="127.0.0.1:8081", etcd=False)
-    # Accepted for the common CLI contract; the gateway learns models from the router.
-    parser.add_flag("--etcd-endpoints", default=None,
-                    help="unused: models come from the router's GET /v1/models")
-    parser.add_flag("--etcd-prefix", default="", help="unused (see --etcd-endpoints)")
+    # Models come from the router's GET /v1/models; etcd only holds run-time keys.
+    add_etcd_flags(parser)
+    parser.add_flag("--watch-keys", default=False, type=on_off,
+                    help="follow the run-time API keys (`nebula keys`) under the etcd "
+                         "prefix's /keys/: on/off (on: a key is always required)")
+    parser.add_flag("--state-url", default="",
+                    help="shared gateway state (token budgets, usage, stored responses): "
+                         "redis://HOST:PORT[/DB]; or sqlite:///PATH; default: SQLite in "
+                         "--state-dir (in memory without one)")
+    parser.add_flag("--state-dir", default=None,
+                    help="folder of this gateway's state.db (kept across restarts)")
+    parser.add_flag("--state-fail", default="open", choices=["open", "closed"],
+                    help="while a shared store is unreachable: serve on local counters "
+                         "(open) or refuse with 503 what needs the store (closed)")
+    parser.add_flag("--default-max-tokens", default=DEFAULT_MAX_TOKENS, type=int,
+                    help="completion tokens reserved for a request without max_tokens, for "
+                         "keys with a tpm or a token budget")
     parser.add_flag("--router-url", default="http://127.0.0.1:18081",
                     help="comma-separated router base URLs; failover in order")
     parser.add_flag("--max-body-bytes", default=4 * 1024 * 1024, type=int,
                     help="largest request body accepted (413 above)")
     parser.add_flag("--api-keys-file", default=None,
                     help="file of sha256 key hashes: 'HASH [name] [rpm=N] [concurrency=N] "
-                         "[models=a,b]' per line")
+                         "[tpm=N] [budget=N/day|month] [models=a,b] [priority=P]' per line")
     parser.add_flag("--api-keys", default=None,
                     help="comma-separated plaintext API keys (hashed at start-up); "
                          "prefer the environment variable or --api-keys-file")
@@ -109,7 +132,19 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         fail(PROG, f"--api-keys-file {args.api_keys_file}: {exc}")
     args.api_keys = None  # drop the plaintext as soon as it is hashed
     os.environ.pop("NEBULA_API_KEYS", None)
-    if not keys and not args.allow_anonymous and not is_loopback(args.listen):
+    watch = None
+    if args.watch_keys:
+        try:
+            watch = etcd_config(args)
+        except ValueError as exc:
+            fail(PROG, str(exc))
+    try:
+        check_url(args.state_url)
+    except ValueError as exc:
+        fail(PROG, f"--state-url: {exc}")
+    if args.default_max_tokens <= 0:
+        fail(PROG, "--default-max-tokens must be positive")
+    if not keys and watch is None and not args.allow_anonymous and not is_loopback(args.listen):
         fail(PROG, f"refusing to serve {args.listen} without API keys: anyone who can reach "
                    "it could use every model; give --api-keys-file (or NEBULA_API_KEYS), or "
                    "--allow-anonymous (NEBULA_ALLOW_ANONYMOUS=1) to serve it open")
@@ -130,7 +165,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         default_rpm=args.rate_limit_rpm, default_concurrency=args.max_concurrency_per_key,
         anonymous_rpm=args.anonymous_rpm, anonymous_concurrency=args.anonymous_concurrency,
         max_in_flight=args.max_in_flight, expose_replica_header=args.expose_replica_header,
-        media=media, keys=keys, access_log=args.access_log,
+        media=media, keys=keys, access_log=args.access_log, watch_keys=watch,
+        etcd_prefix=args.etcd_prefix or "", state_url=args.state_url,
+        state_dir=args.state_dir, state_fail_open=args.state_fail == "open",
+        default_max_tokens=args.default_max_tokens,
     )
 
 
@@ -154,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_args(args)
     from .app import create_app
 
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except StateError as exc:
+        fail(PROG, str(exc), code=1)
 
     async def started() -> None:
         # start-up objects (app, modules) never change: keep them out of every GC pass
@@ -163,9 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         # logged once the socket is bound, so a busy port stays a one-line error
         log.info("gateway listening", extra={
             "listen": args.listen, "routers": config.router_urls,
-            "api_keys": len(config.keys), "auth": "on" if config.keys else "off",
-            **({} if config.keys else {"anonymous_rpm": config.anonymous_rpm,
-                                       "anonymous_concurrency": config.anonymous_concurrency})})
+            "api_keys": len(config.keys),
+            "auth": "on" if config.keys or config.watch_keys else "off",
+            "watch_keys": config.watch_keys is not None,
+            "state": describe(config.state_url, config.state_dir),
+            **({} if config.keys or config.watch_keys else {
+                "anonymous_rpm": config.anonymous_rpm,
+                "anonymous_concurrency": config.anonymous_concurrency})})
 
     run_app(app, listen=args.listen, prog=PROG, before=started,
             server=args.http_server)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -53,6 +54,8 @@ class Outcome:
     completion_tokens: int | None = None
     note: str | None = None
     finished: bool = False
+    hold: Any = None
+    """The request's token reservation (:class:`~.tenancy.Hold`), settled after it ends."""
 
     def __post_init__(self) -> None:
         metrics.IN_FLIGHT.inc()

@@ -1,5 +1,8 @@
 """Stored responses (``previous_response_id``, ``GET``/``DELETE /v1/responses/{id}``): pure.
 
+The gateway keeps them in its state store (:mod:`.state`: SQLite, or Redis shared by
+gateways), under the same rules as this in-memory store, which stays the reference.
+
 Bounded by bytes, not by count alone: an entry is kept as the JSON it was sent as
 (its size is then exact, where a decoded conversation costs several times its
 text), an entry over the per-entry cap is not kept at all, the oldest go first
@@ -14,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its JSON: the id, the record, the dict slot."""
@@ -48,6 +51,29 @@ class StoredResponse:
         output = response.get("output") if isinstance(response, dict) else None
         return [item for item in output if isinstance(item, dict)] if isinstance(
             output, list) else []
+
+
+class Lookup(Protocol):
+    """What reading a stored response needs (:class:`ResponseStore`, :class:`Prefetched`)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def get(self, response_id: str, owner: str) -> StoredResponse | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """One entry already read from the (async) state store, for code that reads a store."""
+
+    enabled: bool
+    response_id: str | None
+    entry: StoredResponse | None
+
+    def get(self, response_id: str, owner: str) -> StoredResponse | None:
+        if response_id != self.response_id or self.entry is None:
+            return None
+        return self.entry if self.entry.owner == owner else None
 
 
 class ResponseStore:

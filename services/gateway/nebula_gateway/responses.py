@@ -10,24 +10,33 @@ Finished responses are kept for ``previous_response_id`` unless ``store`` is fal
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from nebula_common.asgi import JSON_CONTENT_TYPE
+from nebula_common.capabilities import Capability
 
 from . import responses_translate as translate
+from .auth import AuthError
+from .conversations import Conversations, conversation_id, is_conversation_id
 from .outcome import Outcome
 from .reply import Reply, buffered, error_bytes, stream_reply
-from .response_store import ResponseStore
+from .response_store import Prefetched
 from .responses_translate import sse_event
 from .sse import decoded, frame_data, frames_of, sse_blocks
+from .state import GatewayState, StateError
+from .state.base import encode_items
+from .validation import ValidationError
 
 if TYPE_CHECKING:
     from .gateway import Gateway
 
 NATIVE_RESPONSES_ENGINES = frozenset({"vllm", "sim"})
+"""Engines with a native /v1/responses, for models whose replicas declared nothing."""
+SESSION_HEADER = "x-session-id"
 _FINAL_EVENTS = ("response.completed", "response.incomplete")
 _COMPLETED, _INCOMPLETE = (kind.encode() for kind in _FINAL_EVENTS)
 
@@ -35,16 +44,38 @@ _COMPLETED, _INCOMPLETE = (kind.encode() for kind in _FINAL_EVENTS)
 async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: bytes,
                  outcome: Outcome) -> Reply:
     body, info = await gateway.admit(path, raw, outcome)
-    store = gateway.store
-    items = translate.expand_previous(body, store, outcome.owner)
-    native = info.engine in NATIVE_RESPONSES_ENGINES
+    store = gateway.state
+    prev_id = body.get("previous_response_id")
+    previous = None
+    if prev_id and store.enabled and not is_conversation_id(prev_id):
+        try:  # (any gateway sharing the store has it; a conversation is never a response)
+            previous = await store.get_response(prev_id, outcome.owner, time.time())
+        except StateError as exc:
+            raise state_unavailable(exc) from None
+    conv_id = conversation_id(body)
+    if conv_id is not None:
+        if prev_id:
+            raise ValidationError(400, "previous_response_id and conversation cannot be "
+                                  "used together", "conversation", "invalid_request")
+        _, history = await Conversations(store).load(conv_id, outcome.owner)
+        items = [*history, *translate.normalize_input(body["input"])]
+        if not headers.get(SESSION_HEADER):
+            # every turn on one session key: the router's session affinity keeps a healthy
+            # replica (and its prefix cache) for the whole conversation
+            headers = {**headers, SESSION_HEADER: conv_id}
+    else:
+        items = translate.expand_previous(body, Prefetched(store.enabled, prev_id, previous),
+                                          outcome.owner)
+    native = (Capability.RESPONSES in info.capabilities if info.capabilities is not None
+              else info.engine in NATIVE_RESPONSES_ENGINES)
     if outcome.span.is_recording():
         outcome.span.set_attribute("nebula.responses.translated", not native)
     if native:
-        if body.get("previous_response_id"):
+        if body.get("previous_response_id") or conv_id is not None:
             # a replica may not have the previous turn: send the whole conversation
             forwarded = {**body, "input": items}
-            forwarded.pop("previous_response_id")
+            forwarded.pop("previous_response_id", None)
+            forwarded.pop("conversation", None)
             raw = json.dumps(forwarded).encode()
         upstream = await gateway.forward(outcome, headers, path, raw)
     else:
@@ -69,32 +100,56 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
         if body.get("previous_response_id") and isinstance(response, dict):
             response["previous_response_id"] = body["previous_response_id"]
             data = json.dumps(response).encode()
+        if conv_id is not None and isinstance(response, dict):
+            response["conversation"] = {"id": conv_id}
+            data = json.dumps(response).encode()
     else:
         response = translate.chat_to_response(parsed, body)
         data = json.dumps(response).encode()
     if isinstance(response, dict):
         outcome.usage(response.get("usage"))
-        remember(store, outcome, body, items, response, data)
+        await remember(store, outcome, body, items, response, data)
     return Reply(200, [h for h in out_headers if h[0] != b"content-type"]
                  + [JSON_CONTENT_TYPE], data)
 
 
-def remember(store: ResponseStore, outcome: Outcome, body: dict[str, Any],
-             items: list[dict[str, Any]], response: dict[str, Any],
-             encoded: bytes | None = None) -> None:
+def state_unavailable(exc: StateError) -> AuthError:
+    return AuthError(503, "the gateway cannot reach its state store to read the previous "
+                     "response; retry shortly", "state_unavailable", "server_error",
+                     retry_after=1)
+
+
+async def remember(store: GatewayState, outcome: Outcome, body: dict[str, Any],
+                   items: list[dict[str, Any]], response: dict[str, Any],
+                   encoded: bytes | None = None) -> None:
     """Keep a finished response (``encoded``: as sent) for its key, unless the request
-    said not to; only what reached the engine of its input is kept."""
+    said not to; only what reached the engine of its input is kept. Kept before the
+    client gets the end of it: its next turn may come at once, to another gateway.
+    A turn of a conversation is appended to it (whatever ``store`` says)."""
+    conv_id = conversation_id(body)
+    if conv_id is not None:
+        try:
+            await Conversations(store).append_turn(
+                conv_id, outcome.owner, translate.normalize_input(body["input"]), response)
+        except (ValidationError, AuthError) as exc:
+            outcome.note = f"conversation not updated: {exc}"
     if body.get("store") is False or not isinstance(response.get("id"), str):
         return
     data = encoded if encoded is not None else json.dumps(response).encode()
-    if not store.put(response["id"], outcome.owner, data, translate.kept_items(items)) \
-            and store.enabled:
+    try:
+        kept = await store.put_response(response["id"], outcome.owner, data,
+                                        encode_items(translate.kept_items(items)),
+                                        time.time())
+    except StateError:
+        outcome.note = "response not stored: state store unreachable"
+        return
+    if not kept and store.enabled:
         outcome.note = "response not stored: over --response-entry-bytes"
 
 
 async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                         body: dict[str, Any], items: list[dict[str, Any]],
-                        store: ResponseStore) -> AsyncIterator[bytes]:
+                        store: GatewayState) -> AsyncIterator[bytes]:
     """Native Responses SSE: bytes through; the final event is read for store + usage."""
     async for block in sse_blocks(upstream.content.iter_any()):
         if _COMPLETED in block or _INCOMPLETE in block:
@@ -106,13 +161,13 @@ async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                 response = event.get("response") if isinstance(event, dict) else None
                 if isinstance(response, dict) and event.get("type") in _FINAL_EVENTS:
                     outcome.usage(response.get("usage"))
-                    remember(store, outcome, body, items, response)
+                    await remember(store, outcome, body, items, response)
         yield block
 
 
 async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                             body: dict[str, Any], items: list[dict[str, Any]],
-                            store: ResponseStore) -> AsyncIterator[bytes]:
+                            store: GatewayState) -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Responses event sequence out."""
     translator = translate.StreamTranslator(body)
     yield b"".join(sse_event(e) for e in translator.start())
@@ -147,4 +202,4 @@ async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
     response = translator.response
     if not outcome.usage(response.get("usage")):
         outcome.note = "engine sent no usage"
-    remember(store, outcome, body, items, response)
+    await remember(store, outcome, body, items, response)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .response_store import ResponseStore
+from .response_store import Lookup
 from .validation import ValidationError
 
 
@@ -48,7 +48,7 @@ def output_as_input(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def expand_previous(body: dict[str, Any], store: ResponseStore,
+def expand_previous(body: dict[str, Any], store: Lookup,
                     owner: str) -> list[dict[str, Any]]:
     """The full input of this turn: the stored conversation, then this request's input.
 

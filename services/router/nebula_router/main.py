@@ -18,6 +18,7 @@ from nebula_common.store import EtcdStore
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
 
 from .app import RouterApp, build_quart
+from .failover import DEFAULT_LIMIT
 from .policy import POLICIES, OutlierPolicy, Pipeline, PolicyError, Settings, load_profile
 from .proxy import Proxy, ProxyConfig
 from .table import EndpointTable
@@ -71,6 +72,12 @@ def build_parser() -> Parser:
                help="per-replica in-flight cap treated as overloaded (0 = none)")
     p.add_flag("--prefix-chars", default=1024, type=int,
                help="leading prompt characters hashed by the prefix policy")
+    p.add_flag("--stream-failover-max", default=2, type=int,
+               help="resumes of a chat or completions stream broken mid-way on another "
+                    "replica (0 = off: a broken stream ends with an SSE error event)")
+    p.add_flag("--stream-failover-bytes", default=DEFAULT_LIMIT, type=int,
+               help="forwarded bytes kept per stream for a resume; past them the stream "
+                    "is not resumed")
     p.add_flag("--no-replica-header", action="store_true",
                help="do not add x-nebula-replica to responses")
     add_http_server_flag(p)
@@ -125,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         ttfb_timeout=args.ttfb_timeout, response_timeout=args.response_timeout,
         idle_timeout=args.idle_timeout, total_timeout=args.total_timeout,
         replica_header=not args.no_replica_header, access_log=args.access_log,
-        prefix_chars=args.prefix_chars, upstream_keepalive_s=args.upstream_keepalive),
+        prefix_chars=args.prefix_chars, upstream_keepalive_s=args.upstream_keepalive,
+        stream_failover_max=max(args.stream_failover_max, 0),
+        stream_failover_bytes=max(args.stream_failover_bytes, 0)),
         tracer=tracer)
     quart = build_quart(table, proxy)
     add_http_errors(quart)

@@ -44,6 +44,11 @@ UPSTREAM_ERRORS = Counter("nebula_router_upstream_errors_total",
                           "Failed upstream attempts by kind", ["kind"])
 STREAM_ERRORS = Counter("nebula_router_stream_errors_total",
                         "Responses cut after bytes reached the client (upstream died mid-stream)")
+STREAM_RESUMES = Counter("nebula_router_stream_resumes_total",
+                         "Streams broken after bytes reached the client, by what the router "
+                         "did: resumed on another replica, failed (no replica took it), refused "
+                         "(not exactly resumable), exhausted (--stream-failover-max reached)",
+                         ["outcome"])
 CLIENT_DISCONNECTS = Counter("nebula_router_client_disconnects_total",
                              "Requests whose client went away; the upstream call was cancelled")
 
@@ -69,6 +74,7 @@ retries_c = Labelled(RETRIES)
 ejections_c = Labelled(EJECTIONS)
 decisions_c = Labelled(DECISIONS)
 upstream_errors_c = Labelled(UPSTREAM_ERRORS)
+resumes_c = Labelled(STREAM_RESUMES)
 
 
 class TableCollector(Collector):

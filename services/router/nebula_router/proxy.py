@@ -8,9 +8,12 @@ the first byte reached the client, and only for what another replica may do bett
 (no connection, a crash, 502/503/504, a stream with no first byte); an answer that
 says the request itself cannot be served passes through as it came, and a
 non-streamed request that outlives its response timeout is a 504, not a retry (the
-engine may still be working on it). Afterwards a broken upstream ends an SSE stream
-with an error event so OpenAI clients raise instead of truncating. Client-facing
-error texts name no replica or address: those go to the log with the request id.
+engine may still be working on it). Afterwards a broken chat or completions stream
+(reset, EOF without ``[DONE]``, idle timeout, its replica draining) is resumed on
+another replica (:mod:`.failover`: the forwarded bytes are kept, and parsed only once a
+stream broke); one that cannot be resumed exactly ends with an SSE error event so OpenAI
+clients raise instead of truncating. Client-facing error texts name no replica or
+address: those go to the log with the request id.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ from nebula_common.asgi import (
     read_body,
     send_json,
 )
+from nebula_common.capabilities import Capability
 from nebula_common.openai_errors import error_json, sse_error_event
+from nebula_common.records import EndpointState
 from nebula_common.retry import backoff_delay
 from nebula_common.sse import FRAME_ENDS, ends_a_frame, split_frames
 from nebula_common.tracing import extract
 
 from . import metrics as m
+from .failover import DEFAULT_LIMIT, NotResumable, Recorder, Rewriter, plan_continuation, reassemble
+from .failover.continuation import PATHS as FAILOVER_PATHS
 from .headers import request_headers, response_headers
 from .policy import Candidate, KeyReader, Pipeline, RouteKeys
 from .policy.request import MODEL_UID_HEADER, PRIORITY_HEADER, SESSION_HEADER, TENANT_HEADER
@@ -75,6 +82,11 @@ class ProxyConfig:
     upstream_keepalive_s: float = 4.0
     """Idle pooled connections are closed after this; below the engines' own keep-alive
     (uvicorn and hypercorn default to 5 s) so the router never reuses one they just closed."""
+    stream_failover_max: int = 2
+    """Resumes of one broken stream on another replica (0: a broken stream ends with an
+    SSE error event)."""
+    stream_failover_bytes: int = DEFAULT_LIMIT
+    """Forwarded bytes kept per stream for a resume; past them failover is off for it."""
 
 
 class AttemptFailed(Exception):
@@ -117,6 +129,26 @@ class _Outcome:
     """The body is incomplete and cannot be marked so: drop the client connection."""
     last_sent: bytes = b""
     """The last body bytes sent to the client (does an error event need a frame end first?)."""
+    record: Recorder | None = None
+    """The bytes forwarded so far, when a broken stream may be resumed."""
+    broken: str = ""
+    """Why the stream under way broke (set instead of ending it when it may be resumed)."""
+    resumes: int = 0
+    served: list[str] | None = None
+    """Every replica that sent part of the answer, once a stream was resumed."""
+    resumable: _Resumable | None = None
+
+
+@dataclass(slots=True)
+class _Resumable:
+    """What a resume of the request needs (kept only for a stream that may be resumed)."""
+
+    entry: ModelEntry
+    keys: RouteKeys
+    request: dict[str, object]
+    path: str
+    headers: dict[str, str]
+    url_tail: str
 
 
 class Proxy:
@@ -314,11 +346,19 @@ class Proxy:
         if scope.get("query_string"):
             url_tail += "?" + scope["query_string"].decode("latin-1")
         streamed = data.get("stream") is True
-        await self._attempts(entry, keys, body, headers, url_tail, streamed, send, out, span)
+        path = scope["path"]
+        if streamed and self.config.stream_failover_max > 0 and path in FAILOVER_PATHS:
+            out.record = Recorder(self.config.stream_failover_bytes)
+            out.resumable = _Resumable(entry, keys, data, path, headers, url_tail)
+        served = await self._attempts(entry, keys, body, headers, url_tail, streamed, send,
+                                      out, span)
+        if out.broken and served is not None and out.resumable is not None:
+            await self._failover(out.resumable, served, send, out, span)
 
     async def _attempts(self, entry: ModelEntry, keys: RouteKeys, body: bytes,
                         headers: dict[str, str], url_tail: str, streamed: bool, send: Send,
-                        out: _Outcome, span: trace.Span | None) -> None:
+                        out: _Outcome, span: trace.Span | None) -> Candidate | None:
+        """Tries replicas until one answers; returns it (None: the client got an error)."""
         tried: list[Candidate] = []
         last: tuple[Candidate, AttemptFailed] | None = None
         unreachable = True  # every attempt so far failed to connect: nothing was sent
@@ -338,7 +378,7 @@ class Proxy:
             try:
                 await self._attempt(cand, entry, body, headers, url_tail, streamed, send, out,
                                     span)
-                return
+                return cand
             except AttemptFailed as failure:
                 last = (cand, failure)
                 unreachable = unreachable and failure.kind == "connect"
@@ -350,7 +390,7 @@ class Proxy:
             await self._reject(send, out, 503, f"no ready replica for model "
                                f"'{entry.model_name}'", [(b"retry-after", b"1")],
                                code="no_ready_replica")
-            return
+            return None
         cand, final = last
         log.warning("request %s for model %s failed after %d attempt(s); last on replica "
                     "%s: %s", out.request_id, entry.model_uid, len(tried), cand.ref,
@@ -366,11 +406,17 @@ class Proxy:
         else:
             await self._reject(send, out, 502, f"all {len(tried)} attempts failed; last: "
                                f"{final.public}", code="upstream_failed")
+        return None
 
     async def _attempt(self, cand: Candidate, entry: ModelEntry, body: bytes,
                        headers: dict[str, str], url_tail: str, streamed: bool, send: Send,
-                       out: _Outcome, parent: trace.Span | None) -> None:
-        """One try on ``cand``; raises :class:`AttemptFailed` if nothing was sent yet."""
+                       out: _Outcome, parent: trace.Span | None,
+                       rewriter: Rewriter | None = None) -> None:
+        """One try on ``cand``; raises :class:`AttemptFailed` if nothing was sent yet.
+
+        With ``rewriter`` it is a resume: the client has its headers already, and the
+        continuation's chunks go through the rewriter.
+        """
         outlier = self.pipeline.outlier
         outlier.on_attempt(cand, time.monotonic())
         cand.in_flight += 1
@@ -401,6 +447,14 @@ class Proxy:
                                 replica_fault=status != 429)
                     else:
                         first = await resp.content.readany()
+                    if rewriter is not None and (
+                            status != 200 or resp.content_type != "text/event-stream"):
+                        # An engine that refuses the continuation (no continue_final_message)
+                        # refuses it on every replica alike.
+                        text = first[:300].decode("utf-8", "replace")
+                        raise AttemptFailed("resume_refused", f"answered {status} to the "
+                                            f"continuation: {text}", "the continuation was "
+                                            "refused", replica_fault=False, retry=False)
             except AttemptFailed as failure:
                 verdict = False if failure.replica_fault else None
                 raise
@@ -429,7 +483,7 @@ class Proxy:
                 verdict = False
                 raise AttemptFailed("upstream_closed", f"{type(exc).__name__}: {exc}",
                                     "a replica closed the connection before answering") from None
-            verdict = await self._stream(cand, resp, first, send, out)
+            verdict = await self._stream(cand, resp, first, send, out, rewriter)
             if span is not None:
                 span.set_attribute("http.response.status_code", resp.status)
         finally:
@@ -466,23 +520,34 @@ class Proxy:
         return span, headers
 
     async def _stream(self, cand: Candidate, resp: aiohttp.ClientResponse, first: bytes,
-                      send: Send, out: _Outcome) -> bool:
-        """Send status, headers and body to the client; returns the replica's verdict."""
-        hdrs = response_headers(resp.raw_headers, keep_length=True)
-        if self.config.replica_header:
-            hdrs.append((b"x-nebula-replica", cand.ref.encode()))
-        out.status = resp.status
-        sse = out.sse = resp.content_type == "text/event-stream"
+                      send: Send, out: _Outcome, rewriter: Rewriter | None = None
+                      ) -> bool | None:
+        """Send status, headers and body to the client; returns the replica's verdict.
+
+        A stream that may be resumed (``out.record`` within its limit) and breaks is not
+        ended here: ``out.broken`` says why, and the caller resumes it.
+        """
         content = resp.content
-        if content.at_eof():
+        if rewriter is None:
+            hdrs = response_headers(resp.raw_headers, keep_length=True)
+            if self.config.replica_header:
+                hdrs.append((b"x-nebula-replica", cand.ref.encode()))
+            out.status = resp.status
+            sse = out.sse = resp.content_type == "text/event-stream"
+            if content.at_eof() and not (sse and out.record is not None):
+                await send({"type": "http.response.start", "status": resp.status,
+                            "headers": hdrs})
+                out.ttfb = time.perf_counter()
+                out.closing = True
+                await send({"type": "http.response.body", "body": first, "more_body": False})
+                resp.release()
+                return True
             await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
             out.ttfb = time.perf_counter()
-            out.closing = True
-            await send({"type": "http.response.body", "body": first, "more_body": False})
-            resp.release()
-            return True
-        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
-        out.ttfb = time.perf_counter()
+        else:
+            sse = True
+        record = out.record if sse else None
+        watch = record is not None  # a draining replica hands its streams on
         held = b""  # an SSE frame's start, sent once its end came (see split_frames)
         chunk = first
         try:
@@ -490,31 +555,166 @@ class Proxy:
                 if chunk:
                     if sse and (held or not chunk.endswith(FRAME_ENDS)):
                         chunk, held = split_frames(held + chunk)
+                    if rewriter is not None and chunk:
+                        chunk = rewriter.feed(chunk)
                     if chunk:
                         out.last_sent = chunk
+                        if record is not None:
+                            record.add(chunk)
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
+                    if watch and cand.status != EndpointState.READY:
+                        watch = False  # looked at once: with no other replica, stay here
+                        if self._movable(cand, out):
+                            out.broken = "replica draining"
+                            return None
                 chunk = await content.readany()
                 if not chunk:
                     break
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The upstream died after bytes reached the client: no retry is possible.
-            m.STREAM_ERRORS.inc()
             m.upstream_errors_c("stream_broken").inc()
             kind = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             log.warning("request %s: replica %s failed mid-stream (%s)", out.request_id,
                         cand.ref, kind, extra={"request_id": out.request_id})
+            if record is not None and record.active:
+                out.broken = kind  # a frame held back is dropped: the resume re-sends it
+                return False
             out.status = 502 if out.status < 400 else out.status
             if sse:  # a frame held back is dropped: the client gets whole frames only
+                m.STREAM_ERRORS.inc()
                 await self._end_stream(send, out, 502, f"the replica failed mid-stream ({kind})",
                                        "upstream_stream_error")
             else:
+                m.STREAM_ERRORS.inc()
                 out.abort = True  # the server drops the connection: the client sees the cut
+            return False
+        if rewriter is not None and held:
+            held = rewriter.feed(held + b"\n\n")
+        if record is not None and not (
+                rewriter.ended if rewriter is not None else record.ended(held)) and (
+                self._resumable_now(out)):
+            # A clean EOF without [DONE]: the engine stopped short (killed between writes).
+            # (A stream that is no chat or completions stream ends as it came.)
+            m.upstream_errors_c("stream_broken").inc()
+            log.warning("request %s: replica %s ended its stream without [DONE]",
+                        out.request_id, cand.ref, extra={"request_id": out.request_id})
+            out.broken = "EOF without [DONE]"
             return False
         out.closing = True
         await send({"type": "http.response.body", "body": held, "more_body": False})
         resp.release()
         return True
+
+    @staticmethod
+    def _resumable_now(out: _Outcome) -> bool:
+        """The stream under way could be resumed exactly (parses the record: rare paths only)."""
+        ctx = out.resumable
+        data = out.record.data if out.record is not None else None
+        if ctx is None or data is None:
+            return False
+        try:
+            plan_continuation(ctx.path, ctx.request, reassemble(bytes(data)))
+        except NotResumable:
+            return False
+        return True
+
+    def _movable(self, cand: Candidate, out: _Outcome) -> bool:
+        """Its replica is draining: can another one take this stream over exactly? A
+        stream that cannot stays where it is until it ends."""
+        ctx = out.resumable
+        if ctx is None or not self._resumable_now(out):
+            return False
+        other, _ = self.pipeline.choose(ctx.entry.candidates, ctx.keys, time.monotonic(),
+                                        [cand, *_not_continuing(ctx.entry.candidates)])
+        return other is not None
+
+    # -- failover -----------------------------------------------------------------------
+    async def _failover(self, ctx: _Resumable, failed: Candidate, send: Send, out: _Outcome,
+                        span: trace.Span | None) -> None:
+        """Resume a broken stream on other replicas, or end it with an SSE error event."""
+        cfg = self.config
+        tried = [failed, *_not_continuing(ctx.entry.candidates)]
+        while out.broken:
+            kind, out.broken = out.broken, ""
+            failed_ref = out.replica
+            record = out.record
+            data = record.data if record is not None else None
+            outcome, detail = "", ""
+            plan = state = None
+            if data is None:
+                outcome, detail = "refused", "over the failover record limit"
+            elif out.resumes >= cfg.stream_failover_max:
+                outcome, detail = "exhausted", f"{out.resumes} resume(s) already"
+            else:
+                state = reassemble(bytes(data))
+                try:
+                    plan = plan_continuation(ctx.path, ctx.request, state)
+                except NotResumable as exc:
+                    outcome, detail = "refused", str(exc)
+            served: Candidate | None = None
+            if plan is not None and state is not None:
+                rewriter = Rewriter(state, drop=plan.drop, finish_reason=plan.finish_reason)
+                out.resumes += 1
+                if plan.body is None:  # the answer is complete: only its end is missing
+                    outcome = "resumed"
+                    self._resume_event(span, out, outcome, kind, failed_ref, "", "local end")
+                    m.resumes_c(outcome).inc()
+                    out.closing = True
+                    await send({"type": "http.response.body", "body": rewriter.local_end(),
+                                "more_body": False})
+                    return
+                served = await self._resume_on(ctx, json.dumps(plan.body).encode(), rewriter,
+                                               tried, send, out, span)
+                outcome = "resumed" if served is not None else "failed"
+                detail = "" if served is not None else "no replica took the continuation"
+            m.resumes_c(outcome).inc()
+            self._resume_event(span, out, outcome, kind, failed_ref,
+                               served.ref if served is not None else "", detail)
+            if served is None:
+                log.warning("request %s: stream broken on %s (%s) not resumed: %s",
+                            out.request_id, failed_ref, kind, detail,
+                            extra={"request_id": out.request_id})
+                m.STREAM_ERRORS.inc()
+                out.status = 502
+                await self._end_stream(send, out, 502, f"the replica failed mid-stream "
+                                       f"({kind})", "upstream_stream_error")
+                return
+            if out.served is None:
+                out.served = [failed_ref]
+            out.served.append(served.ref)
+
+    async def _resume_on(self, ctx: _Resumable, body: bytes, rewriter: Rewriter,
+                         tried: list[Candidate], send: Send, out: _Outcome,
+                         span: trace.Span | None) -> Candidate | None:
+        """Send the continuation to the best replica not tried yet; the one that took it."""
+        for _ in range(self.config.max_retries + 1):
+            cand, reason = self.pipeline.choose(ctx.entry.candidates, ctx.keys,
+                                                time.monotonic(), tried)
+            if cand is None:
+                return None
+            tried.append(cand)
+            m.decisions_c(self._policy, reason).inc()
+            out.replica = cand.ref
+            try:
+                await self._attempt(cand, ctx.entry, body, ctx.headers, ctx.url_tail, True,
+                                    send, out, span, rewriter)
+                return cand
+            except AttemptFailed as failure:
+                m.upstream_errors_c(failure.kind).inc()
+                log.debug("continuation on %s failed: %s", cand.ref, failure.message)
+                if not failure.retry:
+                    return None
+        return None
+
+    @staticmethod
+    def _resume_event(span: trace.Span | None, out: _Outcome, outcome: str, kind: str,
+                      failed: str, replica: str, detail: str) -> None:
+        if span is None:
+            return
+        span.add_event("nebula.stream.resume", {
+            "nebula.outcome": outcome, "nebula.reason": kind, "nebula.replica.failed": failed,
+            "nebula.replica": replica, "nebula.detail": detail, "nebula.resumes": out.resumes})
 
     async def _end_stream(self, send: Send, out: _Outcome, status: int, message: str,
                           code: str) -> None:
@@ -542,6 +742,8 @@ class Proxy:
             span.set_attribute("nebula.replica", out.replica)
             span.set_attribute("nebula.policy.reason", out.reason)
             span.set_attribute("nebula.retries", out.retries)
+            if out.resumes:
+                span.set_attribute("nebula.stream_resumes", out.resumes)
             span.set_attribute("http.response.status_code", status)
             if ttft_ms is not None:
                 span.set_attribute("nebula.ttft_ms", ttft_ms)
@@ -554,7 +756,9 @@ class Proxy:
                 "request_id": req_id, "trace_id": trace_id, "model": model,
                 "replica": out.replica, "status": status,
                 "latency_ms": round((now - started) * 1000, 2), "ttft_ms": ttft_ms,
-                "retries": out.retries, "policy_reason": out.reason})
+                "retries": out.retries, "policy_reason": out.reason,
+                "replicas": out.served or ([out.replica] if out.replica else []),
+                "resumes": out.resumes})
 
 
 async def _read_head(content: aiohttp.StreamReader) -> bytes:
@@ -566,6 +770,12 @@ async def _read_head(content: aiohttp.StreamReader) -> bytes:
             break
         head += chunk
     return head
+
+
+def _not_continuing(cands: list[Candidate]) -> list[Candidate]:
+    """Replicas whose node declared capabilities without continuation (none declared: try)."""
+    return [c for c in cands
+            if c.capabilities is not None and Capability.CONTINUATION not in c.capabilities]
 
 
 def _status_class(status: int) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from nebula_common.capabilities import Capability, parse_capabilities, shared_capabilities
 from nebula_common.keys import Keys
 from nebula_common.records import (
     INVALID_RECORDS,
@@ -54,6 +55,12 @@ class ModelEntry:
     @property
     def ready_replicas(self) -> int:
         return sum(1 for c in self.candidates if c.status == EndpointState.READY)
+
+    @property
+    def capabilities(self) -> frozenset[Capability] | None:
+        """What every ready replica that declared it serves (None: no declaration)."""
+        return shared_capabilities(c.capabilities for c in self.candidates
+                                   if c.status == EndpointState.READY)
 
 
 REFUSED = "refused"
@@ -146,6 +153,7 @@ def build_index(
         cand.engine = ep.engine
         cand.status = ep.status
         cand.node_id = ep.node_id
+        cand.capabilities = parse_capabilities(ep.capabilities) if ep.capabilities else None
         st = stats.get(keys.endpoint_stats(uid, rid))
         if st is not None:
             cand.running, cand.waiting = float(st.running), float(st.waiting)

@@ -27,6 +27,7 @@ from nebula_common.records import (
 )
 from nebula_common.store import EtcdStore, StoreUnavailable
 
+from . import keys_cli
 from .placement import replica_number
 from .view import ClusterView
 
@@ -92,6 +93,7 @@ def build_parser() -> Parser:
 
     uc = command("uncordon", "let a drained node take replicas again")
     uc.add_argument("node_id")
+    keys_cli.add_commands(command)
     return p
 
 
@@ -333,6 +335,7 @@ COMMANDS: dict[str, Callable[[EtcdStore, Keys, argparse.Namespace], Awaitable[No
     "undeploy": cmd_undeploy,
     "drain": cmd_drain,
     "uncordon": cmd_uncordon,
+    "keys": keys_cli.cmd_keys,
 }
 
 
@@ -353,8 +356,11 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(run(args))
-    except CliError as exc:
+        if args.command == "usage":  # reads the gateways' state store, not etcd
+            keys_cli.cmd_usage(args)
+        else:
+            asyncio.run(run(args))
+    except (CliError, keys_cli.KeysCliError) as exc:
         die(str(exc))
     except StoreUnavailable as exc:
         die(str(exc))

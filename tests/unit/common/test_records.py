@@ -12,6 +12,7 @@ from nebula_common.keys import Keys
 from nebula_common.records import (
     INVALID_RECORDS,
     SCHEMA_VERSION,
+    ApiKey,
     Assignment,
     Cordon,
     Endpoint,
@@ -67,6 +68,7 @@ def test_keys_default_prefix_matches_the_documented_schema() -> None:
     assert keys.node("n1") == "/nodes/n1"
     assert keys.model("qwen") == "/models/qwen"
     assert keys.election == "/election/scheduler"
+    assert keys.api_key("0123456789abcdef") == "/keys/0123456789abcdef"
 
 
 def test_keys_prefix_and_parsing() -> None:
@@ -82,6 +84,9 @@ def test_keys_prefix_and_parsing() -> None:
 
 # -- typed decoding: every field of every record ------------------------------------------
 VALID: dict[type[Record], dict[str, Any]] = {
+    ApiKey: {"key_hash": "ab" * 32, "name": "team-a", "models": ["m"], "rpm": 60, "tpm": 1000,
+             "concurrency": 4, "budget_tokens": 10_000, "budget_period": "day",
+             "priority": "gold", "created_at": 1.5, "revoked_at": 0.0},
     ModelSpec: {"model_uid": "m", "model_name": "org/M", "engine": "sim", "replicas": 2,
                 "engine_args": ["--x"], "gpus_per_replica": 1, "gpu_memory_mb": 100,
                 "port": 10814, "node_ids": ["n1"], "created_at": 1.5, "trust_remote_code": True},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +15,10 @@ from nebula_gateway.auth import Authenticator
 from nebula_gateway.config import GatewayConfig
 from nebula_gateway.outcome import Outcome
 from nebula_gateway.passthrough import pass_frames
-from nebula_gateway.response_store import ResponseStore
 from nebula_gateway.responses import native_frames, translated_frames
 from nebula_gateway.sse import frames_of, sse_blocks, tail_of
+from nebula_gateway.state import ResponseLimits
+from nebula_gateway.state.sqlite import SqliteState
 
 
 class Upstream:
@@ -98,13 +100,13 @@ async def test_native_stream_passes_through_and_its_final_response_is_stored(siz
              "usage": {"input_tokens": 4, "output_tokens": 2}}
     data = (frame({"type": "response.created"}, "response.created")
             + frame({"type": "response.completed", "response": final}, "response.completed"))
-    record, store = outcome(), ResponseStore(4)
+    record, store = outcome(), SqliteState(":memory:", ResponseLimits(4, 1 << 20, 1 << 20, 60))
     items = [{"type": "message", "role": "user", "content": "hi"}]
     out = await collect(native_frames(record, upstream(data, size), {"model": "m"}, items,
                                       store))
     assert b"".join(out) == data
     assert (record.prompt_tokens, record.completion_tokens) == (4, 2)
-    stored = store.get("resp_1", record.owner)
+    stored = await store.get_response("resp_1", record.owner, time.time())
     assert stored is not None and stored.input_items() == items
     assert json.loads(stored.response) == final
     record.finish(200)
@@ -114,7 +116,9 @@ async def test_native_stream_passes_through_and_its_final_response_is_stored(siz
 async def test_translated_stream_ends_in_an_error_event_when_cut(size: int) -> None:
     record = outcome()
     out = await collect(translated_frames(record, upstream(b"".join(CHUNKS), size),
-                                          {"model": "m"}, [], ResponseStore(4)))
+                                          {"model": "m"}, [],
+                                          SqliteState(":memory:", ResponseLimits(
+                                              4, 1 << 20, 1 << 20, 60))))
     events = [json.loads(f.split(b"data: ", 1)[1]) for f in b"".join(out).split(b"\n\n") if f]
     assert events[0]["type"] == "response.created" and events[-1]["type"] == "error"
     assert "".join(e.get("delta", "") for e in events) == "Hello!"
@@ -126,6 +130,8 @@ async def test_router_probe_is_a_supervised_task_stopped_at_shutdown() -> None:
     app = create_app(GatewayConfig(["http://127.0.0.1:9"]))  # nothing listens there
     tasks = app.quart.extensions["nebula_tasks"]
     async with app.quart.test_app():
-        [probe] = list(tasks.tasks)
-        assert probe.get_name() == "router-probe" and not probe.done()
+        by_name = {task.get_name(): task for task in tasks.tasks}
+        assert set(by_name) == {"router-probe", "usage-flush"}  # (no Redis: no state probe)
+        probe = by_name["router-probe"]
+        assert not probe.done()
     assert probe.cancelled() and not tasks.tasks

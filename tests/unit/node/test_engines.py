@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from nebula_node.engines import LlamaCppAdapter, ReplicaSpec, SimAdapter, VllmAdapter
+from nebula_common.capabilities import Capability
+from nebula_node.engines import (
+    LlamaCppAdapter,
+    ReplicaSpec,
+    SimAdapter,
+    VllmAdapter,
+    parse_media_domains,
+)
 from nebula_node.engines.llamacpp import default_gguf
 
 
@@ -45,6 +52,41 @@ def test_vllm_explicit_tensor_parallel_arg_wins_and_no_gpu_means_no_cuda_env():
                            1, "h")
     assert argv.count("--tensor-parallel-size") == 1
     assert "CUDA_VISIBLE_DEVICES" not in adapter.env(spec(), {})
+
+
+def test_vllm_is_given_the_nodes_media_domains_unless_the_plan_sets_them():
+    adapter = VllmAdapter("vllm", media_domains=("images.example.com", "cdn.example.org"))
+    argv = adapter.command(spec(), 1, "h")
+    at = argv.index("--allowed-media-domains")
+    assert argv[at + 1:at + 3] == ["images.example.com", "cdn.example.org"]
+    own = adapter.command(spec(engine_args=("--allowed-media-domains", "x.example")), 1, "h")
+    assert own.count("--allowed-media-domains") == 1 and own[-1] == "x.example"
+    assert "--allowed-media-domains" not in VllmAdapter().command(spec(), 1, "h")
+
+
+def test_media_domains_flag_is_parsed_and_checked():
+    assert parse_media_domains(" Images.Example.com, ,cdn.example.org") == (
+        "images.example.com", "cdn.example.org")
+    assert parse_media_domains("") == ()
+    for bad in ("https://x.example", "*.example.com", "a/b", "x..y"):
+        with pytest.raises(ValueError, match="not a host name"):
+            parse_media_domains(bad)
+
+
+def test_each_adapter_declares_what_its_engine_serves():
+    chat, emb = Capability.CHAT, Capability.EMBEDDINGS
+    vllm = VllmAdapter()
+    assert {chat, Capability.RESPONSES} <= vllm.capabilities(spec()) and \
+        emb not in vllm.capabilities(spec())
+    for args in (("--task", "embed"), ("--runner=pooling",), ("--convert", "embed")):
+        caps = vllm.capabilities(spec(engine_args=args))
+        assert emb in caps and chat not in caps, args
+    llama = LlamaCppAdapter()
+    assert llama.capabilities(spec(engine="llamacpp")) == {chat, Capability.COMPLETIONS}
+    assert emb in llama.capabilities(spec(engine="llamacpp", engine_args=("--embedding", "True")))
+    assert emb not in llama.capabilities(spec(engine="llamacpp",
+                                              engine_args=("--embedding", "False")))
+    assert {chat, emb, Capability.RESPONSES} <= SimAdapter().capabilities(spec(engine="sim"))
 
 
 def test_sim_command():

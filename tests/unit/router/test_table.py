@@ -198,3 +198,19 @@ def test_an_endpoint_outlives_a_blink_of_its_nodes_record() -> None:
                                              "sim").to_json()}
     table.load({**endpoints, **ghost}, {}, {}, {})
     assert list(table.refused) == [K.endpoint("m2", "0")]
+
+
+def test_a_model_lists_what_all_its_ready_replicas_declared() -> None:
+    from nebula_router.app import model_item
+
+    def declared(rid: str, caps: list[str], status: str = "ready") -> tuple[str, bytes]:
+        record = endpoint("m1", rid, status)
+        record.capabilities = caps
+        return K.endpoint("m1", rid), record.to_json()
+
+    table = loaded(dict([declared("0", ["chat", "embeddings"]), declared("1", ["chat"]),
+                         declared("2", [], status="ready"),  # an older node: says nothing
+                         declared("3", ["completions"], status="draining")]))
+    assert model_item(table.lookup["m1"])["nebula"]["capabilities"] == ["chat"]
+    bare = loaded(dict([ep("m2", "0")]))
+    assert "capabilities" not in model_item(bare.lookup["m2"])["nebula"]

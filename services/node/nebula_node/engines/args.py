@@ -63,3 +63,23 @@ def refusal(policy: ArgPolicy, model_uid: str, model_name: str, args: Iterable[s
             return (f"engine argument {name} is not allowed for engine {policy.engine} "
                     "(see docs/security.md)")
     return None
+
+
+def arg_value(args: Iterable[str], flag: str) -> str | None:
+    """The value the last ``flag X`` or ``flag=X`` in ``args`` gives (None when absent).
+
+    Underscores and dashes are the same to the engines that take both (vLLM, llama.cpp's
+    server reads underscores only but never sees dashes from a plan it accepted).
+    """
+    words = list(args)
+    want = flag.replace("_", "-")
+    found: str | None = None
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        if name.replace("_", "-") != want:
+            continue
+        if eq:
+            found = value
+        elif i + 1 < len(words):
+            found = words[i + 1]
+    return found

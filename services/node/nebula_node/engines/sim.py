@@ -8,6 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
+from nebula_common.capabilities import Capability
+
 from .args import ArgPolicy
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 
@@ -34,12 +36,21 @@ def sim_binary() -> str:
     return shutil.which("nebula-sim") or "nebula-sim"
 
 
+CAPABILITIES = frozenset({Capability.CHAT, Capability.COMPLETIONS, Capability.RESPONSES,
+                          Capability.EMBEDDINGS, Capability.TOKENIZE, Capability.TOOLS,
+                          Capability.CONTINUATION})
+"""What nebula-sim serves (its routes in ``nebula_node.sim.app``)."""
+
+
 class SimAdapter(EngineAdapter):
     name = "sim"
     arg_policy = POLICY
 
     def __init__(self, binary: str | None = None):
         self.binary = binary or sim_binary()
+
+    def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
+        return CAPABILITIES
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         return [self.binary, "--host", host, "--port", str(port),

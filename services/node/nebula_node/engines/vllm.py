@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from .args import ArgPolicy
+from nebula_common.capabilities import Capability
+
+from .args import ArgPolicy, arg_value
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 
 # What an operator tunes. Not here: what the node sets itself (--host, --port,
@@ -12,26 +14,37 @@ from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 # (--config, --download-dir, LoRA modules, --hf-overrides, --allowed-local-media-path).
 POLICY = ArgPolicy("vllm", frozenset({
     "--allowed-media-domains", "--api-key", "--block-size", "--chat-template",
-    "--chat-template-content-format", "--cpu-offload-gb", "--data-parallel-size", "-dp",
-    "--disable-log-requests", "--disable-log-stats", "--dtype", "--enable-auto-tool-choice",
-    "--enable-chunked-prefill", "--no-enable-chunked-prefill", "--enable-expert-parallel",
-    "--enable-log-requests", "--enable-prefix-caching", "--no-enable-prefix-caching",
-    "--enforce-eager", "--generation-config", "--gpu-memory-utilization", "--kv-cache-dtype",
-    "--limit-mm-per-prompt", "--load-format", "--max-logprobs", "--max-model-len",
-    "--max-num-batched-tokens", "--max-num-seqs", "--max-seq-len-to-capture",
-    "--override-generation-config", "--pipeline-parallel-size", "-pp", "--quantization", "-q",
-    "--reasoning-parser", "--revision", "--scheduling-policy", "--seed", "--swap-space",
-    "--task", "--tensor-parallel-size", "-tp", "--tokenizer", "--tokenizer-mode",
-    "--tokenizer-revision", "--tool-call-parser", "--uvicorn-log-level",
+    "--chat-template-content-format", "--convert", "--cpu-offload-gb", "--data-parallel-size",
+    "-dp", "--disable-log-requests", "--disable-log-stats", "--dtype",
+    "--enable-auto-tool-choice", "--enable-chunked-prefill", "--no-enable-chunked-prefill",
+    "--enable-expert-parallel", "--enable-log-requests", "--enable-prefix-caching",
+    "--no-enable-prefix-caching", "--enforce-eager", "--generation-config",
+    "--gpu-memory-utilization", "--kv-cache-dtype", "--limit-mm-per-prompt", "--load-format",
+    "--max-logprobs", "--max-model-len", "--max-num-batched-tokens", "--max-num-seqs",
+    "--max-seq-len-to-capture", "--override-generation-config", "--pipeline-parallel-size",
+    "-pp", "--quantization", "-q", "--reasoning-parser", "--revision", "--runner",
+    "--scheduling-policy", "--seed", "--swap-space", "--task", "--tensor-parallel-size", "-tp",
+    "--tokenizer", "--tokenizer-mode", "--tokenizer-revision", "--tool-call-parser",
+    "--uvicorn-log-level",
 }), dashes_for_underscores=True, trust_remote_code="--trust-remote-code")
+
+
+POOLING_TASKS = frozenset({"embed", "embedding", "score", "classify", "reward"})
+GENERATE = frozenset({Capability.CHAT, Capability.COMPLETIONS, Capability.RESPONSES,
+                      Capability.TOKENIZE, Capability.TOOLS, Capability.CONTINUATION})
+POOLING = frozenset({Capability.EMBEDDINGS, Capability.SCORE, Capability.RERANK,
+                     Capability.TOKENIZE})
 
 
 class VllmAdapter(EngineAdapter):
     name = "vllm"
     arg_policy = POLICY
 
-    def __init__(self, binary: str = "vllm"):
+    def __init__(self, binary: str = "vllm", media_domains: tuple[str, ...] = ()):
         self.binary = binary
+        # vLLM fetches the image/video/audio URLs of a request itself; with this list it
+        # fetches from these hosts only (the gateway's --media-allow refuses the rest first)
+        self.media_domains = media_domains
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         argv = [self.binary, "serve", replica.model_name, "--host", host, "--port", str(port),
@@ -40,8 +53,19 @@ class VllmAdapter(EngineAdapter):
             argv.append(replica.model_uid)
         if len(replica.gpu_indices) > 1 and "--tensor-parallel-size" not in replica.engine_args:
             argv += ["--tensor-parallel-size", str(len(replica.gpu_indices))]
+        if self.media_domains and "--allowed-media-domains" not in replica.engine_args:
+            argv += ["--allowed-media-domains", *self.media_domains]
         argv += list(replica.engine_args)
         return argv
+
+    def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
+        # a pooling model (--task embed|score|classify|reward, --runner pooling) serves
+        # embeddings and scores instead of generating text
+        args = replica.engine_args
+        pooling = (arg_value(args, "--task") in POOLING_TASKS
+                   or arg_value(args, "--runner") == "pooling"
+                   or arg_value(args, "--convert") in POOLING_TASKS)
+        return POOLING if pooling else GENERATE
 
     def env(self, replica: ReplicaSpec, base: dict[str, str]) -> dict[str, str]:
         env = dict(base)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, Response, request
 
+from . import tokenizer, tools
+from .continuation import resume_point
 from .engine import JSONObject, SimEngine, StreamCut, crlf_framed
 from .metrics import METRICS_CONTENT_TYPE
 from .protocol import (
@@ -81,10 +83,13 @@ class TextGeneration(Handler):
         engine = self.engine
         try:
             body = await engine.admit(self.path, request.headers, request.get_data)
-            job = engine.plan(self.flatten(body), int_param(body, *self.limit_names))
+            prompt, origin, done = resume_point(self.path, body, self.flatten(body))
+            job = engine.plan(prompt, int_param(body, *self.limit_names), origin, done)
+            # a request with tools may be answered with tool calls (:mod:`tools`)
+            fmt, job = tools.answer(self.path, body, self.format(engine.served_name(body), body),
+                                    job)
         except Refusal as exc:
             return error_response(exc)
-        fmt = self.format(engine.served_name(body), body)
         if body.get("stream"):
             frames = engine.stream(fmt, job)
             if engine.faults.crlf_frames:
@@ -101,6 +106,24 @@ class Embeddings(Handler):
         try:
             body = await self.engine.admit(EMBEDDINGS, request.headers, request.get_data)
             return json_response(self.engine.embed(body))
+        except Refusal as exc:
+            return error_response(exc)
+
+
+class Tokenization(Handler):
+    """POST /tokenize and /detokenize, as vLLM's (:mod:`tokenizer`)."""
+
+    async def tokenize(self) -> Response:
+        try:
+            body = await self.engine.admit("/tokenize", request.headers, request.get_data)
+            return json_response(tokenizer.tokenize(body, self.engine.max_model_len))
+        except Refusal as exc:
+            return error_response(exc)
+
+    async def detokenize(self) -> Response:
+        try:
+            body = await self.engine.admit("/detokenize", request.headers, request.get_data)
+            return json_response(tokenizer.detokenize(body))
         except Refusal as exc:
             return error_response(exc)
 
@@ -167,11 +190,13 @@ def create_app(engine: SimEngine) -> Quart:
     app = SimApp("nebula-sim")
     # Quart cuts responses after 60 s by default; long paced streams must not be cut.
     app.config["RESPONSE_TIMEOUT"] = None
-    probes, control = Probes(engine), Control(engine)
+    probes, control, tokens = Probes(engine), Control(engine), Tokenization(engine)
     routes: list[tuple[str, str, View]] = [
         *(("POST", path, TextGeneration(engine, path, endpoint).post)
           for path, endpoint in TEXT_ENDPOINTS.items()),
         ("POST", EMBEDDINGS, Embeddings(engine).post),
+        ("POST", "/tokenize", tokens.tokenize),
+        ("POST", "/detokenize", tokens.detokenize),
         ("GET", "/v1/models", probes.models),
         ("GET", "/health", probes.health),
         ("GET", "/healthz", probes.health),

@@ -60,6 +60,14 @@ class Job(NamedTuple):
     prompt_tokens: int
     tokens: int  # tokens to generate
     reason: str  # the finish reason once they are out
+    origin: str = ""  # a continuation: the prompt whose answer it continues (.continuation)
+    done: int = 0  # a continuation: tokens of that answer already generated
+
+    def output(self) -> list[str]:
+        """The tokens to send: the answer's, after the ``done`` ones of a continuation."""
+        if not self.done:
+            return generate_tokens(self.prompt, self.tokens)
+        return generate_tokens(self.origin, self.done + self.tokens)[self.done:]
 
 
 def crash_process(request_number: int) -> NoReturn:
@@ -217,15 +225,20 @@ class SimEngine:
             raise Refusal(500, "simulated engine failure (fail_rate fault)", code="sim_fault")
         return body
 
-    def plan(self, prompt: str, requested: int | None) -> Job:
-        """What to generate for ``prompt``; a 400 :class:`Refusal` when it fills the context."""
-        prompt_tokens = count_tokens(prompt)
+    def plan(self, prompt: str, requested: int | None, origin: str = "", done: int = 0
+             ) -> Job:
+        """What to generate for ``prompt``; a 400 :class:`Refusal` when it fills the context.
+
+        A continuation (``done`` tokens of ``origin``'s answer already generated) counts
+        them as prompt and generates what the uninterrupted answer had left.
+        """
+        prompt_tokens = count_tokens(origin) + done if done else count_tokens(prompt)
         if prompt_tokens >= self.max_model_len:
             raise Refusal(400, f"prompt is {prompt_tokens} tokens; the maximum "
                           f"context length is {self.max_model_len}")
-        n, reason = plan_output(requested, self.output_tokens, prompt_tokens,
+        n, reason = plan_output(requested, max(self.output_tokens - done, 0), prompt_tokens,
                                 self.max_model_len)
-        return Job(prompt, prompt_tokens, n, reason)
+        return Job(prompt, prompt_tokens, n, reason, origin, done)
 
     async def complete(self, job: Job) -> tuple[str, Usage]:
         """Run ``job`` to its end (queue, prefill, every token's time); its text and usage."""
@@ -241,7 +254,7 @@ class SimEngine:
         except asyncio.CancelledError:
             self._cancelled()
             raise
-        text = "".join(generate_tokens(job.prompt, job.tokens))
+        text = "".join(job.output())
         self._finish(job, started)
         return text, Usage(job.prompt_tokens, job.tokens, cached)
 
@@ -259,7 +272,7 @@ class SimEngine:
         done = False
         try:
             n = job.tokens
-            tokens = generate_tokens(job.prompt, n)
+            tokens = job.output()
             usage = Usage(job.prompt_tokens, n, cached)
             cut = self.faults.stream_cut_after
             itl = self.faults.itl_ms / 1000

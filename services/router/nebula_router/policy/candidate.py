@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nebula_common.capabilities import Capability
 from nebula_common.records import EndpointState
 
 
@@ -22,6 +23,8 @@ class Candidate:
     engine: str = ""
     status: str = EndpointState.READY
     node_id: str = ""
+    capabilities: frozenset[Capability] | None = None
+    """What its engine serves, as its node declared it (None: an older node declared nothing)."""
     # engine load scraped by the node into /stats/<uid>/<rid>
     running: float = 0.0
     waiting: float = 0.0

@@ -1,0 +1,222 @@
+"""Redis backend (``--state-url redis://HOST:PORT[/DB]``): one store for many gateways.
+
+A reservation is one Lua script: it drops the expired holds of each counter, checks
+``used + held + amount <= limit`` on all of them and holds on all or none, so N gateways
+enforce one budget exactly (Redis runs a script alone). Settlement is another script.
+Each counter's keys carry the key hash as a hash tag (``{...}``): a key's counters sit in
+one slot of a Redis Cluster too. Stored Responses are hashes with a TTL; Redis' own
+``maxmemory`` bounds their total (the per-entry cap is the gateway's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..budget import Counter, Refusal
+from ..response_store import StoredResponse
+from .base import GatewayState, ResponseLimits, StateError, UsageDelta, UsageRow
+
+NS = "nebula:gw"
+MAX_CONNECTIONS = 64
+"""Connections to Redis one gateway opens at most (calls beyond wait for one)."""
+POOL_WAIT_S = 5.0
+"""How long a call waits for a free connection: a burst is not an outage."""
+KEEP_AFTER_S = 3600
+"""How long a counter's keys outlive its window (for `nebula usage`-style inspection)."""
+_SEP = "\x1f"
+
+# KEYS: used_1, holds_1, used_2, holds_2, ...; ARGV: id, amount, now, expires, limit_1,
+# ends_1, limit_2, ends_2, ... -> {0} when held, else {i, used, reserved} of counter i.
+RESERVE = """
+local n = #KEYS / 2
+local id, amount, now, expires = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+for i = 1, n do
+  local used = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local holds = redis.call('HGETALL', KEYS[2 * i])
+  local reserved = 0
+  for j = 1, #holds, 2 do
+    local sep = string.find(holds[j + 1], ':', 1, true)
+    local a = tonumber(string.sub(holds[j + 1], 1, sep - 1))
+    if tonumber(string.sub(holds[j + 1], sep + 1)) <= now then
+      redis.call('HDEL', KEYS[2 * i], holds[j])
+    else
+      reserved = reserved + a
+    end
+  end
+  if used + reserved + amount > tonumber(ARGV[3 + 2 * i]) then
+    return {i, used, reserved}
+  end
+end
+for i = 1, n do
+  redis.call('HSET', KEYS[2 * i], id, amount .. ':' .. expires)
+  local keep = math.max(tonumber(ARGV[4 + 2 * i]), tonumber(expires))
+  redis.call('EXPIREAT', KEYS[2 * i], math.ceil(keep) + 60)
+end
+return {0}
+"""
+
+# KEYS as RESERVE; ARGV: id, charged, ends_1, ends_2, ...
+SETTLE = """
+local n = #KEYS / 2
+local charged = tonumber(ARGV[2])
+for i = 1, n do
+  redis.call('HDEL', KEYS[2 * i], ARGV[1])
+  if charged > 0 then
+    redis.call('INCRBY', KEYS[2 * i - 1], charged)
+    redis.call('EXPIREAT', KEYS[2 * i - 1], math.ceil(tonumber(ARGV[2 + i])) + KEEP_AFTER)
+  end
+end
+return n
+""".replace("KEEP_AFTER", str(KEEP_AFTER_S))
+
+# KEYS: used, holds of one counter; ARGV: now -> {used, reserved}
+READ = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local holds = redis.call('HGETALL', KEYS[2])
+local reserved = 0
+for j = 1, #holds, 2 do
+  local sep = string.find(holds[j + 1], ':', 1, true)
+  if tonumber(string.sub(holds[j + 1], sep + 1)) > tonumber(ARGV[1]) then
+    reserved = reserved + tonumber(string.sub(holds[j + 1], 1, sep - 1))
+  end
+end
+return {used, reserved}
+"""
+
+ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _keys(counter: Counter) -> tuple[str, str]:
+    key_hash, _, rest = counter.store_key.partition(":")
+    tag = f"{{{key_hash}}}"
+    return f"{NS}:used:{tag}:{rest}", f"{NS}:holds:{tag}:{rest}"
+
+
+class RedisState(GatewayState):
+    name = "redis"
+    shared = True
+
+    def __init__(self, url: str, limits: ResponseLimits, *, timeout: float = 0.5):
+        super().__init__(limits)
+        self.url = url
+        # short timeouts and no retries here: the fail-open layer decides what a failure means
+        # a bounded pool that makes a burst wait for a connection (instead of failing)
+        pool = aredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=timeout,
+            socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        self.client: Any = aredis.Redis(connection_pool=pool)
+        self._reserve = self.client.register_script(RESERVE)
+        self._settle = self.client.register_script(SETTLE)
+        self._read = self.client.register_script(READ)
+
+    async def _call(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except ERRORS as exc:
+            raise StateError(f"redis {what}: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _layout(counters: Sequence[Counter]) -> list[str]:
+        out: list[str] = []
+        for counter in counters:
+            out.extend(_keys(counter))
+        return out
+
+    # -- tokens ---------------------------------------------------------------------------
+    async def reserve(self, hold_id: str, counters: Sequence[Counter], amount: int,
+                      now: float, expires: float) -> Refusal | None:
+        args: list[Any] = [hold_id, amount, repr(now), repr(expires)]
+        for c in counters:
+            args += [c.limit, repr(c.ends_at)]
+        result = await self._call("reserve", self._reserve(keys=self._layout(counters),
+                                                             args=args))
+        index = int(result[0])
+        if index == 0:
+            return None
+        return Refusal(counters[index - 1], int(result[1]), int(result[2]), amount)
+
+    async def settle(self, hold_id: str, counters: Sequence[Counter], charged: int,
+                     now: float) -> None:
+        await self._call("settle", self._settle(
+            keys=self._layout(counters),
+            args=[hold_id, charged, *(repr(c.ends_at) for c in counters)]))
+
+    async def add_used(self, counters: Sequence[Counter], tokens: int) -> None:
+        await self._call("settle", self._settle(
+            keys=self._layout(counters),
+            args=["-", tokens, *(repr(c.ends_at) for c in counters)]))
+
+    async def counter(self, counter: Counter, now: float) -> tuple[int, int]:
+        used, reserved = await self._call("read", self._read(keys=list(_keys(counter)),
+                                                             args=[repr(now)]))
+        return int(used), int(reserved)
+
+    # -- usage ----------------------------------------------------------------------------
+    async def add_usage(self, delta: UsageDelta) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for (key, model), (requests, prompt, completion) in delta.items():
+            field = f"{key}{_SEP}{model}"
+            pipe.hincrby(f"{NS}:usage:requests", field, requests)
+            pipe.hincrby(f"{NS}:usage:prompt", field, prompt)
+            pipe.hincrby(f"{NS}:usage:completion", field, completion)
+        await self._call("usage", pipe.execute())
+
+    async def usage(self) -> list[UsageRow]:
+        pipe = self.client.pipeline(transaction=True)
+        for name in ("requests", "prompt", "completion"):
+            pipe.hgetall(f"{NS}:usage:{name}")
+        requests, prompt, completion = await self._call("usage", pipe.execute())
+        rows = []
+        for raw in sorted(requests):
+            key, _, model = raw.decode().partition(_SEP)
+            rows.append(UsageRow(key, model, int(requests[raw]), int(prompt.get(raw, 0)),
+                                 int(completion.get(raw, 0))))
+        return rows
+
+    # -- stored Responses -----------------------------------------------------------------
+    async def put_response(self, response_id: str, owner: str, response: bytes,
+                           items: bytes, now: float) -> bool:
+        limits = self.limits
+        if not limits.enabled or not limits.fits(response, items):
+            return False
+        key = f"{NS}:response:{response_id}"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping={"owner": owner, "response": response, "items": items,
+                                "expires": repr(now + limits.ttl)})
+        pipe.pexpire(key, max(1, int(limits.ttl * 1000)))
+        await self._call("store response", pipe.execute())
+        return True
+
+    async def get_response(self, response_id: str, owner: str, now: float
+                           ) -> StoredResponse | None:
+        entry = await self._call("read response",
+                                 self.client.hgetall(f"{NS}:response:{response_id}"))
+        if not entry or entry.get(b"owner", b"").decode() != owner:
+            return None
+        return StoredResponse(owner, float(entry.get(b"expires", b"0")), entry[b"response"],
+                              entry[b"items"])
+
+    async def delete_response(self, response_id: str, owner: str) -> bool:
+        if await self.get_response(response_id, owner, 0.0) is None:
+            return False
+        deleted = await self._call("delete response",
+                                   self.client.delete(f"{NS}:response:{response_id}"))
+        return bool(deleted)
+
+    # -- life -----------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._call("ping", self.client.ping())
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except ERRORS:
+            pass
