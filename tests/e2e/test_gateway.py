@@ -258,7 +258,7 @@ def test_a_model_whose_engine_lacks_embeddings_gets_400_not_a_replica_fault(
     assert sim_served(env, LLAMA) == served
     # what it declared it still serves, Responses translated onto chat completions
     out = client(env).responses.create(model=LLAMA, input="Hi", max_output_tokens=4)
-    assert out.status == "completed" and sim_served(env, LLAMA) == served + 1
+    assert out.output_text and sim_served(env, LLAMA) == served + 1
 
 
 async def test_async_client_chat_and_responses(env: dict[str, Any]) -> None:

@@ -75,3 +75,15 @@ def test_responses_are_translated_for_llamacpp(smol: openai.OpenAI) -> None:
     # llama-cpp-python's server sends no usage in streams (no stream_options support), and
     # the gateway reports only the engine's own counts, never an estimate.
     assert final.usage is None
+
+
+def test_embeddings_on_a_llamacpp_model_without_them_is_a_400(smol: openai.OpenAI) -> None:
+    """The node declares what llama.cpp was started with (no ``--embedding True`` here): the
+    gateway answers 400 itself instead of a 500 from the replica that would count against it."""
+    with pytest.raises(openai.BadRequestError) as err:
+        smol.embeddings.create(model=MODEL, input=["hello"])
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_supported", body
+    assert "does not support embeddings" in body["message"] and "llamacpp" in body["message"]
+    assert smol.chat.completions.create(  # and the replica still serves what it can
+        model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}]).choices

@@ -114,6 +114,10 @@ class Tenancy:
                                                        "error": str(exc)})
 
     async def flush(self) -> None:
+        try:
+            await self.state.persist()
+        except StateError as exc:
+            log.warning("cannot write token counters", extra={"error": str(exc)})
         delta = self.book.take()
         if not delta:
             return

@@ -15,8 +15,10 @@ from nebula_common.logs import setup_logging
 from nebula_common.openai_errors import error_json
 from nebula_common.service import add_http_server_flag, run_app
 from nebula_common.store import EtcdStore
+from nebula_common.tasks import TaskSet
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
 
+from .admission import Admission, QueueConfig
 from .app import RouterApp, build_quart
 from .failover import DEFAULT_LIMIT
 from .policy import POLICIES, OutlierPolicy, Pipeline, PolicyError, Settings, load_profile
@@ -78,6 +80,17 @@ def build_parser() -> Parser:
     p.add_flag("--stream-failover-bytes", default=DEFAULT_LIMIT, type=int,
                help="forwarded bytes kept per stream for a resume; past them the stream "
                     "is not resumed")
+    p.add_flag("--max-running-per-replica", default=0, type=int,
+               help="admission queue: requests run at once per ready replica (this router's "
+                    "plus the engine's reported others); the rest wait in the router's queue "
+                    "by priority class and tenant (0 = off: no queue)")
+    p.add_flag("--queue-max", default=256, type=int,
+               help="admission queue: requests waiting per model, else 429 queue_full")
+    p.add_flag("--queue-timeout", default="30,60,120", metavar="I,D,B",
+               help="admission queue: seconds an interactive,default,batch request may wait, "
+                    "else 503 queue_timeout")
+    p.add_flag("--queue-aging", default=10.0, type=float,
+               help="admission queue: seconds waited per class a request is lifted (0 = none)")
     p.add_flag("--no-replica-header", action="store_true",
                help="do not add x-nebula-replica to responses")
     add_http_server_flag(p)
@@ -126,6 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     tracer = setup_tracing("router") if tracing_enabled() else None
     store = EtcdStore(cfg)
     table = EndpointTable(store, keys(args))
+    admission: Admission | None = None
+    if args.max_running_per_replica > 0:
+        try:
+            timeouts = tuple(float(t) for t in args.queue_timeout.split(","))
+            queue_cfg = QueueConfig(args.queue_max, timeouts, args.queue_aging)
+        except ValueError as exc:
+            fail(PROG, f"--queue-timeout/--queue-max/--queue-aging: {exc}")
+        admission = Admission(args.max_running_per_replica, queue_cfg, table.get)
+    tasks = TaskSet("router")
     proxy = Proxy(table, pipeline, ProxyConfig(
         max_retries=max(args.max_retries, 0), max_body_bytes=args.max_body_bytes,
         body_timeout=args.body_timeout, connect_timeout=args.connect_timeout,
@@ -135,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         prefix_chars=args.prefix_chars, upstream_keepalive_s=args.upstream_keepalive,
         stream_failover_max=max(args.stream_failover_max, 0),
         stream_failover_bytes=max(args.stream_failover_bytes, 0)),
-        tracer=tracer)
+        tracer=tracer, admission=admission)
     quart = build_quart(table, proxy)
     add_http_errors(quart)
     app = RouterApp(quart, proxy)
@@ -143,11 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     async def before() -> None:
         await proxy.start()
         table.start()
+        if admission is not None:
+            tasks.supervise("admission-tick", admission.run)
         log.info("router listening on %s, policy %s, etcd %s", args.listen, pipeline.name,
                  ",".join(cfg.endpoints))
         log.info("routing policy %s", json.dumps(pipeline.describe(), separators=(",", ":")))
 
     async def after() -> None:
+        await tasks.close()
         await table.stop()
         await proxy.close()
         await store.close()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
@@ -51,6 +51,19 @@ STREAM_RESUMES = Counter("nebula_router_stream_resumes_total",
                          ["outcome"])
 CLIENT_DISCONNECTS = Counter("nebula_router_client_disconnects_total",
                              "Requests whose client went away; the upstream call was cancelled")
+QUEUE_LENGTH = Gauge("nebula_router_queue_length",
+                     "Requests waiting in the admission queue, by model and priority class",
+                     ["model", "class"])
+QUEUE_WAIT = Histogram("nebula_router_queue_wait_seconds",
+                       "Time a dispatched request waited in the admission queue",
+                       ["model", "class"], buckets=LATENCY_BUCKETS)
+QUEUE_DISPATCHED = Counter("nebula_router_queue_dispatched_total",
+                           "Requests the admission queue let through, by model and class",
+                           ["model", "class"])
+QUEUE_SHED = Counter("nebula_router_queue_shed_total",
+                     "Requests that left the admission queue unserved, by reason: queue_full "
+                     "(429), queue_timeout (503), cancelled (the client went away)",
+                     ["model", "reason"])
 
 
 class Labelled(Generic[M]):
@@ -75,6 +88,10 @@ ejections_c = Labelled(EJECTIONS)
 decisions_c = Labelled(DECISIONS)
 upstream_errors_c = Labelled(UPSTREAM_ERRORS)
 resumes_c = Labelled(STREAM_RESUMES)
+queue_length_g = Labelled(QUEUE_LENGTH)
+queue_wait_h = Labelled(QUEUE_WAIT)
+queue_dispatched_c = Labelled(QUEUE_DISPATCHED)
+queue_shed_c = Labelled(QUEUE_SHED)
 
 
 class TableCollector(Collector):

@@ -48,6 +48,7 @@ from nebula_common.sse import FRAME_ENDS, ends_a_frame, split_frames
 from nebula_common.tracing import extract
 
 from . import metrics as m
+from .admission import Admission, ModelGate, Shed
 from .failover import DEFAULT_LIMIT, NotResumable, Recorder, Rewriter, plan_continuation, reassemble
 from .failover.continuation import PATHS as FAILOVER_PATHS
 from .headers import request_headers, response_headers
@@ -155,8 +156,10 @@ class Proxy:
     """Routes POSTs on the OpenAI paths to a replica chosen by the pipeline."""
 
     def __init__(self, table: EndpointTable, pipeline: Pipeline, config: ProxyConfig,
-                 tracer: trace.Tracer | None = None):
+                 tracer: trace.Tracer | None = None, admission: Admission | None = None):
         self.table = table
+        self.admission = admission
+        """The admission queue (None: ``--max-running-per-replica`` 0, requests go straight on)."""
         self.pipeline = pipeline
         self.config = config
         self.tracer = tracer
@@ -170,6 +173,8 @@ class Proxy:
         self._policy = pipeline.name
         # What to read from each request is what the pipeline's plugins declared.
         self.keys = KeyReader(pipeline.needs, config.prefix_chars)
+        if admission is not None:  # the queue orders by tenant and priority class
+            self.keys.tenant = self.keys.priority = self.keys.more_headers = True
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -334,6 +339,26 @@ class Proxy:
             span.set_attribute("nebula.model_uid", entry.model_uid)
             span.set_attribute("nebula.policy", self._policy)
 
+        gate: ModelGate | None = None
+        if self.admission is not None:
+            try:
+                gate = await self.admission.acquire(entry.model_uid, keys.tenant, keys.priority)
+            except Shed as shed:
+                await self._reject(send, out, shed.status, shed.message,
+                                   [(b"retry-after", str(shed.retry_after).encode())],
+                                   code=shed.code)
+                return
+            entry = self.table.get(entry.model_uid) or entry  # replicas may have changed
+        try:
+            await self._forward(scope, data, body, send, out, span, req_id, keys, entry)
+        finally:
+            if gate is not None and self.admission is not None:
+                self.admission.release(gate)
+
+    async def _forward(self, scope: Scope, data: dict[str, object], body: bytes, send: Send,
+                       out: _Outcome, span: trace.Span | None, req_id: str, keys: RouteKeys,
+                       entry: ModelEntry) -> None:
+        """Send an admitted request to a replica (retries, then failover of a broken stream)."""
         if self.keys.body:
             self.keys.from_body(keys, data)
 

@@ -119,6 +119,9 @@ class GatewayState(abc.ABC):
     async def delete_response(self, response_id: str, owner: str) -> bool: ...
 
     # -- life -----------------------------------------------------------------------------
+    async def persist(self) -> None:  # noqa: B027  (a backend that writes behind says so)
+        """Write what is counted only in memory (called every second and at close)."""
+
     async def ping(self) -> None:  # noqa: B027  (optional: a backend that can fail says so)
         """Raise :class:`StateError` when the backend cannot be reached."""
 

@@ -168,6 +168,9 @@ class FailoverState(GatewayState):
             await asyncio.sleep(self.probe_interval)
             await self.recover_once()
 
+    async def persist(self) -> None:
+        await self.local.persist()
+
     async def ping(self) -> None:
         await self.primary.ping()
 

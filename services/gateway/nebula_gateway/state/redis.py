@@ -1,6 +1,8 @@
 """Redis backend (``--state-url redis://HOST:PORT[/DB]``): one store for many gateways.
 
-A reservation is one Lua script: it drops the expired holds of each counter, checks
+Calls made in one turn of the event loop go in one pipeline (a group commit: one round
+trip for many requests). A reservation is one Lua script: it drops the expired holds of
+each counter, checks
 ``used + held + amount <= limit`` on all of them and holds on all or none, so N gateways
 enforce one budget exactly (Redis runs a script alone). Settlement is another script.
 Each counter's keys carry the key hash as a hash tag (``{...}``): a key's counters sit in
@@ -26,6 +28,8 @@ from .base import GatewayState, ResponseLimits, StateError, UsageDelta, UsageRow
 NS = "nebula:gw"
 MAX_CONNECTIONS = 64
 """Connections to Redis one gateway opens at most (calls beyond wait for one)."""
+MAX_BATCH = 256
+"""Script calls sent in one pipeline at most."""
 POOL_WAIT_S = 5.0
 """How long a call waits for a free connection: a burst is not an outage."""
 KEEP_AFTER_S = 3600
@@ -115,6 +119,39 @@ class RedisState(GatewayState):
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
         self._read = self.client.register_script(READ)
+        self._queue: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def _batched(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script with every other one called in the same turn of the event loop:
+        one pipeline, one round trip (group commit); each caller gets its own result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((script, keys, args, future))
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run_batches())
+        return await future
+
+    async def _run_batches(self) -> None:
+        await asyncio.sleep(0)  # the calls made in this turn join the first batch
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args, _ in batch:
+                pipe.scripts.add(script)  # (loaded by the pipeline when Redis lacks it)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except ERRORS as exc:
+                results = [exc] * len(batch)
+            for (*_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # its caller went away
+                if isinstance(result, BaseException):
+                    future.set_exception(StateError(
+                        f"redis: {type(result).__name__}: {result}"))
+                else:
+                    future.set_result(result)
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
@@ -135,8 +172,7 @@ class RedisState(GatewayState):
         args: list[Any] = [hold_id, amount, repr(now), repr(expires)]
         for c in counters:
             args += [c.limit, repr(c.ends_at)]
-        result = await self._call("reserve", self._reserve(keys=self._layout(counters),
-                                                             args=args))
+        result = await self._batched(self._reserve, self._layout(counters), args)
         index = int(result[0])
         if index == 0:
             return None
@@ -144,9 +180,8 @@ class RedisState(GatewayState):
 
     async def settle(self, hold_id: str, counters: Sequence[Counter], charged: int,
                      now: float) -> None:
-        await self._call("settle", self._settle(
-            keys=self._layout(counters),
-            args=[hold_id, charged, *(repr(c.ends_at) for c in counters)]))
+        await self._batched(self._settle, self._layout(counters),
+                            [hold_id, charged, *(repr(c.ends_at) for c in counters)])
 
     async def add_used(self, counters: Sequence[Counter], tokens: int) -> None:
         await self._call("settle", self._settle(

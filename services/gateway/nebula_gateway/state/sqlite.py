@@ -1,8 +1,9 @@
 """SQLite backend: the embedded default, one file in the gateway's state directory.
 
-One gateway owns the file, so every call runs on the event loop's thread, each in one
-``BEGIN IMMEDIATE`` transaction (WAL, synchronous=NORMAL: a commit costs tens of
-microseconds and survives a crash of the process; a power loss may lose the last ones).
+One gateway owns the file (several gateways share Redis, not a file), so every call runs
+on the event loop's thread, each write in one ``BEGIN IMMEDIATE`` transaction (WAL,
+synchronous=NORMAL: a commit costs tens of microseconds and survives a crash of the
+process; a power loss may lose the last ones).
 ``:memory:`` gives the same behaviour without a file (the fail-open fallback of Redis).
 """
 
@@ -20,10 +21,6 @@ from .base import GatewayState, ResponseLimits, StateError, UsageDelta, UsageRow
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, used INTEGER NOT NULL,
                                      ends REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS holds (id TEXT NOT NULL, name TEXT NOT NULL,
-                                  amount INTEGER NOT NULL, expires REAL NOT NULL,
-                                  PRIMARY KEY (id, name));
-CREATE INDEX IF NOT EXISTS holds_by_name ON holds (name);
 CREATE TABLE IF NOT EXISTS usage (key TEXT NOT NULL, model TEXT NOT NULL,
                                   requests INTEGER NOT NULL, prompt INTEGER NOT NULL,
                                   completion INTEGER NOT NULL, PRIMARY KEY (key, model));
@@ -32,6 +29,8 @@ CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                       response BLOB NOT NULL, items BLOB NOT NULL);
 """
 STATE_FILE = "state.db"
+KEEP_AFTER_S = 3600
+"""How long a counter's row outlives its window."""
 
 
 class SqliteState(GatewayState):
@@ -53,7 +52,12 @@ class SqliteState(GatewayState):
         except (sqlite3.Error, OSError) as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from None
         self.bytes, self.count = int(row[0]), int(row[1])
-        self._prune_counters_at = 0.0
+        self._used: dict[str, int] = {}
+        self._ends: dict[str, float] = {}
+        self._holds: dict[str, dict[str, tuple[int, float]]] = {}
+        self._dirty: dict[str, tuple[int, float]] = {}
+        """Tokens counted since the last :meth:`persist`, by counter (with its end)."""
+        self._prune_at = 0.0
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
@@ -69,47 +73,95 @@ class SqliteState(GatewayState):
             raise StateError(f"state database {self.path}: {exc}") from None
 
     # -- tokens ---------------------------------------------------------------------------
-    def _used_reserved(self, db: sqlite3.Connection, name: str) -> tuple[int, int]:
-        used = db.execute("SELECT used FROM counters WHERE name = ?", (name,)).fetchone()
-        held = db.execute("SELECT COALESCE(SUM(amount), 0) FROM holds WHERE name = ?",
-                          (name,)).fetchone()
-        return (int(used[0]) if used else 0), int(held[0])
+    # One gateway owns the file, so it is the only writer: the counters it touched are
+    # mirrored in memory (read from the file once) and a reservation reads no row; what
+    # requests cost is written once a second (:meth:`persist`) and at close, so a crash of
+    # the process forgets at most the last second's tokens. Holds live in memory only: a
+    # restart ends this gateway's requests, and their holds with them.
+    def _used_of(self, counter: Counter) -> int:
+        used = self._used.get(counter.store_key)
+        if used is None:
+            try:
+                row = self.db.execute("SELECT used FROM counters WHERE name = ?",
+                                      (counter.store_key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StateError(f"state database {self.path}: {exc}") from None
+            used = self._used[counter.store_key] = int(row[0]) if row else 0
+            self._ends[counter.store_key] = counter.ends_at
+        return used
+
+    def _reserved_of(self, name: str, now: float) -> int:
+        holds = self._holds.get(name)
+        if not holds:
+            return 0
+        total = 0
+        for hold_id, (amount, expires) in list(holds.items()):
+            if expires <= now:
+                del holds[hold_id]  # its gateway request never settled: it has expired
+            else:
+                total += amount
+        return total
 
     async def reserve(self, hold_id: str, counters: Sequence[Counter], amount: int,
                       now: float, expires: float) -> Refusal | None:
-        with self._txn() as db:
-            db.execute("DELETE FROM holds WHERE expires <= ?", (now,))
-            if now >= self._prune_counters_at:
-                db.execute("DELETE FROM counters WHERE ends <= ?", (now,))
-                self._prune_counters_at = now + 60
-            for counter in counters:
-                used, reserved = self._used_reserved(db, counter.store_key)
-                if not admits(counter, used, reserved, amount):
-                    return Refusal(counter, used, reserved, amount)
-            db.executemany("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
-                           [(hold_id, c.store_key, amount, expires) for c in counters])
+        if now >= self._prune_at:
+            self._prune(now)
+        for counter in counters:
+            used = self._used_of(counter)
+            reserved = self._reserved_of(counter.store_key, now)
+            if not admits(counter, used, reserved, amount):
+                return Refusal(counter, used, reserved, amount)
+        for counter in counters:
+            self._holds.setdefault(counter.store_key, {})[hold_id] = (amount, expires)
         return None
 
-    def _add(self, db: sqlite3.Connection, counters: Sequence[Counter], tokens: int) -> None:
-        db.executemany("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
-                       "SET used = used + excluded.used",
-                       [(c.store_key, tokens, c.ends_at) for c in counters])
+    def _prune(self, now: float) -> None:
+        """Forget the windows that ended (memory), and the file's an hour after."""
+        for name in [n for n, ends in self._ends.items() if ends <= now]:
+            self._used.pop(name, None)
+            self._ends.pop(name, None)
+            if not self._holds.get(name):
+                self._holds.pop(name, None)
+        with self._txn() as db:
+            db.execute("DELETE FROM counters WHERE ends <= ?", (now - KEEP_AFTER_S,))
+        self._prune_at = now + 60
+
+    def _add(self, counters: Sequence[Counter], tokens: int) -> None:
+        """Count ``tokens`` now (memory, exact for the next reservation); written to the
+        file by the next :meth:`persist` (within a second: the gateway's flush loop)."""
+        for counter in counters:
+            self._used[counter.store_key] = self._used_of(counter) + tokens
+            self._dirty[counter.store_key] = (self._dirty.get(counter.store_key, (0, 0.0))[0]
+                                              + tokens, counter.ends_at)
+
+    async def persist(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        try:
+            with self._txn() as db:
+                db.executemany("INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(name) DO "
+                               "UPDATE SET used = used + excluded.used",
+                               [(name, tokens, ends) for name, (tokens, ends) in dirty.items()])
+        except StateError:
+            for name, (tokens, ends) in dirty.items():  # kept for the next try
+                self._dirty[name] = (self._dirty.get(name, (0, 0.0))[0] + tokens, ends)
+            raise
 
     async def settle(self, hold_id: str, counters: Sequence[Counter], charged: int,
                      now: float) -> None:
-        with self._txn() as db:
-            db.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
-            if charged:  # (also when the hold had expired: the tokens were served)
-                self._add(db, counters, charged)
+        for counter in counters:
+            holds = self._holds.get(counter.store_key)
+            if holds is not None:
+                holds.pop(hold_id, None)
+        if charged:  # (also when the hold had expired: the tokens were served)
+            self._add(counters, charged)
 
     async def add_used(self, counters: Sequence[Counter], tokens: int) -> None:
-        with self._txn() as db:
-            self._add(db, counters, tokens)
+        self._add(counters, tokens)
 
     async def counter(self, counter: Counter, now: float) -> tuple[int, int]:
-        with self._txn() as db:
-            db.execute("DELETE FROM holds WHERE expires <= ?", (now,))
-            return self._used_reserved(db, counter.store_key)
+        return self._used_of(counter), self._reserved_of(counter.store_key, now)
 
     # -- usage ----------------------------------------------------------------------------
     async def add_usage(self, delta: UsageDelta) -> None:
@@ -174,4 +226,7 @@ class SqliteState(GatewayState):
             return self.count < before
 
     async def close(self) -> None:
-        self.db.close()
+        try:
+            await self.persist()
+        finally:
+            self.db.close()
