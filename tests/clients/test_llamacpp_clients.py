@@ -10,35 +10,19 @@ import anthropic
 import httpx2
 import pytest
 
-from devtools.cluster import Cluster, free_port, http_get, wait_for
 from tests.clients.anthropic_schema import CheckingTransport
-from tests.support import needs
+from tests.support.smollm2 import MODEL, smollm2_cluster
 
 pytestmark = pytest.mark.llamacpp
 
-MODEL = "SmolLM2-135M-Instruct"
 TRANSPORT = CheckingTransport()
 
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[anthropic.Anthropic]:
-    needs.module("llama_cpp", "make llamacpp builds and installs llama-cpp-python")
-    cluster = Cluster(tmp_path_factory.mktemp("llamacpp-clients") / "run")
-    try:
-        cluster.start_etcd()
-        cluster.start_node("cpu-node")
-        _, router = cluster.start_router()
-        _, gateway = cluster.start_gateway([router])
-        cluster.start_scheduler(args=["--model-uid", "smollm2_135m", "--model-name", MODEL,
-                                      "--node-id", "cpu-node", "--engine", "llamacpp",
-                                      "--port", str(free_port())])
-        cluster.wait_ready("smollm2_135m", 1, timeout=180)
-        wait_for(lambda: MODEL.encode() in http_get(f"{gateway}/v1/models")[1], 20,
-                 "model listed by the gateway")
+    with smollm2_cluster(tmp_path_factory.mktemp("llamacpp-clients") / "run") as gateway:
         yield anthropic.Anthropic(base_url=gateway, api_key="unused", max_retries=0,
                                   timeout=120, http_client=httpx2.Client(transport=TRANSPORT))
-    finally:
-        cluster.stop_all(grace=10)
 
 
 ASK: Any = [{"role": "user", "content": "What is the capital of France?"}]

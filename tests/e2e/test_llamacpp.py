@@ -7,34 +7,17 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from devtools.cluster import Cluster, free_port, wait_for
-from tests.support import needs
+from tests.support.smollm2 import MODEL, smollm2_cluster
 
 pytestmark = pytest.mark.llamacpp
 
-MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    needs.module("llama_cpp", "make llamacpp builds and installs llama-cpp-python")
-    cluster = Cluster(tmp_path_factory.mktemp("llamacpp") / "run")
-    try:
-        cluster.start_etcd()
-        cluster.start_node("cpu-node")
-        _, router = cluster.start_router()
-        _, gateway = cluster.start_gateway([router])
-        cluster.start_scheduler(args=["--model-uid", "smollm2_135m", "--model-name", MODEL,
-                                      "--node-id", "cpu-node", "--engine", "llamacpp",
-                                      "--port", str(free_port())])
-        cluster.wait_ready("smollm2_135m", 1, timeout=180)
-        client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0,
-                               timeout=120)
-        wait_for(lambda: any(m.id == MODEL for m in client.models.list().data), 20,
-                 "model listed by the gateway")
-        yield client
-    finally:
-        cluster.stop_all(grace=10)
+    with smollm2_cluster(tmp_path_factory.mktemp("llamacpp") / "run") as gateway:
+        yield openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0,
+                            timeout=120)
 
 
 def test_chat_answer_from_the_real_model(smol: openai.OpenAI) -> None:

@@ -3,10 +3,10 @@
 etcd holds the cluster's truth (an engine's command line, an upstream URL), so with auth on
 each role gets only the key ranges it needs (docs/security.md):
 
-* router: reads placements, endpoints, stats and nodes; writes nothing;
+* router: reads placements, endpoints, stats and nodes; writes its queue signal (queues);
 * node: reads placements, models and cordons; writes nodes, endpoints and stats;
 * scheduler (and the operator CLI run inside its container): writes models, placements,
-  cordons, API keys and the election key; reads nodes, endpoints and stats;
+  cordons, API keys and the election key; reads nodes, endpoints, stats and queues;
 * gateway: reads API keys (``--watch-keys``); writes nothing.
 
 This module is the table (pure); applying it to a cluster
@@ -61,7 +61,8 @@ def grants(keys: Keys) -> dict[str, tuple[Grant, ...]]:
     read, write = Perm.READ, Perm.READWRITE
     return {
         ROUTER: (Grant(keys.placements, read), Grant(keys.endpoints, read),
-                 Grant(keys.stats, read), Grant(keys.nodes, read)),
+                 Grant(keys.stats, read), Grant(keys.nodes, read),
+                 Grant(keys.queues, write)),
         NODE: (Grant(keys.placements, read), Grant(keys.models, read),
                Grant(keys.cordons, read), Grant(keys.nodes, write),
                Grant(keys.endpoints, write), Grant(keys.stats, write)),
@@ -69,6 +70,6 @@ def grants(keys: Keys) -> dict[str, tuple[Grant, ...]]:
                     Grant(keys.cordons, write), Grant(election_prefix(keys), write),
                     Grant(keys.api_keys, write),
                     Grant(keys.nodes, read), Grant(keys.endpoints, read),
-                    Grant(keys.stats, read)),
+                    Grant(keys.stats, read), Grant(keys.queues, read)),
         GATEWAY: (Grant(keys.api_keys, read),),
     }

@@ -40,6 +40,11 @@ class Keys:
         return f"{self.prefix}/stats/"
 
     @property
+    def queues(self) -> str:
+        """Routers' :class:`~nebula_common.records.QueueSignal`, one per router, leased."""
+        return f"{self.prefix}/queues/"
+
+    @property
     def cordons(self) -> str:
         return f"{self.prefix}/cordon/"
 
@@ -69,6 +74,9 @@ class Keys:
     def api_key(self, key_id: str) -> str:
         """An :class:`~nebula_common.records.ApiKey` by its id (a prefix of its sha256)."""
         return f"{self.api_keys}{key_id}"
+
+    def queue(self, router_id: str) -> str:
+        return f"{self.queues}{router_id}"
 
     def endpoint(self, model_uid: str, replica_id: str) -> str:
         return f"{self.endpoints}{model_uid}/{replica_id}"

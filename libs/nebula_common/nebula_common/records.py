@@ -252,6 +252,11 @@ class ModelSpec(Record):
     created_at: float = field(default_factory=time.time)
     trust_remote_code: bool = False
     """Lets the engine run code from the model's repository (vLLM's --trust-remote-code)."""
+    min_replicas: int = 0
+    max_replicas: int = 0
+    """Autoscaling bounds (``nebula deploy --min/--max``): with ``max_replicas`` > 0 the
+    scheduler chooses the count within them from the routers' queues (``replicas`` is then
+    only the starting count); 0 = off, ``replicas`` is pinned (``nebula scale``)."""
 
 
 @dataclass
@@ -386,6 +391,31 @@ class EndpointStats(Record):
     waiting: float = 0.0
     kv_cache_usage: float = 0.0
     prefix_cache_hit_rate: float = 0.0
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ModelQueueLoad(Record):
+    """One model's admission queue in one router (part of :class:`QueueSignal`)."""
+
+    KIND: ClassVar[str] = "ModelQueueLoad"
+
+    waiting: int = 0
+    admitted: int = 0
+    """Requests this router has dispatched and not finished."""
+    oldest_wait_s: float = 0.0
+    max_running_per_replica: int = 0
+
+
+@dataclass
+class QueueSignal(Record):
+    """A router's queues, aggregated, at most once a second, under the router's lease
+    (``Keys.queue(router_id)``): what the scheduler's autoscaler reads."""
+
+    KIND: ClassVar[str] = "QueueSignal"
+
+    router_id: str
+    models: dict[str, ModelQueueLoad] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
 
 

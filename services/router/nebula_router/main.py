@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import socket
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
@@ -14,11 +15,12 @@ from nebula_common.config import Parser, add_common_flags, etcd_config, fail, ke
 from nebula_common.logs import setup_logging
 from nebula_common.openai_errors import error_json
 from nebula_common.service import add_http_server_flag, run_app
-from nebula_common.store import EtcdStore
+from nebula_common.store import EtcdStore, LeaseKeeper
 from nebula_common.tasks import TaskSet
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
 
 from .admission import Admission, QueueConfig
+from .admission.signal import SignalPublisher
 from .app import RouterApp, build_quart
 from .failover import DEFAULT_LIMIT
 from .policy import POLICIES, OutlierPolicy, Pipeline, PolicyError, Settings, load_profile
@@ -91,6 +93,9 @@ def build_parser() -> Parser:
                     "else 503 queue_timeout")
     p.add_flag("--queue-aging", default=10.0, type=float,
                help="admission queue: seconds waited per class a request is lifted (0 = none)")
+    p.add_flag("--router-id", default=None,
+               help="this router's name in its queue signal (/queues/<id>); default "
+                    "host-pid")
     p.add_flag("--no-replica-header", action="store_true",
                help="do not add x-nebula-replica to responses")
     add_http_server_flag(p)
@@ -148,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
             fail(PROG, f"--queue-timeout/--queue-max/--queue-aging: {exc}")
         admission = Admission(args.max_running_per_replica, queue_cfg, table.get)
     tasks = TaskSet("router")
+    publisher: SignalPublisher | None = None
+    if admission is not None:
+        router_id = args.router_id or f"{socket.gethostname()}-{os.getpid()}"
+        publisher = SignalPublisher(admission, LeaseKeeper(store, ttl=5, tasks=tasks),
+                                    keys(args), router_id)
     proxy = Proxy(table, pipeline, ProxyConfig(
         max_retries=max(args.max_retries, 0), max_body_bytes=args.max_body_bytes,
         body_timeout=args.body_timeout, connect_timeout=args.connect_timeout,
@@ -167,12 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         table.start()
         if admission is not None:
             tasks.supervise("admission-tick", admission.run)
+        if publisher is not None:
+            tasks.supervise("queue-signal", publisher.run)
         log.info("router listening on %s, policy %s, etcd %s", args.listen, pipeline.name,
                  ",".join(cfg.endpoints))
         log.info("routing policy %s", json.dumps(pipeline.describe(), separators=(",", ":")))
 
     async def after() -> None:
         await tasks.close()
+        if publisher is not None:
+            await publisher.stop()
         await table.stop()
         await proxy.close()
         await store.close()

@@ -66,7 +66,12 @@ def build_parser() -> Parser:
     d.add_argument("model_uid")
     d.add_argument("--model", required=True, help="model name (e.g. a Hugging Face id)")
     d.add_argument("--engine", required=True, choices=list(ENGINES))
-    d.add_argument("--replicas", type=int, default=1)
+    d.add_argument("--replicas", type=int, default=None,
+                   help="replica count (default 1; with --max: the starting count)")
+    d.add_argument("--min", type=int, default=None, dest="min_replicas",
+                   help="autoscale: at least this many replicas (0: scale to zero when idle)")
+    d.add_argument("--max", type=int, default=0, dest="max_replicas",
+                   help="autoscale up to this many replicas on the routers' queues (0: off)")
     d.add_argument("--gpus-per-replica", type=int, default=0)
     d.add_argument("--gpu-memory-mb", type=int, default=0)
     d.add_argument("--port", type=int, default=10814, help="engine port of the first replica")
@@ -77,7 +82,7 @@ def build_parser() -> Parser:
     d.add_argument("--wait", action="store_true", help="wait until every replica is ready")
     d.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits")
 
-    sc = command("scale", "change a model's replica count")
+    sc = command("scale", "set a model's replica count (pins it: autoscaling off)")
     sc.add_argument("model_uid")
     sc.add_argument("replicas", type=int)
     sc.add_argument("--wait", action="store_true", help="wait until that many are ready")
@@ -174,7 +179,11 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
             "model_uid": uid,
             "model_name": spec.model_name if spec else (plan.model_name if plan else ""),
             "engine": spec.engine if spec else (plan.engine if plan else ""),
-            "desired": spec.replicas if spec else 0,
+            # Autoscaled: what the leader's autoscaler asked for is what the plan holds.
+            "desired": (len(assignments) + len(plan.unplaced) if spec and spec.max_replicas
+                        and plan else spec.replicas if spec else 0),
+            "autoscale": [spec.min_replicas, spec.max_replicas]
+            if spec and spec.max_replicas else None,
             "placed": len(assignments),
             "ready": len(ready_replicas(plan, view.endpoints)) if plan else 0,
             "plan_version": plan.version if plan else 0,
@@ -196,6 +205,8 @@ def render_status(data: dict[str, Any]) -> str:
         [[m["model_uid"], m["model_name"], m["engine"],
           f"{m['desired']}/{m['placed']}/{m['ready']}"
           + (" (undeploying)" if m["undeploying"] else "")
+          + (f" (autoscale {m['autoscale'][0]}..{m['autoscale'][1]}"
+             + (", scaled to zero)" if m["desired"] == 0 else ")") if m.get("autoscale") else "")
           + (" (stored plan invalid)" if m["plan_invalid"] else ""), str(m["plan_version"])]
          for m in data["models"]],
     )
@@ -234,7 +245,24 @@ async def cmd_status(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> 
     print(json.dumps(data, indent=2) if args.json else render_status(data))
 
 
+def _scale_bounds(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(replicas, min, max) from deploy's flags; CliError when they do not fit."""
+    hi = args.max_replicas
+    lo = args.min_replicas if args.min_replicas is not None else min(1, hi)
+    if hi < 0 or lo < 0:
+        raise CliError("--min and --max must be >= 0")
+    if hi == 0 and args.min_replicas is not None:
+        raise CliError("--min needs --max (the autoscaler's upper bound)")
+    if hi and lo > hi:
+        raise CliError(f"--min {lo} is above --max {hi}")
+    replicas = args.replicas if args.replicas is not None else (max(lo, 1) if hi else 1)
+    if hi and not lo <= replicas <= hi:
+        raise CliError(f"--replicas {replicas} is outside --min {lo} .. --max {hi}")
+    return replicas, lo, hi
+
+
 async def cmd_deploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> None:
+    args.replicas, lo, hi = _scale_bounds(args)
     if args.replicas < 0 or args.gpus_per_replica < 0:
         raise CliError("--replicas and --gpus-per-replica must be >= 0")
     if not 1 <= args.port <= 65535:
@@ -247,7 +275,8 @@ async def cmd_deploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> 
                      replicas=args.replicas, engine_args=engine_args,
                      gpus_per_replica=args.gpus_per_replica, gpu_memory_mb=args.gpu_memory_mb,
                      port=args.port, node_ids=list(args.node),
-                     trust_remote_code=args.trust_remote_code)
+                     trust_remote_code=args.trust_remote_code, min_replicas=lo,
+                     max_replicas=hi)
     specs = (await ClusterView.read(store, keys)).specs
     conflict = identity_conflict(spec.model_uid, spec.model_name, specs.values())
     if conflict:
@@ -257,7 +286,7 @@ async def cmd_deploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> 
         spec.created_at = existing.created_at
     await store.put(keys.model(spec.model_uid), spec.to_json())
     print(f"deployed: key={keys.model(spec.model_uid)} engine={spec.engine} "
-          f"replicas={spec.replicas}", flush=True)
+          f"replicas={spec.replicas}" + (f" autoscale={lo}..{hi}" if hi else ""), flush=True)
     if args.wait:
         await _wait_ready(store, keys, spec.model_uid, spec.replicas, args.timeout)
 
@@ -283,6 +312,7 @@ async def cmd_scale(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> N
             raise CliError(f"stored spec of {args.model_uid!r} is invalid: {exc}") from None
         old = spec.replicas
         spec.replicas = args.replicas
+        spec.min_replicas = spec.max_replicas = 0  # a count set by hand is pinned
         if await store.put_if_revision(key, spec.to_json(), current.mod_revision):
             print(f"scaled: {args.model_uid} {old} -> {args.replicas}", flush=True)
             break

@@ -32,6 +32,12 @@ PLAN_WRITES = Counter(
     ["result"],
 )
 LEADER = Gauge("nebula_scheduler_leader", "1 while this scheduler is the elected leader")
+AUTOSCALE_EVENTS = Counter(
+    "nebula_scheduler_autoscale_events_total",
+    "Replica count changes made by the autoscaler, by direction (out, in)", ["direction"])
+AUTOSCALE_TARGET = Gauge(
+    "nebula_scheduler_autoscale_target_replicas",
+    "The autoscaler's replica count for each autoscaled model (max_replicas > 0)", ["model"])
 
 
 def set_model_replicas(model_uid: str, desired: int, placed: int, ready: int) -> None:
@@ -47,6 +53,10 @@ def forget_model(model_uid: str) -> None:
             REPLICAS.remove(model_uid, state)
         except KeyError:
             pass
+    try:
+        AUTOSCALE_TARGET.remove(model_uid)
+    except KeyError:
+        pass
 
 
 # Every label value exists from the start, so a rate() over them never sees a gap.

@@ -33,6 +33,7 @@ from nebula_common.store import EtcdStore, Fence, FenceLost, PrefixMirror
 from nebula_common.tasks import TaskSet
 
 from . import metrics
+from .autoscaler import Autoscaler
 from .placement import PlacementResult, place
 from .view import ClusterView, ViewDecoder
 
@@ -232,8 +233,11 @@ class Reconciler:
     def __init__(self, store: EtcdStore, keys: Keys, *, grace: float,
                  is_leader: Callable[[], bool], interval: float = 1.0,
                  debounce: float = 0.05, tasks: TaskSet | None = None,
-                 fence: Callable[[], Fence | None] | None = None):
+                 fence: Callable[[], Fence | None] | None = None,
+                 autoscaler: Autoscaler | None = None):
         self.store = store
+        self.autoscaler = autoscaler if autoscaler is not None else Autoscaler()
+        """Sets the count of models with ``max_replicas`` > 0 from /queues/ (docs/overload.md)."""
         self.keys = keys
         self.grace = grace
         self.is_leader = is_leader
@@ -248,7 +252,9 @@ class Reconciler:
         self.placements = PrefixMirror(store, keys.placements, "placements", tasks)
         self.endpoints = PrefixMirror(store, keys.endpoints, "endpoints", tasks)
         self.cordons = PrefixMirror(store, keys.cordons, "cordons", tasks)
-        self.mirrors = [self.models, self.nodes, self.placements, self.endpoints, self.cordons]
+        self.queues = PrefixMirror(store, keys.queues, "queues", tasks)
+        self.mirrors = [self.models, self.nodes, self.placements, self.endpoints, self.cordons,
+                        self.queues]
         self.last_seen: dict[str, float] = {}
         self._present: set[str] = set()
         # Plans we wrote that our placements mirror may not show yet: uid -> (value,
@@ -324,6 +330,8 @@ class Reconciler:
         view = self.view()
         for node_id in view.nodes:
             self.last_seen[node_id] = now
+        self.autoscaler.apply(view, self.autoscaler.signals(self.queues.items),
+                              time.monotonic())
         for plan in view.plans.values():
             for a in plan.assignments:
                 # First time we hear of a node only through a plan: its grace starts now.

@@ -19,9 +19,11 @@ from nebula_common.records import (
     EndpointState,
     EndpointStats,
     GpuInfo,
+    ModelQueueLoad,
     ModelSpec,
     NodeStatus,
     PlacementPlan,
+    QueueSignal,
     Record,
     RecordCache,
     RecordError,
@@ -108,6 +110,10 @@ VALID: dict[type[Record], dict[str, Any]] = {
     EndpointStats: {"running": 1.0, "waiting": 0.0, "kv_cache_usage": 0.5,
                     "prefix_cache_hit_rate": 0.25, "updated_at": 5.0},
     Cordon: {"node_id": "n1", "cordoned_at": 6.0},
+    ModelQueueLoad: {"waiting": 3, "admitted": 8, "oldest_wait_s": 1.5,
+                     "max_running_per_replica": 8},
+    QueueSignal: {"router_id": "r-1", "models": {"m": {"waiting": 1, "admitted": 2}},
+                  "updated_at": 7.0},
 }
 
 
@@ -127,6 +133,9 @@ def wrong_values(annotation: Any) -> list[Any]:
     if origin is list:
         (item,) = typing.get_args(annotation)
         return [5, "abc", {"a": 1}, *[[bad] for bad in wrong_values(item)[:1]]]
+    if origin is dict:
+        _, value = typing.get_args(annotation)
+        return [5, "abc", [1], *[{"k": bad} for bad in wrong_values(value)[:1]]]
     if isinstance(annotation, type) and issubclass(annotation, Record):
         return [5, "x", [], {}]
     raise AssertionError(f"no wrong values for {annotation!r}: extend this test")

@@ -188,3 +188,31 @@ async def test_fail_closed_refuses_while_redis_is_down(tmp_path: Path) -> None:
     with pytest.raises(StateError):
         await state.get_response("r", "o", now)
     await state.close()
+
+
+async def test_redis_that_lost_its_scripts_gets_them_again(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    state = RedisState(redis_server.url, LIMITS)
+    now = time.time()
+    c = counter(100)
+    assert await state.reserve("h1", [c], 10, now, now + 60) is None
+    await state.client.script_flush()  # (as a restarted Redis without them)
+    results = await asyncio.gather(*(state.reserve(f"h{i}", [c], 10, now, now + 60)
+                                     for i in range(2, 6)))
+    assert results == [None] * 4
+    await state.settle("h1", [c], 3, now)
+    assert await state.counter(c, now) == (3, 40)
+    await state.close()
+
+
+async def test_sqlite_writes_counters_behind_and_a_reader_sees_them(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    writer = SqliteState(path, LIMITS)
+    now = time.time()
+    c = counter(100)
+    await writer.settle("h", [c], 9, now)
+    assert await writer.counter(c, now) == (9, 0)  # exact for the next reservation at once
+    assert await SqliteState(path, LIMITS).counter(c, now) == (0, 0)  # not yet on disk
+    await writer.persist()  # (the gateway's flush loop, every second)
+    assert await SqliteState(path, LIMITS).counter(c, now) == (9, 0)
+    await writer.close()

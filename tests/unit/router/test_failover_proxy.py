@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,22 +19,11 @@ from nebula_common.records import Endpoint, EndpointState
 from nebula_router import metrics
 from nebula_router.policy import Pipeline
 from nebula_router.proxy import Proxy
-from tests.unit.router.test_proxy_engine import Engine, body_of, engine  # noqa: F401
+from tests.unit.router.test_proxy_engine import Engine, body_of, engine, proxy  # noqa: F401
 from tests.unit.router.test_proxy_parts import call, load, make_proxy
 
 WORDS = [" the", " nebula", " routes", " every", " request", " to", " a", " ready"]
 MESSAGES = [{"role": "user", "content": "q"}]
-
-
-@pytest.fixture
-async def proxy(engine: Engine) -> AsyncIterator[Proxy]:  # noqa: F811
-    p = make_proxy(Pipeline.build("round_robin"), retry_initial_s=0.0, retry_max_s=0.0)
-    load(p.table, *(Endpoint("m1", "m1", str(i), "n1", engine.url, "sim") for i in range(2)))
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def chunk(cid: str, delta: dict[str, Any], finish: str | None = None) -> bytes:

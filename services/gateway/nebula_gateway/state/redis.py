@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..budget import Counter, Refusal
 from ..response_store import StoredResponse
@@ -136,14 +136,16 @@ class RedisState(GatewayState):
         await asyncio.sleep(0)  # the calls made in this turn join the first batch
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                pipe.scripts.add(script)  # (loaded by the pipeline when Redis lacks it)
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except ERRORS as exc:
-                results = [exc] * len(batch)
+            results = await self._pipeline(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                # a Redis that restarted (or flushed its scripts): load them, once
+                try:
+                    for script in {id(b[0]): b[0] for b in batch}.values():
+                        script.sha = await self.client.script_load(script.script)
+                except ERRORS as exc:
+                    results = [exc] * len(batch)
+                else:
+                    results = await self._pipeline(batch)
             for (*_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue  # its caller went away
@@ -152,6 +154,19 @@ class RedisState(GatewayState):
                         f"redis: {type(result).__name__}: {result}"))
                 else:
                     future.set_result(result)
+
+    async def _pipeline(self, batch: list[tuple[Any, list[str], list[Any],
+                                                asyncio.Future[Any]]]) -> list[Any]:
+        """One round trip for the batch; an error per call (never raised) where one failed.
+        (EVALSHA only: asking Redis whether it has the scripts would cost a round trip.)"""
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        try:
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        except ERRORS as exc:
+            return [exc] * len(batch)
+        return results
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:

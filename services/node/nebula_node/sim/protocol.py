@@ -370,12 +370,14 @@ class ResponsesFormat(TextFormat):
         self.seq += 1
         return _event(obj)
 
+    def _opening(self) -> list[bytes]:
+        """``response.created`` and ``response.in_progress``: every stream starts so."""
+        return [self._next({"type": kind, "response": self.response("in_progress", [], None)})
+                for kind in ("response.created", "response.in_progress")]
+
     def head(self) -> list[bytes]:
         return [
-            self._next({"type": "response.created",
-                        "response": self.response("in_progress", [], None)}),
-            self._next({"type": "response.in_progress",
-                        "response": self.response("in_progress", [], None)}),
+            *self._opening(),
             self._next({"type": "response.output_item.added", "output_index": 0,
                         "item": self.message(None, "in_progress")}),
             self._next({"type": "response.content_part.added", "item_id": self.item_id,

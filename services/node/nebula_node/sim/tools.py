@@ -484,13 +484,7 @@ class ToolResponsesFormat(ResponsesFormat):
                               "item": self.item(k, arguments, "completed")}))
 
     def head(self) -> list[bytes]:
-        return [
-            self._next({"type": "response.created",
-                        "response": self.response("in_progress", [], None)}),
-            self._next({"type": "response.in_progress",
-                        "response": self.response("in_progress", [], None)}),
-            self._added(0),
-        ]
+        return [*self._opening(), self._added(0)]
 
     def token_frame(self, token: str, index: int) -> bytes:
         owner, piece = self.calls.pieces[index]
