@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from devtools.cluster import Cluster, http_get, http_post_json, wait_for
+from nebula_common.keys import Keys
+from nebula_common.records import QueueSignal
 from tests.e2e.test_router_support import metric_value, start_sims, wait_router_sees
 
 MODEL = "Org/Queue-Chat"
@@ -39,13 +41,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         start_sims(cluster, UID, MODEL, 1, "--itl-ms", "25", "--output-tokens", "60")
         common = ["--max-running-per-replica", "1", "--queue-aging", "0"]
-        _, router = cluster.start_router("router-q", args=[*common, "--queue-max", "3",
+        _, router = cluster.start_router("router-q", args=[*common, "--router-id", "rq",
+                                                           "--queue-max", "3",
                                                            "--queue-timeout", "30,30,30"])
         _, short = cluster.start_router("router-short", args=[
             *common, "--queue-timeout", "0.5,0.5,0.5"])
         for url in (router, short):
             wait_router_sees(url, UID, 1)
-        yield {"router": router, "short": short}
+        yield {"router": router, "short": short, "cluster": cluster}
     finally:
         cluster.stop_all(grace=5)
 
@@ -190,3 +193,34 @@ def test_disconnect_while_queued_leaves_the_queue(env: dict[str, Any]) -> None:
                         reason="cancelled") == before + 1
     join([blocker])
     assert admitted(router) == 0
+
+
+def stored_signal(cluster: Cluster, router_id: str) -> QueueSignal | None:
+    async def get(store: Any) -> QueueSignal | None:
+        kv = await store.get(Keys(cluster.prefix).queue(router_id))
+        if kv is None:
+            return None
+        assert kv.lease, "the signal is written under the router's lease"
+        return QueueSignal.from_json(kv.value)
+    return cluster.with_store(get)
+
+
+def test_queue_signal_reaches_etcd_under_the_routers_lease(env: dict[str, Any]) -> None:
+    router, cluster = env["router"], env["cluster"]
+    queued = [Client(router, f"s{i}") for i in range(2)]
+    blocker = start_blocked(router, queued)
+
+    def busy() -> QueueSignal | None:
+        sig = stored_signal(cluster, "rq")
+        load = sig.models.get(UID) if sig is not None else None
+        return sig if load is not None and load.waiting == 2 and load.admitted == 1 else None
+
+    sig = wait_for(busy, 5, "the signal shows 2 waiting, 1 admitted")
+    assert sig.models[UID].max_running_per_replica == 1
+    join([blocker, *queued])
+
+    def idle() -> bool:
+        sig = stored_signal(cluster, "rq")
+        return sig is not None and sig.models[UID].waiting == 0 == sig.models[UID].admitted
+
+    wait_for(idle, 5, "the signal shows the queue empty again")

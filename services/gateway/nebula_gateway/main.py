@@ -95,7 +95,7 @@ def build_parser() -> Parser:
                     help="how much longer the last model list is served while no router "
                          "answers GET /v1/models")
     parser.add_flag("--store-responses", default=1024, type=int,
-                    help="responses kept in memory for previous_response_id (0 = none)")
+                    help="responses kept for previous_response_id, in the state store (0 = none)")
     parser.add_flag("--response-store-bytes", default=STORE_BYTES, type=int,
                     help="bytes of stored responses kept in all (the oldest go first)")
     parser.add_flag("--response-entry-bytes", default=ENTRY_BYTES, type=int,

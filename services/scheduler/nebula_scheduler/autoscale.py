@@ -32,6 +32,16 @@ class ScaleConfig:
     in_utilisation: float = 0.5
     idle_to_zero_s: float = 300.0
 
+    @classmethod
+    def parse(cls, text: str) -> ScaleConfig:
+        """``OUT_AFTER,OUT_COOLDOWN,IN_AFTER,IN_COOLDOWN,IDLE_TO_ZERO`` seconds (the
+        scheduler's ``--autoscale-timing``); ValueError when malformed."""
+        parts = [float(x) for x in text.split(",")]
+        if len(parts) != 5 or min(parts) < 0:
+            raise ValueError(f"expected 5 non-negative seconds, got {text!r}")
+        out_after, out_cool, in_after, in_cool, idle = parts
+        return cls(out_after, out_cool, in_after, in_cool, 0.5, idle)
+
 
 @dataclass(frozen=True, slots=True)
 class Load:

@@ -31,6 +31,8 @@ from nebula_common.store import EtcdStore, LeaseKeeper, StoreUnavailable
 from nebula_common.tasks import TaskSet
 from nebula_common.tracing import setup_tracing, shutdown_tracing
 
+from .autoscale import ScaleConfig
+from .autoscaler import Autoscaler
 from .election import Election
 from .placement import DEFAULT_GRACE_S
 from .reconciler import Reconciler, reconcile_view
@@ -61,6 +63,11 @@ def build_parser() -> Parser:
     p.add_flag("--lease-ttl", default=5, type=int, help="election lease TTL in seconds")
     p.add_flag("--etcd-wait", default=30.0, type=float,
                help="seconds to keep trying an unreachable etcd at start")
+    p.add_flag("--autoscale-timing", default="10,30,60,60,300",
+               metavar="OUT_AFTER,OUT_COOLDOWN,IN_AFTER,IN_COOLDOWN,IDLE_TO_ZERO",
+               help="autoscaler seconds: queue sustained before a scale-out, pause after "
+                    "one, calm sustained before a scale-in, pause after one, idle before "
+                    "the last replica of a --min 0 model stops (docs/overload.md)")
     p.add_flag("--once", action="store_true", help="place the model and exit")
     return p
 
@@ -176,7 +183,8 @@ class SchedulerService:
                                             tasks=self.tasks)
         reconciler = self.reconciler = Reconciler(
             self.store, self.keys, grace=self.args.reschedule_grace,
-            is_leader=lambda: election.leader, fence=election.fence, tasks=self.tasks)
+            is_leader=lambda: election.leader, fence=election.fence, tasks=self.tasks,
+            autoscaler=Autoscaler(ScaleConfig.parse(self.args.autoscale_timing)))
         reconciler.start()
         self.tasks.supervise("election", lambda: election.run(self.stop), restart=False)
         self.tasks.supervise("reconcile", lambda: reconciler.run(self.stop))
@@ -222,6 +230,10 @@ def build_app(service: SchedulerService) -> Quart:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        ScaleConfig.parse(args.autoscale_timing)
+    except ValueError as exc:
+        fail(PROG, f"--autoscale-timing: {exc}")
     setup_logging("scheduler", args.log_level, args.log_format)
     setup_tracing("scheduler")
     keys = make_keys(args)

@@ -3,6 +3,8 @@ hysteresis (no flapping under a steady load), bounds, scale to zero and the wake
 
 from __future__ import annotations
 
+import pytest
+
 from nebula_scheduler.autoscale import Load, ScaleConfig, ScaleState, decide
 
 CFG = ScaleConfig(out_after_s=10, out_cooldown_s=30, in_after_s=60, in_cooldown_s=60,
@@ -91,3 +93,12 @@ def test_scale_to_zero_after_idle_and_wake_at_once() -> None:
 def test_min_zero_without_max_never_wakes() -> None:
     state = ScaleState(target=0)
     assert decide(state, 0, 0, Load(waiting=3), 0, CFG)[0] == 0
+
+
+def test_timing_flag_parses_and_refuses_garbage() -> None:
+    cfg = ScaleConfig.parse("1,2,3,4,5")
+    assert (cfg.out_after_s, cfg.out_cooldown_s, cfg.in_after_s, cfg.in_cooldown_s,
+            cfg.idle_to_zero_s) == (1, 2, 3, 4, 5)
+    for bad in ("1,2,3", "a,b,c,d,e", "1,2,3,4,-5"):
+        with pytest.raises(ValueError):
+            ScaleConfig.parse(bad)

@@ -1,0 +1,110 @@
+"""Autoscaling end to end: a node agent (sim engine), the scheduler, a queueing router.
+
+`nebula deploy --min 1 --max 2` under a load that needs 2 replicas: the router's queue
+signal reaches the scheduler through etcd, it scales out to 2 with no failed request, and
+back to 1 once the load stops. Then `--min 0`: the model goes to zero after the idle
+period, and the next requests are held by the router while a replica starts, then served.
+Timings are shortened with the scheduler's ``--autoscale-timing``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from devtools.cluster import Cluster, http_post_json, wait_for
+from tests.e2e.test_node_lifecycle import require_binaries
+
+UID = "auto"
+MODEL = "nebula/auto"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+
+
+def placed(cluster: Cluster) -> int:
+    plan = cluster.etcd_items("/placements/").get(f"/placements/{UID}") or {}
+    return len(plan.get("assignments", []))
+
+
+def ready(cluster: Cluster) -> int:
+    return len(cluster.ready_endpoints(UID))
+
+
+class Load:
+    """``n`` clients sending requests back to back to the router until stopped."""
+
+    def __init__(self, router: str, n: int):
+        self.router = router
+        self.statuses: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            status, body = http_post_json(f"{self.router}/v1/chat/completions", CHAT,
+                                          timeout=90)
+            self.statuses.append(status)
+            if status != 200:
+                self.errors.append(body[:200].decode("utf-8", "replace"))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+
+def deploy(cluster: Cluster, *bounds: str) -> None:
+    done = cluster.nebula("deploy", UID, "--model", MODEL, "--engine", "sim", *bounds,
+                          "--port", str(21000 + os.getpid() % 20000), "--engine-args",
+                          "--ttft-ms 5 --itl-ms 50 --output-tokens 20", timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_scale_out_in_and_to_zero(cluster: Cluster) -> None:
+    require_binaries("nebula-node", "nebula-sim", "nebula-scheduler", "nebula-router", "nebula")
+    cluster.start_node("n1", args=["--lease-ttl", "2"])
+    cluster.start_scheduler(args=["--lease-ttl", "2", "--autoscale-timing", "2,3,4,2,6"])
+    _, router = cluster.start_router(args=["--max-running-per-replica", "2"])
+    deploy(cluster, "--min", "1", "--max", "2")
+    wait_for(lambda: ready(cluster) == 1, 60, "1 ready replica")
+
+    # 6 clients on 2 slots: a queue that lasts; 2 replicas are needed (the max).
+    with Load(router, 6) as load:
+        wait_for(lambda: placed(cluster) == 2 and ready(cluster) == 2, 90,
+                 "scaled out to 2 ready replicas")
+        time.sleep(2)  # served on both for a while
+    assert load.statuses and not load.errors, load.errors[:3]
+    assert set(load.statuses) == {200}
+
+    wait_for(lambda: placed(cluster) == 1, 60, "scaled back in to 1 after the load stopped")
+    status = cluster.nebula("status")
+    assert "(autoscale 1..2)" in status.stdout, status.stdout
+
+    deploy(cluster, "--min", "0", "--max", "2")
+    wait_for(lambda: placed(cluster) == 0, 60, "scaled to zero after the idle period")
+    wait_for(lambda: ready(cluster) == 0, 30, "no replica left")
+    assert "scaled to zero" in cluster.nebula("status").stdout
+
+    # The next requests are held while a replica is placed and started, then served.
+    results: list[tuple[int, float]] = []
+
+    def one() -> None:
+        started = time.monotonic()
+        status, _ = http_post_json(f"{router}/v1/chat/completions", CHAT, timeout=90)
+        results.append((status, time.monotonic() - started))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert [s for s, _ in results] == [200, 200, 200], results
+    wake_s = max(d for _, d in results)
+    print(f"wake from zero served 3 held requests in {wake_s:.1f}s")  # reported by -s
+    assert placed(cluster) >= 1
