@@ -96,39 +96,50 @@ def checker_for(path: str, status: int, streamed: bool,
     return check
 
 
+class _Body:
+    """A response body as it comes; checked once, when it has all come or is closed.
+
+    The ``openai`` SDK reads a stream up to ``[DONE]`` and then drains the rest by iterating
+    the raw stream anew, so what came is kept here rather than in one iteration."""
+
+    def __init__(self, check: Callable[[bytes], None]) -> None:
+        self.check, self.body, self.checked = check, bytearray(), False
+
+    def done(self) -> None:
+        if not self.checked:
+            self.checked = True
+            self.check(bytes(self.body))
+
+
 class _Checked(httpx2.SyncByteStream):
     def __init__(self, inner: httpx2.SyncByteStream, check: Callable[[bytes], None]) -> None:
-        self.inner, self.check, self.checked = inner, check, False
+        self.inner, self.seen = inner, _Body(check)
 
     def __iter__(self) -> Iterator[bytes]:
-        body = bytearray()
         for chunk in self.inner:
-            body.extend(chunk)
+            self.seen.body.extend(chunk)
             yield chunk
-        if not self.checked:  # (the SDK drains a consumed stream again: nothing comes)
-            self.checked = True
-            self.check(bytes(body))
+        self.seen.done()
 
     def close(self) -> None:
         self.inner.close()
+        self.seen.done()
 
 
 class _AsyncChecked(httpx2.AsyncByteStream):
     def __init__(self, inner: httpx2.AsyncByteStream,
                  check: Callable[[bytes], None]) -> None:
-        self.inner, self.check, self.checked = inner, check, False
+        self.inner, self.seen = inner, _Body(check)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        body = bytearray()
         async for chunk in self.inner:
-            body.extend(chunk)
+            self.seen.body.extend(chunk)
             yield chunk
-        if not self.checked:  # (the SDK drains a consumed stream again: nothing comes)
-            self.checked = True
-            self.check(bytes(body))
+        self.seen.done()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+        self.seen.done()
 
 
 def _check_of(request: httpx2.Request, response: httpx2.Response,

@@ -21,6 +21,7 @@ from agents import (
     Agent,
     ItemHelpers,
     Model,
+    ModelSettings,
     OpenAIChatCompletionsModel,
     OpenAIResponsesModel,
     RawResponsesStreamEvent,
@@ -66,8 +67,10 @@ def make_model(nebula: dict[str, Any], api: str, model: str
 
 
 def agent(model: Model) -> Agent[Any]:
+    # include_usage: the SDK asks chat streams for usage only from api.openai.com by default
     return Agent(name="forecaster", instructions="You answer weather questions.",
-                 model=model, tools=[get_weather])
+                 model=model, tools=[get_weather],
+                 model_settings=ModelSettings(include_usage=True))
 
 
 CONFIG = RunConfig(tracing_disabled=True, workflow_name="nebula-clients")

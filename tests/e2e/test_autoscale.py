@@ -1,9 +1,10 @@
 """Autoscaling end to end: a node agent (sim engine), the scheduler, a queueing router.
 
-`nebula deploy --min 1 --max 2` under a load that needs 2 replicas: the router's queue
-signal reaches the scheduler through etcd, it scales out to 2 with no failed request, and
-back to 1 once the load stops. Then `--min 0`: the model goes to zero after the idle
-period, and the next requests are held by the router while a replica starts, then served.
+`nebula deploy --min 1 --max 3` under a load that needs 3 replicas: the router's queue
+signal reaches the scheduler through etcd, it scales out to 3 with no failed request, makes
+no scale event while that load holds steady, and returns to 1 once the load stops. Then
+`--min 0`: the model goes to zero after the idle period, and the next requests are held by
+the router while a replica starts, then served.
 Timings are shortened with the scheduler's ``--autoscale-timing``.
 """
 
@@ -13,8 +14,9 @@ import os
 import threading
 import time
 
-from devtools.cluster import Cluster, http_post_json, wait_for
+from devtools.cluster import Cluster, http_get, http_post_json, wait_for
 from tests.e2e.test_node_lifecycle import require_binaries
+from tests.e2e.test_router_support import metric_value
 
 UID = "auto"
 MODEL = "nebula/auto"
@@ -59,6 +61,11 @@ class Load:
             t.join(timeout=90)
 
 
+def scale_events(scheduler: str) -> float:
+    return metric_value(http_get(f"{scheduler}/metrics")[1].decode(),
+                        "nebula_scheduler_autoscale_events_total")
+
+
 def deploy(cluster: Cluster, *bounds: str) -> None:
     done = cluster.nebula("deploy", UID, "--model", MODEL, "--engine", "sim", *bounds,
                           "--port", str(21000 + os.getpid() % 20000), "--engine-args",
@@ -69,24 +76,30 @@ def deploy(cluster: Cluster, *bounds: str) -> None:
 def test_scale_out_in_and_to_zero(cluster: Cluster) -> None:
     require_binaries("nebula-node", "nebula-sim", "nebula-scheduler", "nebula-router", "nebula")
     cluster.start_node("n1", args=["--lease-ttl", "2"])
-    cluster.start_scheduler(args=["--lease-ttl", "2", "--autoscale-timing", "2,3,4,2,6"])
+    _, scheduler = cluster.start_scheduler(
+        args=["--lease-ttl", "2", "--autoscale-timing", "2,3,4,2,6"])
     _, router = cluster.start_router(args=["--max-running-per-replica", "2"])
-    deploy(cluster, "--min", "1", "--max", "2")
+    deploy(cluster, "--min", "1", "--max", "3")
     wait_for(lambda: ready(cluster) == 1, 60, "1 ready replica")
 
-    # 6 clients on 2 slots: a queue that lasts; 2 replicas are needed (the max).
+    # 6 clients on 2 slots: a queue that lasts; 3 replicas of 2 are needed (the max).
     with Load(router, 6) as load:
-        wait_for(lambda: placed(cluster) == 2 and ready(cluster) == 2, 90,
-                 "scaled out to 2 ready replicas")
-        time.sleep(2)  # served on both for a while
+        wait_for(lambda: placed(cluster) == 3 and ready(cluster) == 3, 90,
+                 "scaled out to 3 ready replicas")
+        # Steady: 6 clients on 6 slots queue nothing, and would not fit at 50 % on 2
+        # replicas. Over 3x the scale-in period plus its cooldown, no scale event.
+        events = scale_events(scheduler)
+        time.sleep(18)
+        assert scale_events(scheduler) == events, "the replica count moved under a steady load"
+        assert placed(cluster) == 3
     assert load.statuses and not load.errors, load.errors[:3]
     assert set(load.statuses) == {200}
 
     wait_for(lambda: placed(cluster) == 1, 60, "scaled back in to 1 after the load stopped")
     status = cluster.nebula("status")
-    assert "(autoscale 1..2)" in status.stdout, status.stdout
+    assert "(autoscale 1..3)" in status.stdout, status.stdout
 
-    deploy(cluster, "--min", "0", "--max", "2")
+    deploy(cluster, "--min", "0", "--max", "3")
     wait_for(lambda: placed(cluster) == 0, 60, "scaled to zero after the idle period")
     wait_for(lambda: ready(cluster) == 0, 30, "no replica left")
     assert "scaled to zero" in cluster.nebula("status").stdout

@@ -9,6 +9,9 @@ did not expect can never buffer without bound. Pure functions, no IO.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 """The blank line that ends an SSE event, in each line-ending style (as the OpenAI SDK splits)."""
 
@@ -42,3 +45,11 @@ def split_frames(data: bytes) -> tuple[bytes, bytes]:
 def ends_a_frame(sent: bytes) -> bool:
     """True when the client, having got ``sent`` last, is between frames (or got nothing)."""
     return not sent or sent.endswith(FRAME_ENDS)
+
+
+def sse_event(event: dict[str, Any]) -> bytes:
+    """One named SSE frame (``event: <type>`` then its compact JSON), as the Responses and
+    the Anthropic Messages streams frame their events."""
+    kind: str = event["type"]
+    return (b"event: " + kind.encode() + b"\ndata: "
+            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")

@@ -21,12 +21,13 @@ import aiohttp
 
 from nebula_common.asgi import JSON_CONTENT_TYPE, RawHeaders
 from nebula_common.capabilities import refusal as capability_refusal
+from nebula_common.sse import sse_event
 
 from . import messages_translate as translate
 from .catalog import ModelInfo
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
-from .sse import decoded, frame_data, frames_of, sse_blocks
+from .sse import ChatStreamRelay, decoded
 from .tokens import can_tokenize
 from .validation import ValidationError
 
@@ -103,36 +104,10 @@ async def message_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                          body: dict[str, Any]) -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Messages event sequence out."""
     stream = translate.MessageStream(body)
-    yield b"".join(translate.sse_event(e) for e in stream.start())
-    done = False
-    try:
-        async for block in sse_blocks(upstream.content.iter_any()):
-            out: list[dict[str, Any]] = []
-            for frame in frames_of(block):
-                data = frame_data(frame)
-                if data is None:
-                    continue
-                if data.strip() == b"[DONE]":
-                    done = True
-                    out += stream.finish()
-                    continue
-                parsed = decoded(data)
-                if isinstance(parsed, dict) and "error" in parsed:
-                    error = parsed["error"] if isinstance(parsed["error"], dict) else {}
-                    out += stream.fail(502, str(error.get("message") or "upstream error"))
-                    outcome.status = 502
-                    done = True
-                    continue
-                if isinstance(parsed, dict):
-                    out += stream.feed(parsed)
-            if out:
-                yield b"".join(translate.sse_event(e) for e in out)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        outcome.note = f"upstream stream broke: {type(exc).__name__}"
-    if not done:
-        outcome.status = 502
-        yield b"".join(translate.sse_event(e) for e in stream.fail(
-            502, "the upstream stream ended before it was complete"))
+    relay = ChatStreamRelay(stream, sse_event)
+    async for out in relay.frames(upstream, outcome):
+        yield out
+    if not relay.ended:
         return
     if not outcome.usage(stream.usage):
         outcome.note = "engine sent no usage"

@@ -350,13 +350,6 @@ def chat_to_message(chat: dict[str, Any], body: dict[str, Any],
 
 # -- streaming: chat chunks -> Messages events -------------------------------------------
 
-def sse_event(event: dict[str, Any]) -> bytes:
-    """One Messages SSE frame with its ``event:`` line."""
-    kind: str = event["type"]
-    return (b"event: " + kind.encode() + b"\ndata: "
-            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-
-
 class MessageStream:
     """State machine: chat completion chunks in, Messages stream events out.
 
@@ -445,8 +438,10 @@ class MessageStream:
         events.append({"type": "message_stop"})
         return events
 
-    def fail(self, status: int, message: str) -> list[dict[str, Any]]:
-        """An error mid-stream: Anthropic's ``error`` event, never a silent end."""
+    def fail(self, message: str, code: str | None = None, status: int = 502
+             ) -> list[dict[str, Any]]:
+        """An error mid-stream: Anthropic's ``error`` event, never a silent end (Anthropic's
+        error types follow the status; an engine's ``code`` has no place there)."""
         if self.done:
             return []
         self.done = True

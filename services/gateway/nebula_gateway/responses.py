@@ -18,6 +18,7 @@ import aiohttp
 
 from nebula_common.asgi import JSON_CONTENT_TYPE
 from nebula_common.capabilities import Capability
+from nebula_common.sse import sse_event
 
 from . import responses_translate as translate
 from .auth import AuthError
@@ -25,8 +26,7 @@ from .conversations import Conversations, conversation_id, is_conversation_id
 from .outcome import Outcome
 from .reply import Reply, buffered, error_bytes, stream_reply
 from .response_store import Prefetched
-from .responses_translate import sse_event
-from .sse import decoded, frame_data, frames_of, sse_blocks
+from .sse import ChatStreamRelay, decoded, frame_data, frames_of, sse_blocks
 from .state import GatewayState, StateError
 from .state.base import encode_items
 from .validation import ValidationError
@@ -170,34 +170,10 @@ async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                             store: GatewayState) -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Responses event sequence out."""
     translator = translate.StreamTranslator(body)
-    yield b"".join(sse_event(e) for e in translator.start())
-    done = False
-    async for block in sse_blocks(upstream.content.iter_any()):
-        out: list[dict[str, Any]] = []
-        for frame in frames_of(block):
-            data = frame_data(frame)
-            if data is None:
-                continue
-            if data.strip() == b"[DONE]":
-                done = True
-                out += translator.finish()
-                continue
-            parsed = decoded(data)
-            if isinstance(parsed, dict) and "error" in parsed:
-                error = parsed["error"] if isinstance(parsed["error"], dict) else {}
-                out += translator.fail(str(error.get("message") or "upstream error"),
-                                       error.get("code"))
-                outcome.status = 502
-                done = True
-                continue
-            if isinstance(parsed, dict):
-                out += translator.feed(parsed)
-        if out:
-            yield b"".join(sse_event(e) for e in out)
-    if not done:
-        outcome.status = 502
-        yield b"".join(sse_event(e) for e in translator.fail(
-            "the upstream stream ended before it was complete", "upstream_error"))
+    relay = ChatStreamRelay(translator, sse_event)
+    async for out in relay.frames(upstream, outcome):
+        yield out
+    if not relay.ended:
         return
     response = translator.response
     if not outcome.usage(response.get("usage")):

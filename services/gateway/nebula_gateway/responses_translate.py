@@ -366,13 +366,6 @@ def chat_to_response(chat: dict[str, Any], body: dict[str, Any],
 
 # -- streaming: chat chunks -> Responses events ------------------------------------------
 
-def sse_event(event: dict[str, Any]) -> bytes:
-    """One Responses SSE frame with its ``event:`` line."""
-    kind: str = event["type"]
-    return (b"event: " + kind.encode() + b"\ndata: "
-            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-
-
 @dataclass
 class _OpenItem:
     index: int

@@ -8,10 +8,14 @@ there matters to them (usage, a final event), so most bytes pass untouched.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any, Protocol
+
+import aiohttp
 
 from nebula_common.sse import split_frames
+
+from .outcome import Outcome
 
 FRAME_END = b"\n\n"
 
@@ -75,3 +79,73 @@ def decoded(data: bytes) -> Any:
         return json.loads(data)
     except ValueError:
         return None
+
+
+Event = dict[str, Any]
+
+
+class ChatStreamTranslator(Protocol):
+    """Chat completion chunks in, another API's stream events out (Responses, Messages)."""
+
+    def start(self) -> list[Event]: ...
+    def feed(self, chunk: Event) -> list[Event]: ...
+    def finish(self) -> list[Event]: ...
+    def fail(self, message: str, code: str | None = None) -> list[Event]: ...
+
+
+class ChatStreamRelay:
+    """A router's chat completions stream through a translator, one block at a time.
+
+    ``ended`` says whether the upstream stream came to an end it said itself (``[DONE]``
+    or an error event); otherwise the translator's error event closes the stream. Either
+    way the upstream failed, the outcome books a 502 (and why, when reading it broke).
+    """
+
+    def __init__(self, translator: ChatStreamTranslator, encode: Callable[[Event], bytes]):
+        self.translator = translator
+        self.encode = encode
+        self.ended = False
+        self.failed = False
+
+    def _encoded(self, events: list[Event]) -> bytes:
+        return b"".join(self.encode(e) for e in events)
+
+    def _events(self, block: bytes) -> list[Event]:
+        out: list[Event] = []
+        for frame in frames_of(block):
+            data = frame_data(frame)
+            if data is None:
+                continue
+            if data.strip() == b"[DONE]":
+                self.ended = True
+                out += self.translator.finish()
+                continue
+            parsed = decoded(data)
+            if not isinstance(parsed, dict):
+                continue
+            if "error" in parsed:
+                error = parsed["error"] if isinstance(parsed["error"], dict) else {}
+                code = error.get("code")
+                out += self.translator.fail(str(error.get("message") or "upstream error"),
+                                            code if isinstance(code, str) else None)
+                self.ended = self.failed = True
+                continue
+            out += self.translator.feed(parsed)
+        return out
+
+    async def frames(self, upstream: aiohttp.ClientResponse, outcome: Outcome
+                     ) -> AsyncIterator[bytes]:
+        yield self._encoded(self.translator.start())
+        try:
+            async for block in sse_blocks(upstream.content.iter_any()):
+                out = self._events(block)
+                if out:
+                    yield self._encoded(out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome.note = f"upstream stream broke: {type(exc).__name__}"
+        if not self.ended:
+            self.failed = True
+            yield self._encoded(self.translator.fail(
+                "the upstream stream ended before it was complete", "upstream_error"))
+        if self.failed:
+            outcome.status = 502

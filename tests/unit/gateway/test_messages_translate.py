@@ -298,11 +298,11 @@ def test_a_stream_that_fails_ends_with_an_error_event() -> None:
     stream = t.MessageStream(request())
     stream.start()
     stream.feed(chunk({"content": "Hi"}))
-    (event,) = stream.fail(502, "replica went away")
+    (event,) = stream.fail("replica went away", status=502)
     check_event(event)
     assert event == {"type": "error", "error": {"type": "api_error",
                                                 "message": "replica went away"}}
-    assert stream.finish() == [] and stream.fail(502, "again") == []
+    assert stream.finish() == [] and stream.fail("again") == []
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from nebula_common.sse import sse_event
 from nebula_gateway.response_store import ResponseStore
 from nebula_gateway.responses_translate import (
     StreamTranslator,
     chat_to_response,
     expand_previous,
     responses_to_chat,
-    sse_event,
 )
 from nebula_gateway.validation import ValidationError
 from tests.support.openai_schema import SchemaChecker

@@ -103,7 +103,8 @@ class SimEngine:
         self.embedding_dim = embedding_dim
         self.kv_cache_tokens = max(1, kv_cache_tokens)
         self.cache = PrefixCache(prefix_cache_blocks, prefix_block_chars)
-        self.admission = Admission(faults.max_concurrency)
+        self.admission = Admission(faults.max_concurrency,
+                                   self.kv_cache_tokens if faults.kv_admission else 0)
         self.rng = random.Random(seed)
         self.crash_at = faults.crash_after  # request number that kills the process
         self.started_at = int(time.time())  # the models' "created"
@@ -182,6 +183,8 @@ class SimEngine:
             self.crash_at = self.requests_total + n if n else 0
         if "max_concurrency" in values:
             self.admission.set_limit(int(values["max_concurrency"]))
+        if "kv_admission" in values:
+            self.admission.set_budget(self.kv_cache_tokens if values["kv_admission"] else 0)
 
     def should_fail(self) -> bool:
         rate = self.faults.fail_rate
@@ -360,7 +363,7 @@ class SimEngine:
         Whatever interrupts it (a cancel while queued or prefilling) leaves nothing held;
         once it returned, the caller gives the slot back with :meth:`_stop`.
         """
-        await self.admission.acquire()
+        await self.admission.acquire(job.prompt_tokens + job.tokens)
         self.running_tokens += job.prompt_tokens + job.tokens
         try:
             cached = await self._prefill(job)
@@ -385,7 +388,7 @@ class SimEngine:
         return result.hit_tokens
 
     def _stop(self, job: Job) -> None:
-        self.admission.release()
+        self.admission.release(job.prompt_tokens + job.tokens)
         self.running_tokens -= job.prompt_tokens + job.tokens
 
     def _finish(self, job: Job, started: float) -> None:

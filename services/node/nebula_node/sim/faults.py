@@ -22,9 +22,10 @@ class Faults:
     max_concurrency: int = 0  # 0 = unlimited
     embeddings_unsupported: bool = False  # /v1/embeddings: 500, as llama.cpp without embeddings
     crlf_frames: bool = False  # SSE frames end with \r\n\r\n instead of \n\n
+    kv_admission: bool = False  # requests also wait while --kv-cache-tokens is full
 
     _INTS = ("crash_after", "stream_cut_after", "max_concurrency")
-    _BOOLS = ("hang", "hang_health", "embeddings_unsupported", "crlf_frames")
+    _BOOLS = ("hang", "hang_health", "embeddings_unsupported", "crlf_frames", "kv_admission")
 
     def validated(self, patch: object) -> dict[str, FaultValue]:
         """Check a partial update; returns the typed values or raises ValueError."""

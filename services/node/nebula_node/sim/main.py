@@ -36,6 +36,9 @@ def build_parser() -> Parser:
                help="extra time to first token per uncached prompt token (ms)")
     p.add_flag("--max-concurrency", default=0, type=int,
                help="requests run at once; the rest wait (0 = unlimited)")
+    p.add_flag("--kv-admission", action="store_true",
+               help="requests also wait while the running ones hold --kv-cache-tokens "
+                    "(prompt + output tokens each), as a real engine's KV cache fills")
     p.add_flag("--prefix-cache-blocks", default=4096, type=int,
                help="prefix-cache capacity in blocks (0 disables)")
     p.add_flag("--prefix-block-chars", default=64, type=int,
@@ -80,7 +83,8 @@ def engine_from_args(a: argparse.Namespace, parser: Parser) -> SimEngine:
                     prefill_ms_per_token=a.prefill_ms_per_token, fail_rate=a.fail_rate,
                     crash_after=a.crash_after, hang=a.hang, hang_health=a.hang_health,
                     stream_cut_after=a.stream_cut_after, max_concurrency=a.max_concurrency,
-                    embeddings_unsupported=a.embeddings_unsupported, crlf_frames=a.crlf_frames)
+                    embeddings_unsupported=a.embeddings_unsupported, crlf_frames=a.crlf_frames,
+                    kv_admission=a.kv_admission)
     return SimEngine(model=model, served_names=names, max_model_len=a.max_model_len,
                      output_tokens=a.output_tokens, faults=faults,
                      prefix_cache_blocks=a.prefix_cache_blocks,
