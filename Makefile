@@ -26,7 +26,7 @@ PORTS ?=
 RUN_DIR ?= .run
 
 .PHONY: up down test unit lint typecheck bench venv llamacpp prometheus redis bench-tools clean \
-        docker docker-down images
+        docker docker-down images node-clients
 
 $(VENV)/.installed: requirements/runtime.lock requirements/dev.lock libs/nebula_common/pyproject.toml services/*/pyproject.toml
 	@test -x $(PY) || $(STEP) "creating $(VENV)" --log $(LOGS)/venv.log -- $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,16 @@ bench-tools:
 	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	           apt-get install -y -qq --no-install-recommends wrk nginx-light'
 
+# The openai package for Node.js that tests/clients/test_node_openai.py runs with the machine's
+# node: `npm ci` from the committed package-lock.json, again only when the lock changes.
+NODE_CLIENTS := tests/clients/node
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	@$(STEP) "installing the Node.js openai client (npm ci)" --log $(LOGS)/npm-node-clients.log -- \
+	  npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund
+	@touch $@
+
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
+
 # A Docker engine and the Compose v2 plugin: the engine that answers, else Debian's docker.io
 # started with its state in .cache/docker; it says what it did (deploy/docker/engine.sh).
 docker:
@@ -114,7 +124,7 @@ unit: venv
 
 # Each step prints how long it took (devtools.step); pytest's exit 5 (no test ran) fails.
 # The container suite runs last, as its own step, against the images `make images` built.
-test: venv llamacpp prometheus redis bench-tools lint typecheck images
+test: venv llamacpp prometheus redis bench-tools node-clients lint typecheck images
 	@$(STEP) tests -- $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/containers $(PYTEST_ARGS)
 	@$(STEP) "container tests" -- $(PY) -m pytest -q -p no:cacheprovider tests/containers $(PYTEST_ARGS)
 

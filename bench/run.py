@@ -16,10 +16,12 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -112,6 +114,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--router-args", default="",
                    help="extra nebula-router flags, e.g. '--http-server uvicorn'")
     p.add_argument("--gateway-args", default="", help="extra nebula-gateway flags")
+    p.add_argument("--api-key", action="store_true",
+                   help="the gateway checks an API key (from a key file) on every request, "
+                        "and the load sends it: the cost of a keyed request path")
     p.add_argument("--client", choices=("auto", "wrk", "raw"), default="auto",
                    help="load generator: wrk, raw (bench/rawload.py: waits for every request "
                         "it started) or auto (wrk for nginx, raw for the paced streams)")
@@ -151,6 +156,9 @@ def machine() -> dict[str, str]:
     }
 
 
+API_KEY_ENV = "BENCH_API_KEY"
+
+
 # -- request path ----------------------------------------------------------------------------
 
 
@@ -171,7 +179,23 @@ def load_once(url: str, scenario: Scenario, duration_s: float, client: str,
     return uvloop.run(drained_closed_loop(url, scenario.body(),
                                           connections=scenario.connections,
                                           duration_s=duration_s,
-                                          headers={"User-Agent": scenario.agent}))
+                                          headers={"User-Agent": scenario.agent,
+                                                   **auth_headers()}))
+
+
+def auth_headers() -> dict[str, str]:
+    """The bench key's header when ``--api-key`` set one (the other hops ignore it)."""
+    key = os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def keyed_gateway_args(run_dir: Path) -> list[str]:
+    """``--api-key``: a key file with one hashed key, which the load then sends."""
+    secret = "nebula-bench-" + secrets.token_hex(8)
+    os.environ[API_KEY_ENV] = secret  # wrk's Lua script and the raw client read it
+    keys = run_dir / "bench-keys.txt"
+    keys.write_text(f"{hashlib.sha256(secret.encode()).hexdigest()} bench-team\n")
+    return ["--api-keys-file", str(keys)]
 
 
 def run_request_path(bench: Bench, urls: dict[str, str], engines: dict[str, str],
@@ -218,7 +242,7 @@ def check_paths(urls: dict[str, str], say: Callable[[str], None]) -> None:
         models = [MODEL, PACED_MODEL] if not name.startswith("direct:") else [name[7:]]
         for model in models:
             status, body = http_post_json(url, {"model": model, "max_tokens": 4, "messages": [
-                {"role": "user", "content": "hello"}]}, timeout=30)
+                {"role": "user", "content": "hello"}]}, timeout=30, headers=auth_headers())
             if status != 200:
                 raise RuntimeError(f"{name} answered {status} for {model}: {body[:500]!r}")
     say("  every path answers 200")
@@ -481,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.start_router(shlex.split(args.router_args))
         bench.wait_routable(MODEL, 1)
         bench.wait_routable(PACED_MODEL, 1)
-        bench.start_gateway(shlex.split(args.gateway_args))
+        bench.start_gateway(shlex.split(args.gateway_args)
+                            + (keyed_gateway_args(run_dir) if args.api_key else []))
         urls = {
             f"direct:{MODEL}": f"{standin.base_url}/v1/chat/completions",
             f"direct:{PACED_MODEL}": f"{paced.base_url}/v1/chat/completions",

@@ -1,7 +1,8 @@
 -- wrk script for make bench: POST one fixed chat body, print a JSON summary.
 --
 -- The body comes from the file named by BENCH_BODY_FILE and the User-Agent from
--- BENCH_AGENT (the nginx stand-in picks streamed or non-streamed on it). wrk's
+-- BENCH_AGENT (the nginx stand-in picks streamed or non-streamed on it); a key, if the
+-- gateway wants one, from BENCH_API_KEY. wrk's
 -- latency is the time from writing the request to the end of the response (the
 -- last chunk of a chunked body), i.e. time to last byte.
 
@@ -16,6 +17,10 @@ wrk.method = "POST"
 wrk.body = slurp(os.getenv("BENCH_BODY_FILE"))
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["User-Agent"] = os.getenv("BENCH_AGENT") or "nebula-bench"
+local key = os.getenv("BENCH_API_KEY")
+if key and key ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. key
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -80,6 +80,8 @@ def checker_for(path: str, status: int, streamed: bool,
             assert events and events[-1]["type"] in ("response.completed",
                                                      "response.incomplete"), events[-1:]
             checker().check("Response", events[-1]["response"])
+            numbers = [e.get("sequence_number") for e in events]
+            assert numbers == list(range(len(events))), numbers  # in order, none missing
             counts.add("responses.streams")
             counts.add("responses.events", len(events))
         elif streamed:

@@ -13,6 +13,7 @@ against OpenAI's description on its way in (:mod:`tests.clients.openai_checking`
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx2
@@ -27,13 +28,15 @@ from agents import (
     RawResponsesStreamEvent,
     RunConfig,
     RunItemStreamEvent,
+    Runner,
     RunResult,
     RunResultStreaming,
-    Runner,
     function_tool,
     set_tracing_disabled,
 )
+from jsonschema import Draft202012Validator
 from openai import AsyncOpenAI
+from openai.types.responses import ResponseFunctionToolCall
 
 from tests.clients.conftest import KEY, MODEL, NO_TOKENIZE
 from tests.clients.openai_checking import AsyncCheckingTransport
@@ -82,10 +85,11 @@ def check_loop(result: RunResult | RunResultStreaming) -> None:
     kinds = [item.type for item in result.new_items]
     assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"], kinds
     call = result.new_items[0].raw_item
-    assert getattr(call, "name", None) or call.get("name") == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_weather"
+    Draft202012Validator(get_weather.params_json_schema).validate(json.loads(call.arguments))
     (city, days), = CALLS
     assert isinstance(city, str) and isinstance(days, int)
-    assert result.new_items[1].output == f"cloudy, 4C in {city} for {days} days"  # type: ignore[union-attr]
+    assert result.new_items[1].output == f"cloudy, 4C in {city} for {days} days"
     answer = ItemHelpers.text_message_outputs(result.new_items)
     assert answer and result.final_output == answer
     assert len(result.raw_responses) == 2  # two model turns: the call, then the answer

@@ -11,7 +11,6 @@ Messages streams and Messages event by event against Anthropic's shapes
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anthropic
@@ -20,7 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
@@ -51,7 +50,7 @@ class Client:
 
 def chat_openai(nebula: dict[str, Any], responses: bool) -> Client:
     transport = openai_checking.CheckingTransport()
-    llm = ChatOpenAI(model=MODEL, base_url=f"{nebula['gateway']}/v1", api_key=KEY,  # type: ignore[arg-type]
+    llm = ChatOpenAI(model=MODEL, base_url=f"{nebula['gateway']}/v1", api_key=KEY,
                      max_retries=0, timeout=30, stream_usage=True,
                      use_responses_api=responses,
                      http_client=httpx2.Client(transport=transport))
@@ -59,7 +58,7 @@ def chat_openai(nebula: dict[str, Any], responses: bool) -> Client:
 
 
 def chat_anthropic(nebula: dict[str, Any]) -> Client:
-    llm = ChatAnthropic(model_name=MODEL, base_url=nebula["gateway"], api_key=KEY,  # type: ignore[arg-type]
+    llm = ChatAnthropic(model_name=MODEL, base_url=nebula["gateway"], api_key=KEY,
                         max_retries=0, timeout=30, max_tokens=64, stream_usage=True)
     transport = anthropic_schema.CheckingTransport()
     # ChatAnthropic builds its SDK client itself (a cached property) and takes no httpx
@@ -90,13 +89,9 @@ def failures(c: Client) -> list[str]:
     return c.checked.failures if isinstance(c.checked, openai_checking.Counts) else []
 
 
-def text_of(message: BaseMessage) -> str:
-    return message.text if isinstance(message.text, str) else message.text()  # type: ignore[operator]
-
-
 def test_invoke(lc: Client) -> None:
     answer = lc.llm.invoke([HumanMessage("Tell me about rivers.")])
-    assert isinstance(answer, AIMessage) and text_of(answer) and not answer.tool_calls
+    assert isinstance(answer, AIMessage) and answer.text and not answer.tool_calls
     usage = answer.usage_metadata
     assert usage and usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert answer.response_metadata.get("model_name", answer.response_metadata.get("model"))
@@ -105,9 +100,9 @@ def test_invoke(lc: Client) -> None:
 
 def test_stream(lc: Client) -> None:
     chunks = list(lc.llm.stream("Tell me about rivers."))
-    assert len([c for c in chunks if text_of(c)]) > 1  # the text came in pieces
-    whole: AIMessageChunk = sum(chunks[1:], chunks[0])  # type: ignore[arg-type]
-    assert text_of(whole) == text_of(lc.llm.invoke("Tell me about rivers."))  # the sim is
+    assert len([c for c in chunks if c.text]) > 1  # the text came in pieces
+    whole: AIMessageChunk = sum(chunks[1:], chunks[0])
+    assert whole.text == lc.llm.invoke("Tell me about rivers.").text  # the sim is
     # deterministic: the streamed text is the answer's
     assert whole.usage_metadata and whole.usage_metadata["output_tokens"] > 0
     assert streams_checked(lc) == 1 and not failures(lc)
@@ -115,43 +110,38 @@ def test_stream(lc: Client) -> None:
 
 def test_batch(lc: Client) -> None:
     answers = lc.llm.batch(PROMPTS)
-    texts = [text_of(a) for a in answers]
+    texts = [a.text for a in answers]
     assert all(texts) and len(set(texts)) == len(PROMPTS)
-    assert texts == [text_of(lc.llm.invoke(p)) for p in PROMPTS]  # each in its place
-
-
-def round_trip(llm: Any, first: AIMessage) -> tuple[list[BaseMessage], AIMessage]:
-    (call,) = first.tool_calls
-    assert call["name"] == "get_weather" and call["id"]
-    Draft202012Validator(SCHEMA).validate(call["args"])
-    result = get_weather.invoke(call)  # a ToolMessage for the call's id
-    history: list[BaseMessage] = [HumanMessage(ASK), first, result]
-    return history, llm.invoke(history)
+    assert texts == [lc.llm.invoke(p).text for p in PROMPTS]  # each in its place
 
 
 def test_tool_round_trip(lc: Client) -> None:
     llm = lc.llm.bind_tools([get_weather])
     first = llm.invoke([HumanMessage(ASK)])
     assert isinstance(first, AIMessage)
-    history, answer = round_trip(llm, first)
-    assert text_of(answer) and not answer.tool_calls
-    assert history[-1].content.startswith("cloudy, 4C in ")  # type: ignore[union-attr]
+    (call,) = first.tool_calls
+    assert call["name"] == "get_weather" and call["id"]
+    Draft202012Validator(SCHEMA).validate(call["args"])
+    result = get_weather.invoke(call)  # a ToolMessage for the call's id
+    assert result.content == f"cloudy, 4C in {call['args']['city']} for {call['args']['days']} days"
+    answer = llm.invoke([HumanMessage(ASK), first, result])
+    assert isinstance(answer, AIMessage) and answer.text and not answer.tool_calls
     assert not failures(lc)
 
 
 def test_tool_round_trip_streamed(lc: Client) -> None:
     llm = lc.llm.bind_tools([get_weather])
     chunks = list(llm.stream([HumanMessage(ASK)]))
-    fragments = [tc for c in chunks for tc in c.tool_call_chunks]  # type: ignore[attr-defined]
+    fragments = [tc for c in chunks for tc in c.tool_call_chunks]
     assert len(fragments) > 2  # the arguments came in pieces
-    first: AIMessageChunk = sum(chunks[1:], chunks[0])  # type: ignore[arg-type]
+    first: AIMessageChunk = sum(chunks[1:], chunks[0])
     (call,) = first.tool_calls
     assert call["name"] == "get_weather"
     assert call["args"] == llm.invoke([HumanMessage(ASK)]).tool_calls[0]["args"]  # as the
     # sim calls it unstreamed
     history = [HumanMessage(ASK), first, get_weather.invoke(call)]
     answered = list(llm.stream(history))
-    answer: AIMessageChunk = sum(answered[1:], answered[0])  # type: ignore[arg-type]
-    assert text_of(answer) and not answer.tool_calls
-    assert text_of(answer) == text_of(llm.invoke(history))
+    answer: AIMessageChunk = sum(answered[1:], answered[0])
+    assert answer.text and not answer.tool_calls
+    assert answer.text == llm.invoke(history).text
     assert streams_checked(lc) == 2 and not failures(lc)

@@ -27,6 +27,7 @@ from tests.e2e.test_router_support import metric_value, start_sims, wait_router_
 MODEL = "Org/Queue-Chat"
 UID = "queued"
 BLOCK_S = 1.5  # the blocker: 60 tokens at 25 ms
+LONG_TOKENS = 160  # a longer one (4 s), where the test races the blocker's end
 
 
 def chat(tokens: int) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     cluster = Cluster(Path(tmp_path_factory.mktemp("queue")) / "run")
     cluster.start_etcd()
     try:
-        start_sims(cluster, UID, MODEL, 1, "--itl-ms", "25", "--output-tokens", "60")
+        start_sims(cluster, UID, MODEL, 1, "--itl-ms", "25", "--output-tokens",
+                   str(LONG_TOKENS))
         common = ["--max-running-per-replica", "1", "--queue-aging", "0"]
         _, router = cluster.start_router("router-q", args=[*common, "--router-id", "rq",
                                                            "--queue-max", "3",
@@ -98,10 +100,10 @@ class Client(threading.Thread):
             self.done_order.append(self.name_)
 
 
-def start_blocked(router: str, queued: list[Client]) -> Client:
+def start_blocked(router: str, queued: list[Client], tokens: int = 60) -> Client:
     """Occupy the slot, then queue ``queued`` one by one, in that order."""
     Client.done_order = []
-    blocker = Client(router, "blocker", tokens=60)
+    blocker = Client(router, "blocker", tokens=tokens)
     blocker.start()
     wait_for(lambda: admitted(router) == 1, 10, "the blocker is admitted")
     for i, c in enumerate(queued, 1):
@@ -176,7 +178,7 @@ def test_disconnect_while_queued_leaves_the_queue(env: dict[str, Any]) -> None:
     metrics = http_get(f"{router}/metrics")[1].decode()
     before = metric_value(metrics, "nebula_router_queue_shed_total", model=UID,
                           reason="cancelled")
-    blocker = start_blocked(router, [])
+    blocker = start_blocked(router, [], tokens=LONG_TOKENS)
     url = urlsplit(router)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     conn.request("POST", "/v1/chat/completions", json.dumps(chat(2)),

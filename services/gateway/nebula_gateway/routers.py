@@ -31,7 +31,7 @@ class RouterTimeout(Exception):
     """A router accepted the request but sent no answer within the request timeout."""
 
 
-_REPLICAS_CONSIDERED = (b'"no_ready_replica"', b'"no_reachable_replica"')
+_REPLICAS_CONSIDERED = (b'"no_ready_replica"', b'"no_reachable_replica"', b'"queue_timeout"')
 """Codes of a router's 503 that answer for the model's replicas, not for the router."""
 
 

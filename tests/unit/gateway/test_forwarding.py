@@ -108,7 +108,9 @@ async def routed(first: FakeRouter, second: FakeRouter) -> int:
 async def test_a_routers_502_is_not_retried_on_the_next_router() -> None:
     """The router already tried the replicas: the next router would run it all again."""
     for status, code in ((502, "upstream_failed"), (504, "timeout"), (500, None),
-                         (503, "no_ready_replica"), (503, "no_reachable_replica")):
+                         (503, "no_ready_replica"), (503, "no_reachable_replica"),
+                         # the router's queue already waited its class's bound
+                         (503, "queue_timeout"), (429, "queue_full")):
         async with FakeRouter(answer=answering(status, code, "x")).running() as first, \
                 FakeRouter().running() as second:
             assert await routed(first, second) == status

@@ -133,3 +133,19 @@ def test_room_counts_other_routers_from_engine_reports() -> None:
     assert room.free([c], 8, admitted=0) == 8
     gone = Candidate("m", "r1", status=EndpointState.DRAINING)
     assert room.free([c, gone], 8, admitted=1) == 7
+
+
+def test_tick_forgets_idle_gates_of_undeployed_models() -> None:
+    async def go() -> None:
+        e = entry()
+        known = {"m": e}
+        adm = Admission(1, QueueConfig(10, (5.0, 5.0, 5.0), 0.0), known.get)
+        gate = await adm.acquire("m", "t", None)
+        del known["m"]
+        adm.tick()
+        assert "m" in adm.gates  # a request still runs: kept
+        adm.release(gate)
+        adm.tick()
+        assert "m" not in adm.gates
+
+    asyncio.run(go())

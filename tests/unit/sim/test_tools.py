@@ -313,3 +313,22 @@ async def test_tokenize_counts_what_chat_counts_as_the_prompt() -> None:
     assert back["prompt"].startswith("user: a question")
     missing = await c.post("/tokenize", json={"model": "other", "prompt": "x"})
     assert missing.status_code == 404
+
+
+def test_required_after_a_tool_result_moves_on_to_a_tool_not_called_yet() -> None:
+    """An agent loop forced to call a tool (pydantic-ai's output tool) must not call the
+    first tool for ever: the next forced call is the first one the conversation lacks."""
+    body = chat("hello", tool_choice="required")
+    assert [t.name for t in tools.chosen(body, False)] == ["get_weather"]
+    body["messages"] += [
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    assert [t.name for t in tools.chosen(body, False)] == ["search"]
+    body["messages"][-2]["tool_calls"].append({"id": "c2", "type": "function", "function": {
+        "name": "search", "arguments": "{}"}})
+    assert [t.name for t in tools.chosen(body, False)] == ["get_weather"]  # all called: first
+    responses = {"input": [{"type": "function_call", "name": "get_weather", "call_id": "c",
+                            "arguments": "{}"}]}
+    assert tools.called_before(responses, True) == {"get_weather"}

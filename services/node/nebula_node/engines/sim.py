@@ -21,7 +21,8 @@ NODE_SETS = frozenset({"--host", "--port", "--listen", "--model-name", "--model"
 # rather than read from its parser: that parser reads NEBULA_* variables, the node's own.
 POLICY = ArgPolicy("sim", frozenset({
     "--crash-after", "--crlf-frames", "--embedding-dim", "--embeddings-unsupported",
-    "--fail-rate", "--hang", "--hang-health", "--itl-ms", "--kv-cache-tokens", "--log-format",
+    "--fail-rate", "--hang", "--hang-health", "--itl-ms", "--kv-admission", "--kv-cache-tokens",
+    "--log-format",
     "--log-level", "--max-concurrency", "--max-model-len", "--output-tokens",
     "--prefill-ms-per-token", "--prefix-block-chars", "--prefix-cache-blocks", "--seed",
     "--stream-cut-after", "--ttft-ms",

@@ -4,7 +4,8 @@ When a chat or Responses request offers function tools, which are called (pure):
 
 - ``tool_choice`` ``"none"``: none, the answer is text;
 - a named function (``{"type": "function", ...}``): that one (400 when it is not offered);
-- ``"required"``: the tools the last user message names, else the first tool;
+- ``"required"``: the tools the last user message names, else the first tool the
+  conversation has not called yet (else the first);
 - ``"auto"`` or absent: the tools the last user message names (as words, in the order
   named); none when it names none, or when the last message is a tool result (the model
   reads the results and answers in text, which ends an agent loop).
@@ -108,6 +109,25 @@ def named_in(text: str, tools: list[Tool]) -> list[Tool]:
     return [tool for _, tool in sorted(found, key=lambda pair: pair[0])]
 
 
+def called_before(body: dict[str, Any], responses: bool) -> set[str]:
+    """The names of the tools the conversation so far already called."""
+    names: set[str] = set()
+    if responses:
+        items = body.get("input")
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                names.add(str(item.get("name")))
+        return names
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                names.add(str(function.get("name")))
+    return names
+
+
 def chosen(body: dict[str, Any], responses: bool) -> list[Tool]:
     """The tools this request calls (see the module's docstring); [] for a text answer."""
     tools = offered(body, responses)
@@ -127,7 +147,10 @@ def chosen(body: dict[str, Any], responses: bool) -> list[Tool]:
         return []
     calls = named_in(text, tools) if text is not None else []
     if choice == "required" and not calls:
-        calls = tools[:1]
+        # an agent loop forced to call a tool moves on to the next one it has not called
+        # yet (its output tool, typically) instead of calling the first one for ever
+        done = called_before(body, responses)
+        calls = [t for t in tools if t.name not in done][:1] or tools[:1]
     if body.get("parallel_tool_calls") is False:
         calls = calls[:1]
     return calls

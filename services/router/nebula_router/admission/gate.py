@@ -145,10 +145,13 @@ class Admission:
             m.queue_wait_h(gate.uid, name).observe(now - w.enqueued)
 
     def tick(self) -> None:
-        """Re-check every model with waiters (replicas and engine reports change)."""
-        for gate in self.gates.values():
+        """Re-check every model with waiters (replicas and engine reports change); forget
+        the idle gates of models no longer in the table (the dict stays bounded)."""
+        for uid, gate in list(self.gates.items()):
             if gate.queue:
                 self._wake(gate)
+            elif not gate.admitted and self.entry_of(uid) is None:
+                del self.gates[uid]
 
     async def run(self, interval: float = 0.05) -> None:
         """The tick loop (run under the router's TaskSet)."""
