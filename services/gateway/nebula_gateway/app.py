@@ -26,9 +26,10 @@ from nebula_common.keys import Keys
 from nebula_common.service import add_basic_routes
 from nebula_common.tasks import TaskSet
 
-from . import conversations, metrics
+from . import batches, conversations, files, metrics
 from .auth import AuthError
-from .config import GatewayConfig
+from .batches_runner import BatchRunner
+from .config import MIB, GatewayConfig
 from .conversations import Conversations, is_conversation_id
 from .gateway import Gateway
 from .key_watch import KeyWatch
@@ -85,7 +86,8 @@ KEYED_PATHS = frozenset({"/metrics", "/openapi.json"})
 def build_quart(gateway: Gateway) -> Quart:
     app = Quart("nebula_gateway")
     config = gateway.config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    # uploads to /v1/files may be larger than a request (checked in assign_request_id)
+    app.config["MAX_CONTENT_LENGTH"] = max(config.max_body_bytes, config.max_file_bytes + MIB)
     app.config["BODY_TIMEOUT"] = config.body_timeout
     pool, catalog = gateway.pool, gateway.catalog
     router_ready = {"ok": False}
@@ -118,18 +120,24 @@ def build_quart(gateway: Gateway) -> Quart:
             tasks.supervise("state-probe", gateway.tenancy.probe_loop)
         if key_watch is not None:
             key_watch.start()
+        tasks.supervise("batches", batch_runner.loop)
 
     @app.after_serving
     async def shutdown() -> None:
         if key_watch is not None:
             await key_watch.stop()
         await tasks.close()
+        await batch_runner.close()  # (its leases given back: another gateway goes on)
         await gateway.tenancy.close()  # the last usage counted is written
         await pool.close()
 
     @app.before_request
     async def assign_request_id() -> Response | None:
         g.request_id = request_id_from(request.headers.get("x-request-id"))
+        if (request.content_length or 0) > config.max_body_bytes and not (
+                request.method == "POST" and request.path == "/v1/files"):
+            return error_response(413, f"request body exceeds {config.max_body_bytes} bytes",
+                                  code="request_too_large")
         if request.path in KEYED_PATHS and gateway.auth.enabled:
             try:
                 gateway.auth.authenticate(request.headers.get("authorization"))
@@ -271,6 +279,10 @@ def build_quart(gateway: Gateway) -> Quart:
         return await answer("/v1/responses/{id}/input_items", build)
 
     conversations.add_routes(app, Conversations(gateway.state), answer, page_args)
+    file_store = files.Files(gateway.state)
+    batch_runner = BatchRunner(gateway, file_store, config.batch_concurrency)
+    files.add_routes(app, file_store, answer, page_args, config.max_file_bytes)
+    batches.add_routes(app, file_store, batch_runner, answer, page_args)
     return app
 
 

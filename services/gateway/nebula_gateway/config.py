@@ -54,6 +54,10 @@ class GatewayConfig:
     """Serve on local state while a shared store is unreachable (else refuse with 503)."""
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     """Completion tokens reserved for a request without ``max_tokens`` (keys with limits)."""
+    max_file_bytes: int = 64 * MIB
+    """Largest file uploaded to ``/v1/files``."""
+    batch_concurrency: int = 16
+    """Lines of a batch this gateway runs at once."""
 
     @property
     def response_limits(self) -> ResponseLimits:

@@ -229,7 +229,9 @@ class Gateway:
         out = {"content-type": "application/json", "x-request-id": outcome.request_id,
                MODEL_UID_HEADER: outcome.model_uid, TENANT_HEADER: outcome.key_label}
         key = outcome.key
-        if key is not None and key.priority:
+        if outcome.priority:  # (a batch's line: the lowest class, whatever the key's)
+            out[PRIORITY_HEADER] = outcome.priority
+        elif key is not None and key.priority:
             out[PRIORITY_HEADER] = key.priority
         for name in _PASS_REQUEST_HEADERS:
             value = headers.get(name)

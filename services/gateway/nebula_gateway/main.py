@@ -56,6 +56,10 @@ def build_parser() -> Parser:
                     help="comma-separated router base URLs; failover in order")
     parser.add_flag("--max-body-bytes", default=4 * 1024 * 1024, type=int,
                     help="largest request body accepted (413 above)")
+    parser.add_flag("--max-file-bytes", default=64 * 1024 * 1024, type=int,
+                    help="largest file uploaded to /v1/files (batch input; 413 above)")
+    parser.add_flag("--batch-concurrency", default=16, type=int,
+                    help="lines of a batch this gateway runs at once (at priority batch)")
     parser.add_flag("--api-keys-file", default=None,
                     help="file of sha256 key hashes: 'HASH [name] [rpm=N] [concurrency=N] "
                          "[tpm=N] [budget=N/day|month] [models=a,b] [priority=P]' per line")
@@ -152,6 +156,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         media = MediaPolicy.parse(args.media_allow)
     except ValueError as exc:
         fail(PROG, f"--media-allow: {exc}")
+    if args.max_file_bytes <= 0 or args.batch_concurrency <= 0:
+        fail(PROG, "--max-file-bytes and --batch-concurrency must be positive")
     for flag in ("anonymous_rpm", "anonymous_concurrency", "max_in_flight"):
         if getattr(args, flag) < 0:
             fail(PROG, f"--{flag.replace('_', '-')} must not be negative")
@@ -169,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         etcd_prefix=args.etcd_prefix or "", state_url=args.state_url,
         state_dir=args.state_dir, state_fail_open=args.state_fail == "open",
         default_max_tokens=args.default_max_tokens,
+        max_file_bytes=args.max_file_bytes, batch_concurrency=args.batch_concurrency,
     )
 
 

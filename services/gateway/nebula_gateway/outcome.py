@@ -56,6 +56,8 @@ class Outcome:
     finished: bool = False
     hold: Any = None
     """The request's token reservation (:class:`~.tenancy.Hold`), settled after it ends."""
+    priority: str | None = None
+    """A priority class the gateway sets itself over the key's (a batch's lines: ``batch``)."""
 
     def __post_init__(self) -> None:
         metrics.IN_FLIGHT.inc()

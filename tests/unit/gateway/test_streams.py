@@ -131,7 +131,8 @@ async def test_router_probe_is_a_supervised_task_stopped_at_shutdown() -> None:
     tasks = app.quart.extensions["nebula_tasks"]
     async with app.quart.test_app():
         by_name = {task.get_name(): task for task in tasks.tasks}
-        assert set(by_name) == {"router-probe", "usage-flush"}  # (no Redis: no state probe)
+        # (no Redis: no state probe; "batches": the Batch API's executor)
+        assert set(by_name) == {"router-probe", "usage-flush", "batches"}
         probe = by_name["router-probe"]
         assert not probe.done()
     assert probe.cancelled() and not tasks.tasks

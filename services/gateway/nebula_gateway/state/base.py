@@ -118,6 +118,50 @@ class GatewayState(abc.ABC):
     @abc.abstractmethod
     async def delete_response(self, response_id: str, owner: str) -> bool: ...
 
+    # -- files and batches (the Batch API: :mod:`..batches`) ------------------------------
+    # A record is one JSON object of a kind ("file", "file_content", "batch", ...), with
+    # its owner (the key hash, as for stored Responses) and creation time (list order).
+    @abc.abstractmethod
+    async def put_record(self, kind: str, record_id: str, owner: str, data: bytes,
+                         created: float) -> None:
+        """Create or replace a record (its creation time is kept from the first put)."""
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, record_id: str) -> tuple[str, bytes] | None:
+        """(owner, data) of a record, or None; the caller checks the owner."""
+
+    @abc.abstractmethod
+    async def list_records(self, kind: str, owner: str | None) -> list[bytes]:
+        """The records of a kind (of one owner, or of all), newest first."""
+
+    @abc.abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def claim(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew the lease ``name`` until ``now + ttl``: False while another
+        holder's lease has not expired (two gateways never run one batch at once)."""
+
+    @abc.abstractmethod
+    async def release(self, name: str, holder: str) -> None:
+        """Give a lease back (only ``holder``'s)."""
+
+    @abc.abstractmethod
+    async def put_line_result(self, batch_id: str, index: int, ok: bool, line: bytes) -> bool:
+        """Keep one finished line of a batch; False (and nothing changed) when that line
+        has a result already."""
+
+    @abc.abstractmethod
+    async def line_results(self, batch_id: str) -> dict[int, tuple[bool, bytes]]:
+        """Every finished line of a batch: index -> (succeeded, result line)."""
+
+    @abc.abstractmethod
+    async def line_counts(self, batch_id: str) -> tuple[int, int]:
+        """(completed, failed) lines of a batch so far."""
+
+    @abc.abstractmethod
+    async def drop_line_results(self, batch_id: str) -> None: ...
+
     # -- life -----------------------------------------------------------------------------
     async def persist(self) -> None:  # noqa: B027  (a backend that writes behind says so)
         """Write what is counted only in memory (called every second and at close)."""

@@ -141,6 +141,39 @@ class FailoverState(GatewayState):
                 self._fail("delete_response", exc)
         return local
 
+    # -- files and batches: on the shared store only (a batch split between two stores
+    # would run its lines twice); while it is unreachable these raise StateError
+    async def put_record(self, kind: str, record_id: str, owner: str, data: bytes,
+                         created: float) -> None:
+        await self.primary.put_record(kind, record_id, owner, data, created)
+
+    async def get_record(self, kind: str, record_id: str) -> tuple[str, bytes] | None:
+        return await self.primary.get_record(kind, record_id)
+
+    async def list_records(self, kind: str, owner: str | None) -> list[bytes]:
+        return await self.primary.list_records(kind, owner)
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        return await self.primary.delete_record(kind, record_id)
+
+    async def claim(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        return await self.primary.claim(name, holder, now, ttl)
+
+    async def release(self, name: str, holder: str) -> None:
+        await self.primary.release(name, holder)
+
+    async def put_line_result(self, batch_id: str, index: int, ok: bool, line: bytes) -> bool:
+        return await self.primary.put_line_result(batch_id, index, ok, line)
+
+    async def line_results(self, batch_id: str) -> dict[int, tuple[bool, bytes]]:
+        return await self.primary.line_results(batch_id)
+
+    async def line_counts(self, batch_id: str) -> tuple[int, int]:
+        return await self.primary.line_counts(batch_id)
+
+    async def drop_line_results(self, batch_id: str) -> None:
+        await self.primary.drop_line_results(batch_id)
+
     # -- recovery -------------------------------------------------------------------------
     async def recover_once(self) -> bool:
         """Is Redis back? Then hand it what was counted here (also what holds taken here

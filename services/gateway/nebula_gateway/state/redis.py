@@ -94,6 +94,31 @@ end
 return {used, reserved}
 """
 
+# KEYS: lease; ARGV: holder, ttl ms -> 1 when held by holder now, else 0
+CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease; ARGV: holder
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lines, counts; ARGV: index, "ok"|"failed", line -> 1 when new
+PUT_LINE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  return 1
+end
+return 0
+"""
+
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -119,6 +144,9 @@ class RedisState(GatewayState):
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
         self._read = self.client.register_script(READ)
+        self._claim = self.client.register_script(CLAIM)
+        self._release = self.client.register_script(RELEASE)
+        self._put_line = self.client.register_script(PUT_LINE)
         self._queue: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -260,6 +288,74 @@ class RedisState(GatewayState):
         deleted = await self._call("delete response",
                                    self.client.delete(f"{NS}:response:{response_id}"))
         return bool(deleted)
+
+    # -- files and batches: a hash per record, a sorted set (by creation) per kind and
+    # per kind and owner; a batch's finished lines in one hash, its counts in another
+    async def put_record(self, kind: str, record_id: str, owner: str, data: bytes,
+                         created: float) -> None:
+        key = f"{NS}:rec:{kind}:{record_id}"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping={"owner": owner, "data": data})
+        pipe.zadd(f"{NS}:recs:{kind}", {record_id: created}, nx=True)
+        pipe.zadd(f"{NS}:recs:{kind}:{owner}", {record_id: created}, nx=True)
+        await self._call("put record", pipe.execute())
+
+    async def get_record(self, kind: str, record_id: str) -> tuple[str, bytes] | None:
+        entry = await self._call("read record",
+                                 self.client.hgetall(f"{NS}:rec:{kind}:{record_id}"))
+        if not entry:
+            return None
+        return entry[b"owner"].decode(), bytes(entry[b"data"])
+
+    async def list_records(self, kind: str, owner: str | None) -> list[bytes]:
+        index = f"{NS}:recs:{kind}" if owner is None else f"{NS}:recs:{kind}:{owner}"
+        ids = await self._call("list records", self.client.zrevrange(index, 0, -1))
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for record_id in ids:
+            pipe.hget(f"{NS}:rec:{kind}:{record_id.decode()}", "data")
+        return [bytes(d) for d in await self._call("list records", pipe.execute())
+                if d is not None]
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        entry = await self.get_record(kind, record_id)
+        if entry is None:
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(f"{NS}:rec:{kind}:{record_id}")
+        pipe.zrem(f"{NS}:recs:{kind}", record_id)
+        pipe.zrem(f"{NS}:recs:{kind}:{entry[0]}", record_id)
+        deleted = await self._call("delete record", pipe.execute())
+        return bool(deleted[0])
+
+    async def claim(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        held = await self._call("claim", self._claim(
+            keys=[f"{NS}:lease:{name}"], args=[holder, max(1, int(ttl * 1000))]))
+        return bool(held)
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._call("release", self._release(keys=[f"{NS}:lease:{name}"],
+                                                  args=[holder]))
+
+    async def put_line_result(self, batch_id: str, index: int, ok: bool, line: bytes) -> bool:
+        added = await self._call("put line", self._put_line(
+            keys=[f"{NS}:lines:{batch_id}", f"{NS}:linecounts:{batch_id}"],
+            args=[index, "ok" if ok else "failed", (b"1" if ok else b"0") + line]))
+        return bool(added)
+
+    async def line_results(self, batch_id: str) -> dict[int, tuple[bool, bytes]]:
+        rows = await self._call("read lines", self.client.hgetall(f"{NS}:lines:{batch_id}"))
+        return {int(i): (v[:1] == b"1", bytes(v[1:])) for i, v in rows.items()}
+
+    async def line_counts(self, batch_id: str) -> tuple[int, int]:
+        counts = await self._call("read lines",
+                                  self.client.hgetall(f"{NS}:linecounts:{batch_id}"))
+        return int(counts.get(b"ok", 0)), int(counts.get(b"failed", 0))
+
+    async def drop_line_results(self, batch_id: str) -> None:
+        await self._call("drop lines", self.client.delete(f"{NS}:lines:{batch_id}",
+                                                          f"{NS}:linecounts:{batch_id}"))
 
     # -- life -----------------------------------------------------------------------------
     async def ping(self) -> None:

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..budget import Counter, Refusal, admits
 from ..response_store import ENTRY_OVERHEAD, StoredResponse
@@ -27,6 +28,15 @@ CREATE TABLE IF NOT EXISTS usage (key TEXT NOT NULL, model TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                       expires REAL NOT NULL, size INTEGER NOT NULL,
                                       response BLOB NOT NULL, items BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL,
+                                    created REAL NOT NULL, data BLOB NOT NULL,
+                                    PRIMARY KEY (kind, id));
+CREATE INDEX IF NOT EXISTS records_by_owner ON records (kind, owner, created);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+                                   expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_lines (batch TEXT NOT NULL, idx INTEGER NOT NULL,
+                                        ok INTEGER NOT NULL, line BLOB NOT NULL,
+                                        PRIMARY KEY (batch, idx));
 """
 STATE_FILE = "state.db"
 KEEP_AFTER_S = 3600
@@ -224,6 +234,70 @@ class SqliteState(GatewayState):
             before = self.count
             self._drop(db, "id = ? AND owner = ?", (response_id, owner))
             return self.count < before
+
+    # -- files and batches ----------------------------------------------------------------
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"state database {self.path}: {exc}") from None
+
+    async def put_record(self, kind: str, record_id: str, owner: str, data: bytes,
+                         created: float) -> None:
+        with self._txn() as db:
+            db.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, id) DO "
+                       "UPDATE SET owner = excluded.owner, data = excluded.data",
+                       (kind, record_id, owner, created, data))
+
+    async def get_record(self, kind: str, record_id: str) -> tuple[str, bytes] | None:
+        rows = self._read("SELECT owner, data FROM records WHERE kind = ? AND id = ?",
+                          (kind, record_id))
+        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    async def list_records(self, kind: str, owner: str | None) -> list[bytes]:
+        if owner is None:
+            rows = self._read("SELECT data FROM records WHERE kind = ? "
+                              "ORDER BY created DESC, rowid DESC", (kind,))
+        else:
+            rows = self._read("SELECT data FROM records WHERE kind = ? AND owner = ? "
+                              "ORDER BY created DESC, rowid DESC", (kind, owner))
+        return [bytes(r[0]) for r in rows]
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        with self._txn() as db:
+            return db.execute("DELETE FROM records WHERE kind = ? AND id = ?",
+                              (kind, record_id)).rowcount > 0
+
+    async def claim(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        with self._txn() as db:
+            return db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "holder = excluded.holder, expires = excluded.expires "
+                "WHERE leases.holder = excluded.holder OR leases.expires <= ?",
+                (name, holder, now + ttl, now)).rowcount > 0
+
+    async def release(self, name: str, holder: str) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    async def put_line_result(self, batch_id: str, index: int, ok: bool, line: bytes) -> bool:
+        with self._txn() as db:
+            return db.execute("INSERT OR IGNORE INTO batch_lines VALUES (?, ?, ?, ?)",
+                              (batch_id, index, int(ok), line)).rowcount > 0
+
+    async def line_results(self, batch_id: str) -> dict[int, tuple[bool, bytes]]:
+        rows = self._read("SELECT idx, ok, line FROM batch_lines WHERE batch = ?", (batch_id,))
+        return {int(i): (bool(ok), bytes(line)) for i, ok, line in rows}
+
+    async def line_counts(self, batch_id: str) -> tuple[int, int]:
+        rows = self._read("SELECT COALESCE(SUM(ok), 0), COUNT(*) FROM batch_lines "
+                          "WHERE batch = ?", (batch_id,))
+        ok, total = int(rows[0][0]), int(rows[0][1])
+        return ok, total - ok
+
+    async def drop_line_results(self, batch_id: str) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM batch_lines WHERE batch = ?", (batch_id,))
 
     async def close(self) -> None:
         try:
