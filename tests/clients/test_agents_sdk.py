@@ -40,23 +40,11 @@ from openai.types.responses import ResponseFunctionToolCall
 
 from tests.clients.conftest import KEY, MODEL, NO_TOKENIZE
 from tests.clients.openai_checking import AsyncCheckingTransport
+from tests.clients.weather import ASK, CALLS, get_weather
 from tests.support.openai_schema import checker
 
 set_tracing_disabled(True)  # no trace export (it would go to OpenAI's servers)
-ASK = "What is the forecast for Oslo? Call get_weather."
-CALLS: list[tuple[str, int]] = []
-
-
-@function_tool
-def get_weather(city: str, days: int) -> str:
-    """The weather forecast for a city.
-
-    Args:
-        city: the city's name.
-        days: how many days ahead.
-    """
-    CALLS.append((city, days))
-    return f"cloudy, 4C in {city} for {days} days"
+weather_tool = function_tool(get_weather)
 
 
 def make_model(nebula: dict[str, Any], api: str, model: str
@@ -72,7 +60,7 @@ def make_model(nebula: dict[str, Any], api: str, model: str
 def agent(model: Model) -> Agent[Any]:
     # include_usage: the SDK asks chat streams for usage only from api.openai.com by default
     return Agent(name="forecaster", instructions="You answer weather questions.",
-                 model=model, tools=[get_weather],
+                 model=model, tools=[weather_tool],
                  model_settings=ModelSettings(include_usage=True))
 
 
@@ -86,7 +74,7 @@ def check_loop(result: RunResult | RunResultStreaming) -> None:
     assert kinds == ["tool_call_item", "tool_call_output_item", "message_output_item"], kinds
     call = result.new_items[0].raw_item
     assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_weather"
-    Draft202012Validator(get_weather.params_json_schema).validate(json.loads(call.arguments))
+    Draft202012Validator(weather_tool.params_json_schema).validate(json.loads(call.arguments))
     (city, days), = CALLS
     assert isinstance(city, str) and isinstance(days, int)
     assert result.new_items[1].output == f"cloudy, 4C in {city} for {days} days"

@@ -32,9 +32,7 @@ from pydantic_ai.tools import ToolDefinition
 
 from tests.clients.conftest import KEY, MODEL, NO_TOKENIZE
 from tests.clients.openai_checking import AsyncCheckingTransport
-
-ASK = "What is the forecast for Oslo? Call get_weather."
-CALLS: list[tuple[str, int]] = []
+from tests.clients.weather import ASK, CALLS, get_weather
 
 
 class Forecast(BaseModel):
@@ -47,15 +45,6 @@ class Forecast(BaseModel):
     summary: str
 
 
-def get_weather(city: str, days: int) -> str:
-    """The weather forecast for a city.
-
-    Args:
-        city: the city's name.
-        days: how many days ahead.
-    """
-    CALLS.append((city, days))
-    return f"cloudy, 4C in {city} for {days} days"
 
 
 async def until_answered(ctx: RunContext[None], tool: ToolDefinition) -> ToolDefinition | None:

@@ -31,8 +31,11 @@ class RouterTimeout(Exception):
     """A router accepted the request but sent no answer within the request timeout."""
 
 
-_REPLICAS_CONSIDERED = (b'"no_ready_replica"', b'"no_reachable_replica"', b'"queue_timeout"')
-"""Codes of a router's 503 that answer for the model's replicas, not for the router."""
+_REPLICAS_CONSIDERED = (b'"no_reachable_replica"', b'"queue_timeout"')
+"""Codes of a router's 503 that answer for the model's replicas, not for the router: it
+already tried to connect to each of them, or already held the request its queue's bound.
+``no_ready_replica`` is not among them: nothing was sent and nothing waited, and a router
+just restarted or reconnected to etcd can briefly see fewer replicas than its peers."""
 
 
 async def worth_another_router(resp: aiohttp.ClientResponse) -> bool:
