@@ -35,6 +35,14 @@ REPLICAS = 3
 CONCURRENCY = 24
 
 
+def serving_replica(router: str, uid: str) -> dict[str, Any]:
+    """The one replica of ``uid`` with a request in flight (the stream under test), as the
+    router's /debug/endpoints lists it."""
+    busy = [r for r in debug_endpoints(router) if r["model_uid"] == uid and r["in_flight"] > 0]
+    assert len(busy) == 1, busy
+    return busy[0]
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     require_binaries("nebula-node", "nebula-sim", "nebula-router")
@@ -197,10 +205,8 @@ def test_openai_stream_helper_sees_a_kill_as_nothing(env: dict[str, Any]) -> Non
             if event.type == "content.delta":
                 seen += 1
                 if seen == 3:
-                    busy = [r for r in debug_endpoints(router)
-                            if r["model_uid"] == uid and r["in_flight"] > 0]
-                    assert len(busy) == 1, busy
-                    rec = pid_record(env["cluster"], "n1", uid, busy[0]["replica"])
+                    rec = pid_record(env["cluster"], "n1", uid,
+                                     serving_replica(router, uid)["replica"])
                     assert rec is not None
                     os.kill(int(rec["pid"]), signal.SIGKILL)
         final = s.get_final_completion()
