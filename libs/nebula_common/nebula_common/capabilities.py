@@ -31,6 +31,9 @@ PATH_NEEDS: dict[str, Capability] = {
     "/v1/chat/completions": Capability.CHAT,
     "/v1/completions": Capability.COMPLETIONS,
     "/v1/embeddings": Capability.EMBEDDINGS,
+    # Anthropic Messages is served by translation to chat completions
+    "/v1/messages": Capability.CHAT,
+    "/v1/messages/count_tokens": Capability.CHAT,
 }
 """The capability a request path needs (paths served for every model are absent)."""
 

@@ -31,6 +31,13 @@ class ModelInfo:
     capabilities: frozenset[Capability] | None = None
     """What every ready replica serves, as the router lists it (None: not declared)."""
 
+    def serves(self, capability: Capability, engines: frozenset[str]) -> bool:
+        """As its replicas declared; where they declared nothing (older nodes), whether its
+        engine is one of ``engines``."""
+        if self.capabilities is not None:
+            return capability in self.capabilities
+        return self.engine in engines
+
 
 class ModelCatalog:
     """The router's ``GET /v1/models``, cached for ``ttl`` seconds, kept ``stale`` more."""

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from nebula_common.asgi import JSON_CONTENT_TYPE, RawHeaders
-from nebula_common.capabilities import refusal as capability_refusal
 from nebula_common.sse import sse_event
 
 from . import messages_translate as translate
@@ -49,13 +48,9 @@ def anthropic_error(path: str, status: int, body: bytes, request_id: str) -> byt
 
 async def admitted(gateway: Gateway, path: str, raw: bytes, outcome: Outcome
                    ) -> tuple[dict[str, Any], ModelInfo]:
-    """The validated body and its model (one that serves chat completions), with every
-    image URL past the media policy."""
+    """The validated body and its model (one that serves chat completions: the admission
+    checks it), with every image URL past the media policy."""
     body, info = await gateway.admit(path, raw, outcome)
-    unsupported = capability_refusal(info.id, CHAT, info.capabilities)
-    if unsupported is not None:
-        raise ValidationError(400, f"{unsupported}, which the Messages API is served by "
-                              f"(its engine is {info.engine})", "model", "model_not_supported")
     policy = gateway.config.media
     for param, url in translate.media_urls(body):
         problem = policy.refusal(url)

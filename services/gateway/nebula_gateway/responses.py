@@ -66,8 +66,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
     else:
         items = translate.expand_previous(body, Prefetched(store.enabled, prev_id, previous),
                                           outcome.owner)
-    native = (Capability.RESPONSES in info.capabilities if info.capabilities is not None
-              else info.engine in NATIVE_RESPONSES_ENGINES)
+    native = info.serves(Capability.RESPONSES, NATIVE_RESPONSES_ENGINES)
     if outcome.span.is_recording():
         outcome.span.set_attribute("nebula.responses.translated", not native)
     if native:

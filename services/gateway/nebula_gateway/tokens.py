@@ -24,9 +24,7 @@ TOKENIZE_ENGINES = frozenset({"vllm", "sim"})
 
 
 def can_tokenize(info: ModelInfo) -> bool:
-    if info.capabilities is not None:
-        return Capability.TOKENIZE in info.capabilities
-    return info.engine in TOKENIZE_ENGINES
+    return info.serves(Capability.TOKENIZE, TOKENIZE_ENGINES)
 
 
 async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: bytes,
