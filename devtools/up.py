@@ -29,6 +29,11 @@ DEFAULT_MODELS = {
     "sim": "Qwen/Qwen2.5-0.5B-Instruct",
 }
 READY_TIMEOUT = {"sim": 60.0, "llamacpp": 180.0, "vllm": 1200.0}
+ENGINE_ARGS = {"llamacpp": "--embedding True"}
+"""What each engine is placed with: llama.cpp serves embeddings too (the node starts it with
+a mean pooling, one vector per input) so that every call printed is served."""
+EMBEDS = frozenset({"llamacpp", "sim"})
+"""Engines whose default model serves /v1/embeddings (vLLM's generates only)."""
 PORTS = {"etcd": 2379, "engine": 10814, "scheduler": 10815, "node": 10816,
          "router": 18081, "gateway": 8081}
 
@@ -73,12 +78,16 @@ def already_up(run_dir: Path) -> bool:
     return any(group_alive(pid) for pid in pids.values())
 
 
-def usage(model: str, ports: dict[str, int], run_dir: Path) -> str:
+def usage(model: str, ports: dict[str, int], run_dir: Path, embeddings: bool = False) -> str:
     gw = f"http://127.0.0.1:{ports['gateway']}"
     chat = json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
     stream = json.dumps({"model": model, "stream": True,
                          "messages": [{"role": "user", "content": "Count to five"}]})
     responses = json.dumps({"model": model, "input": "Write one sentence about etcd."})
+    embed = json.dumps({"model": model, "input": ["first text", "second text"]})
+    embeddings_call = (f"""  curl -s {gw}/v1/embeddings -H 'content-type: application/json' \\
+       -d '{embed}'
+""" if embeddings else "")
     status = ".venv/bin/nebula status"
     if ports["etcd"] != PORTS["etcd"]:
         status += f" --etcd-endpoints 127.0.0.1:{ports['etcd']}"
@@ -95,7 +104,7 @@ Logs: {run_dir / 'logs'}    Stop: {stop}    Status: {status}
        -d '{stream}'
   curl -s {gw}/v1/responses -H 'content-type: application/json' \\
        -d '{responses}'
-"""
+{embeddings_call}"""
 
 
 def wait_showing_progress(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if already_up(run_dir):
         print("Nebula is already running (make down stops it).")
-        print(usage(model, ports, run_dir))
+        print(usage(model, ports, run_dir, args.engine in EMBEDS))
         return 0
     busy = [f"{name} {port}" for name, port in ports.items() if port_busy(port)]
     if busy:
@@ -156,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         uid = model_uid(model)
         sched, _ = cluster.start_scheduler(port=ports["scheduler"], args=[
             "--model-uid", uid, "--model-name", model, "--node-id", node_id,
-            "--engine", args.engine, "--port", str(ports["engine"])])
+            "--engine", args.engine, "--port", str(ports["engine"]),
+            *(["--engine-args", ENGINE_ARGS[args.engine]] if args.engine in ENGINE_ARGS
+              else [])])
         placed = wait_for(lambda: next((line for line in sched.log().splitlines()
                                         if line.startswith("placed:")), None),
                           30, "the scheduler's placed: line")
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(f"ready in {time.monotonic() - started:.1f}s")
-    print(usage(model, ports, run_dir))
+    print(usage(model, ports, run_dir, args.engine in EMBEDS))
     return 0
 
 

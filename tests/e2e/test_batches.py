@@ -321,3 +321,41 @@ def test_two_gateways_on_one_redis_run_a_batch_once(env: Env, tmp_path: Path) ->
             if name in env.cluster.procs:
                 env.cluster.procs[name].stop(grace=10)
         server.stop()
+
+
+def test_a_batch_past_its_window_expires_with_its_unfinished_lines_as_errors(
+        env: Env) -> None:
+    """A gateway whose batches have 3 s (``--batch-window``): the slow lines cannot all run;
+    at expires_at none starts, the batch is expired, and every line is in one of its files."""
+    _, url = env.cluster.start_gateway(
+        [env.router], name="batch-gateway-expiry",
+        args=["--api-keys-file", str(env.keyfile), "--batch-window", "3",
+              "--batch-concurrency", "2"])
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key=KEYS["alice"], max_retries=0, timeout=30)
+    kept = c.files.create(file=("kept.jsonl", chat_lines(FAST, 1)), purpose="batch",
+                          expires_after={"anchor": "created_at", "seconds": 3600})
+    assert kept.expires_at == kept.created_at + 3600
+    with pytest.raises(openai.BadRequestError):
+        c.files.create(file=("x.jsonl", chat_lines(FAST, 1)), purpose="batch",
+                       expires_after={"anchor": "created_at", "seconds": 10})
+    total = 200
+    before = env.sim_requests(SLOW)
+    batch = submit(c, chat_lines(SLOW, total, "exp"))
+    assert batch.expires_at == batch.created_at + 3
+    done = wait_status(c, batch.id, {"expired", "completed", "failed"}, 30)
+    assert done.status == "expired" and done.expired_at >= batch.expires_at
+    ran = env.sim_requests(SLOW) - before
+    finished = results(c, done.output_file_id)
+    errors = results(c, done.error_file_id)
+    assert 0 < len(finished) == done.request_counts.completed < total
+    assert done.request_counts.failed == 0 and done.request_counts.total == total
+    assert len(finished) + len(errors) == total
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert {e["response"] for e in errors} == {None}
+    assert sorted(x["custom_id"] for x in finished + errors) == sorted(
+        f"exp-{i}" for i in range(total))
+    # none started after the window: the lines abandoned at expires_at were sent, no more
+    assert len(finished) <= ran <= len(finished) + 2
+    time.sleep(1.0)
+    assert env.sim_requests(SLOW) - before == ran
+    env.cluster.procs["batch-gateway-expiry"].stop(grace=10)

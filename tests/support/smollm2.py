@@ -14,8 +14,9 @@ MODEL_UID = "smollm2_135m"
 
 
 @contextmanager
-def smollm2_cluster(run_dir: Path) -> Iterator[str]:
-    """The gateway's base URL once it lists the model; everything stopped afterwards."""
+def smollm2_cluster(run_dir: Path, engine_args: str = "") -> Iterator[str]:
+    """The gateway's base URL once it lists the model; everything stopped afterwards.
+    ``engine_args``: the placement's (one shell string, e.g. ``--embedding True``)."""
     needs.module("llama_cpp", "make llamacpp builds and installs llama-cpp-python")
     cluster = Cluster(run_dir)
     try:
@@ -25,7 +26,8 @@ def smollm2_cluster(run_dir: Path) -> Iterator[str]:
         _, gateway = cluster.start_gateway([router])
         cluster.start_scheduler(args=["--model-uid", MODEL_UID, "--model-name", MODEL,
                                       "--node-id", "cpu-node", "--engine", "llamacpp",
-                                      "--port", str(free_port())])
+                                      "--port", str(free_port()),
+                                      *(["--engine-args", engine_args] if engine_args else [])])
         cluster.wait_ready(MODEL_UID, 1, timeout=180)
         wait_for(lambda: MODEL.encode() in http_get(f"{gateway}/v1/models")[1], 20,
                  "model listed by the gateway")

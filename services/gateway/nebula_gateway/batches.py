@@ -96,7 +96,7 @@ def add_routes(app: Quart, files: Files, runner: BatchRunner, answer: Answer,
                 raise invalid("the input file's purpose must be 'batch'", "input_file_id")
             now = time.time()
             batch = bl.new_batch(f"batch_{uuid.uuid4().hex}", endpoint, file_id, window,
-                                 metadata, int(now))
+                                 metadata, int(now), runner.window_s)
             await stored(state.put_record(BATCH, batch["id"], outcome.owner,
                                           json.dumps(batch).encode(), now))
             await stored(state.put_record(ACTIVE, batch["id"], outcome.owner,

@@ -17,6 +17,10 @@ from typing import Any
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 COMPLETION_WINDOWS = ("24h",)
 WINDOW_S = 24 * 3600
+"""How long a batch has to finish (``--batch-window`` shortens it, for tests): past
+``expires_at`` it is ``expired``, its unfinished lines in the error file."""
+EXPIRED_CODE = "batch_expired"
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 MAX_LINES = 50_000
 """Lines one batch may have (OpenAI's limit)."""
 MAX_ERRORS = 100
@@ -28,7 +32,7 @@ COMPLETED, FAILED, CANCELLING, CANCELLED, EXPIRED = (
     "completed", "failed", "cancelling", "cancelled", "expired")
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED})
 TRANSITIONS: dict[str, frozenset[str]] = {
-    VALIDATING: frozenset({IN_PROGRESS, FAILED, CANCELLING}),
+    VALIDATING: frozenset({IN_PROGRESS, FAILED, CANCELLING, EXPIRED}),
     IN_PROGRESS: frozenset({FINALIZING, CANCELLING, EXPIRED}),
     FINALIZING: frozenset({COMPLETED, CANCELLING}),
     CANCELLING: frozenset({CANCELLED}),
@@ -52,12 +56,13 @@ def transition(batch: dict[str, Any], status: str, now: int) -> dict[str, Any]:
 
 
 def new_batch(batch_id: str, endpoint: str, input_file_id: str, window: str,
-              metadata: dict[str, str] | None, now: int) -> dict[str, Any]:
+              metadata: dict[str, str] | None, now: int, window_s: int = WINDOW_S
+              ) -> dict[str, Any]:
     """A batch just created (validating), as ``GET /v1/batches/{id}`` returns it."""
     return {"id": batch_id, "object": "batch", "endpoint": endpoint, "errors": None,
             "input_file_id": input_file_id, "completion_window": window,
             "status": VALIDATING, "output_file_id": None, "error_file_id": None,
-            "created_at": now, "in_progress_at": None, "expires_at": now + WINDOW_S,
+            "created_at": now, "in_progress_at": None, "expires_at": now + window_s,
             "finalizing_at": None, "completed_at": None, "failed_at": None,
             "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
@@ -151,6 +156,13 @@ def failed_line(custom_id: str, code: str, message: str) -> bytes:
     return json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
                        "response": None, "error": {"code": code, "message": message}},
                       separators=(",", ":")).encode()
+
+
+def expired_lines(lines: list[Line], results: dict[int, tuple[bool, bytes]]
+                  ) -> dict[int, tuple[bool, bytes]]:
+    """The error-file lines of an expired batch's lines that have no result (by index)."""
+    return {line.index: (False, failed_line(line.custom_id, EXPIRED_CODE, EXPIRED_MESSAGE))
+            for line in lines if line.index not in results}
 
 
 def assemble(results: dict[int, tuple[bool, bytes]]) -> tuple[bytes, bytes]:

@@ -10,6 +10,8 @@ bound, ``--batch-concurrency``) at the lowest priority class (``x-nebula-priorit
 batch``). Each finished line's result is written to the store as it completes, so a
 restarted gateway resumes a batch without repeating finished lines. A cancel (asked here,
 or seen in the store within half a second) stops new lines at once; lines in flight end.
+At ``expires_at`` no new line starts and the lines in flight are abandoned: the batch
+ends ``expired``, each unfinished line a ``batch_expired`` line of its error file.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ class BatchRunner:
     """This gateway's batch executor."""
 
     def __init__(self, gateway: Gateway, files: Files, concurrency: int,
-                 lease_s: float = LEASE_S):
+                 lease_s: float = LEASE_S, window_s: int = bl.WINDOW_S):
         self.gateway = gateway
         self.state = gateway.state
         self.files = files
         self.concurrency = max(1, concurrency)
         self.lease_s = lease_s
+        self.window_s = window_s
+        """The completion window of the batches created here (``--batch-window``)."""
         self.holder = uuid.uuid4().hex
         self.tasks = TaskSet("batches")
         self.running: dict[str, asyncio.Event] = {}
@@ -179,42 +183,65 @@ class BatchRunner:
                 await self.save(owner, batch)
                 await self.state.delete_record(ACTIVE, batch_id)
                 return
-            batch = bl.transition(batch, bl.IN_PROGRESS, now)
-            batch["request_counts"] = {"total": len(lines), "completed": 0, "failed": 0}
-            await self.save(owner, batch)
-        if batch["status"] == bl.IN_PROGRESS and not cancel.is_set():
-            await self.run_lines(batch, owner, lines, cancel)
-        await self.finish(batch, owner, len(lines), cancel.is_set())
+            if now < batch["expires_at"]:  # (else nobody ran it in time: it expires)
+                batch = bl.transition(batch, bl.IN_PROGRESS, now)
+                batch["request_counts"] = {"total": len(lines), "completed": 0, "failed": 0}
+                await self.save(owner, batch)
+        expired = False
+        if not cancel.is_set():
+            if batch["status"] == bl.IN_PROGRESS:
+                expired = not await self.run_lines(batch, owner, lines, cancel)
+            else:
+                expired = batch["status"] == bl.VALIDATING
+        await self.finish(batch, owner, lines, cancel.is_set() and not expired, expired)
 
     async def run_lines(self, batch: dict[str, Any], owner: str, lines: list[bl.Line],
-                        cancel: asyncio.Event) -> None:
+                        cancel: asyncio.Event) -> bool:
+        """Run the lines not done yet; False when the window ended first."""
         done = await self.state.line_results(batch["id"])
         todo = iter([line for line in lines if line.index not in done])
         key = self.key_of(owner)
+        expires_at = float(batch["expires_at"])
+        expired = False
 
         async def worker() -> None:
+            nonlocal expired
             for line in todo:  # one iterator shared by the workers: each line once
                 if cancel.is_set():
                     return
-                status, data, request_id = await self.call(batch["endpoint"], line, key)
+                try:  # a line still running at expires_at is abandoned (no result)
+                    async with asyncio.timeout(max(0.0, expires_at - time.time())):
+                        status, data, request_id = await self.call(batch["endpoint"], line,
+                                                                   key)
+                except TimeoutError:
+                    expired = True
+                    return
                 await self.state.put_line_result(
                     batch["id"], line.index, 200 <= status < 300,
                     bl.result_line(line.custom_id, status, request_id, data))
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        return not expired
 
-    async def finish(self, batch: dict[str, Any], owner: str, total: int,
-                     cancelled: bool) -> None:
+    async def finish(self, batch: dict[str, Any], owner: str, lines: list[bl.Line],
+                     cancelled: bool, expired: bool = False) -> None:
         now = int(time.time())
         if cancelled:
             asked = await self.state.get_record(CANCEL, batch["id"])
             batch = bl.transition(batch, bl.CANCELLING, now)
             if asked:
                 batch["cancelling_at"] = json.loads(asked[1])["cancelling_at"]
+        elif expired:
+            batch = bl.transition(batch, bl.EXPIRED, now)
         elif batch["status"] == bl.IN_PROGRESS:
             batch = bl.transition(batch, bl.FINALIZING, now)
             await self.save(owner, batch)
         results = await self.state.line_results(batch["id"])
+        failed = sum(1 for ok, _ in results.values() if not ok)
+        batch["request_counts"] = {"total": len(lines), "completed": len(results) - failed,
+                                   "failed": failed}  # (an expired line never ran: neither)
+        if expired:
+            results = {**results, **bl.expired_lines(lines, results)}
         output, errors = bl.assemble(results)
         if output and not batch["output_file_id"]:
             batch["output_file_id"] = (await self.files.create(
@@ -222,10 +249,8 @@ class BatchRunner:
         if errors and not batch["error_file_id"]:
             batch["error_file_id"] = (await self.files.create(
                 owner, f"{batch['id']}_error.jsonl", "batch_output", errors))["id"]
-        failed = sum(1 for ok, _ in results.values() if not ok)
-        batch["request_counts"] = {"total": total, "completed": len(results) - failed,
-                                   "failed": failed}
-        batch = bl.transition(batch, bl.CANCELLED if cancelled else bl.COMPLETED, now)
+        if not expired:
+            batch = bl.transition(batch, bl.CANCELLED if cancelled else bl.COMPLETED, now)
         await self.save(owner, batch)
         await self.state.delete_record(ACTIVE, batch["id"])
         await self.state.drop_line_results(batch["id"])

@@ -291,6 +291,27 @@ TOKENIZE = Obj(
 
 DETOKENIZE = Obj(MODEL, Field("tokens", Arr(Int(0)), required=True))
 
+# -- /v1/rerank and /v1/score (vLLM's, for pooling models) --------------------------------
+
+_TRUNCATE = Field("truncate_prompt_tokens", Int(-1))  # -1: the model's own limit
+_TEXTS = Opaque(OneOf(Str(), Arr(Str(), min_items=1)),
+                " must be a string or a non-empty array of strings")
+
+RERANK = Obj(
+    MODEL,
+    Field("query", Str(), required=True),
+    Field("documents", Arr(Str(), min_items=1, item_noun="document"), required=True),
+    Field("top_n", Int(0), doc="The best n results only (0: all)"),
+    _TRUNCATE,
+)
+
+SCORE = Obj(
+    MODEL,
+    Field("text_1", _TEXTS, required=True),
+    Field("text_2", _TEXTS, required=True),
+    _TRUNCATE,
+)
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -319,4 +340,9 @@ ENDPOINTS: dict[str, Endpoint] = {e.path: e for e in (
     Endpoint("/tokenize", TOKENIZE, "TokenizeRequest", "tokenize", "Tokenize (vLLM's)", "vllm"),
     Endpoint("/detokenize", DETOKENIZE, "DetokenizeRequest", "detokenize",
              "Detokenize (vLLM's)", "vllm"),
+    Endpoint("/v1/rerank", RERANK, "RerankRequest", "rerank", "Rerank documents (vLLM's)",
+             "vllm"),
+    Endpoint("/rerank", RERANK, "RerankRequest", "rerankUnversioned",
+             "Rerank documents (vLLM's, Jina's path)", "vllm"),
+    Endpoint("/v1/score", SCORE, "ScoreRequest", "score", "Score text pairs (vLLM's)", "vllm"),
 )}

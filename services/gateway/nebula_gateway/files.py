@@ -3,7 +3,10 @@
 A file belongs to the key that uploaded it (its hash, as stored Responses do): another
 key gets 404. Metadata and content are two records in the gateway's state store
 (``file`` and ``file_content``); a batch's results are files of purpose ``batch_output``
-written by :mod:`.batches_runner`. Uploads are bounded by ``--max-file-bytes``.
+written by :mod:`.batches_runner`. Uploads are bounded by ``--max-file-bytes``. A file
+uploaded with ``expires_after`` (OpenAI's ``{"anchor": "created_at", "seconds": N}``) has
+an ``expires_at`` (an upload without one: 30 days, as OpenAI keeps batch input files);
+past it the file is gone (dropped when next looked at).
 """
 
 from __future__ import annotations
@@ -27,6 +30,26 @@ PageArgs = Callable[[Mapping[str, str]], tuple[int, str, str | None]]
 
 UPLOAD_PURPOSES = ("batch",)
 FILE, CONTENT = "file", "file_content"
+EXPIRES_AFTER_S = (3600, 30 * 24 * 3600)
+"""The bounds of ``expires_after.seconds`` (OpenAI's: an hour to 30 days)."""
+UPLOAD_KEPT_S = 30 * 24 * 3600
+"""How long an upload without ``expires_after`` is kept (OpenAI's default for batch)."""
+
+
+def expires_after(form: Mapping[str, str]) -> int:
+    """The seconds of an upload's ``expires_after`` (multipart ``expires_after[anchor]`` and
+    ``expires_after[seconds]``, as the SDKs send it); 400 when bad."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return UPLOAD_KEPT_S
+    if anchor != "created_at":
+        raise ValidationError(400, "expires_after.anchor must be 'created_at'",
+                              "expires_after.anchor", "invalid_request")
+    low, high = EXPIRES_AFTER_S
+    if seconds is None or not seconds.isdigit() or not low <= int(seconds) <= high:
+        raise ValidationError(400, f"expires_after.seconds must be an integer between {low} "
+                              f"and {high}", "expires_after.seconds", "invalid_request")
+    return int(seconds)
 
 
 def unavailable() -> AuthError:
@@ -63,12 +86,13 @@ class Files:
     def __init__(self, state: GatewayState):
         self.state = state
 
-    async def create(self, owner: str, filename: str, purpose: str, content: bytes
-                     ) -> dict[str, Any]:
+    async def create(self, owner: str, filename: str, purpose: str, content: bytes,
+                     expires_after_s: int | None = None) -> dict[str, Any]:
         now = time.time()
         file_id = f"file-{uuid.uuid4().hex[:24]}"
+        expires_at = None if expires_after_s is None else int(now) + expires_after_s
         meta = {"id": file_id, "object": "file", "bytes": len(content),
-                "created_at": int(now), "expires_at": None, "filename": filename,
+                "created_at": int(now), "expires_at": expires_at, "filename": filename,
                 "purpose": purpose, "status": "processed", "status_details": None}
         # content first: a file listed is a file that can be read
         await self.state.put_record(CONTENT, file_id, owner, content, now)
@@ -80,16 +104,30 @@ class Files:
         if entry is None or entry[0] != owner:
             return None
         data: dict[str, Any] = json.loads(entry[1])
+        if await self.expired(data):
+            return None
         return data
 
     async def content(self, owner: str, file_id: str) -> bytes | None:
+        if await self.meta(owner, file_id) is None:  # (an expired file has no content)
+            return None
         entry = await self.state.get_record(CONTENT, file_id)
         if entry is None or entry[0] != owner:
             return None
         return entry[1]
 
     async def listing(self, owner: str) -> list[dict[str, Any]]:
-        return [json.loads(d) for d in await self.state.list_records(FILE, owner)]
+        items = [json.loads(d) for d in await self.state.list_records(FILE, owner)]
+        return [i for i in items if not await self.expired(i)]
+
+    async def expired(self, meta: dict[str, Any]) -> bool:
+        """Is the file past its ``expires_at``? If so it is deleted now."""
+        expires_at = meta.get("expires_at")
+        if expires_at is None or expires_at > time.time():
+            return False
+        await self.state.delete_record(FILE, meta["id"])
+        await self.state.delete_record(CONTENT, meta["id"])
+        return True
 
     async def delete(self, owner: str, file_id: str) -> bool:
         if await self.meta(owner, file_id) is None:
@@ -125,7 +163,8 @@ def add_routes(app: Quart, files: Files, answer: Answer, page_args: PageArgs,
             if not filename.endswith(".jsonl"):
                 raise ValidationError(400, "a batch input file must be JSONL (.jsonl)", "file",
                                       "invalid_file_format")
-            meta = await stored(files.create(outcome.owner, filename, purpose, content))
+            meta = await stored(files.create(outcome.owner, filename, purpose, content,
+                                             expires_after(form)))
             return json.dumps(meta).encode()
         return await answer("/v1/files", build)
 

@@ -48,3 +48,9 @@ def test_already_up_reads_the_pidfile(tmp_path: Path) -> None:
     assert not up.already_up(tmp_path)
     (tmp_path / "pids.json").write_text('{"etcd": 999999999}')
     assert not up.already_up(tmp_path)
+
+
+def test_usage_lists_embeddings_where_the_engine_serves_them() -> None:
+    assert "/v1/embeddings" in up.usage("m", dict(up.PORTS), up.RUN_DIR, embeddings=True)
+    assert "/v1/embeddings" not in up.usage("m", dict(up.PORTS), up.RUN_DIR)
+    assert up.EMBEDS == {"llamacpp", "sim"} and "--embedding True" in up.ENGINE_ARGS["llamacpp"]

@@ -126,3 +126,17 @@ def test_pages_follow_the_cursor() -> None:
     last = page(items, 2, "desc", "x2")
     assert [i["id"] for i in last["data"]] == ["x1"] and not last["has_more"]
     assert [i["id"] for i in page(items, 2, "asc", None)["data"]] == ["x1", "x2"]
+
+
+def test_an_expired_batch_lists_its_unfinished_lines_as_batch_expired() -> None:
+    batch = bl.new_batch("b", CHAT, "f", "24h", None, 100, window_s=5)
+    assert batch["expires_at"] == 105
+    expired = bl.transition(bl.transition(batch, bl.IN_PROGRESS, 101), bl.EXPIRED, 106)
+    assert (expired["status"], expired["expired_at"]) == ("expired", 106)
+    assert bl.transition(batch, bl.EXPIRED, 200)["status"] == "expired"  # never started
+    lines = [bl.Line(i, f"c{i}", {}) for i in range(3)]
+    left = bl.expired_lines(lines, {1: (True, b"done")})
+    assert sorted(left) == [0, 2] and not any(ok for ok, _ in left.values())
+    shown = json.loads(left[2][1])
+    assert shown["custom_id"] == "c2" and shown["response"] is None
+    assert shown["error"] == {"code": "batch_expired", "message": bl.EXPIRED_MESSAGE}

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, Response, request
 
-from . import tokenizer, tools
+from . import pooling, tokenizer, tools
 from .continuation import resume_point
 from .engine import JSONObject, SimEngine, StreamCut, crlf_framed
 from .metrics import METRICS_CONTENT_TYPE
@@ -128,6 +128,30 @@ class Tokenization(Handler):
             return error_response(exc)
 
 
+class Pooling(Handler):
+    """POST of a pooling endpoint (vLLM's /v1/rerank, /rerank, /v1/score)."""
+
+    def __init__(self, engine: SimEngine, path: str,
+                 answer: Callable[[str, JSONObject], JSONObject]) -> None:
+        super().__init__(engine)
+        self.path = path
+        self.answer = answer
+
+    async def post(self) -> Response:
+        try:
+            body = await self.engine.admit(self.path, request.headers, request.get_data)
+            return json_response(self.engine.pool(body, self.answer))
+        except Refusal as exc:
+            return error_response(exc)
+
+
+POOLING_ENDPOINTS: dict[str, Callable[[str, JSONObject], JSONObject]] = {
+    "/v1/rerank": pooling.rerank, "/rerank": pooling.rerank, "/v2/rerank": pooling.rerank,
+    "/v1/score": pooling.score, "/score": pooling.score,
+}
+"""vLLM's pooling paths (it serves each under these names)."""
+
+
 class Probes(Handler):
     """What monitors poll: /health (/healthz), /readyz, /version, /metrics, /v1/models."""
 
@@ -195,6 +219,8 @@ def create_app(engine: SimEngine) -> Quart:
         *(("POST", path, TextGeneration(engine, path, endpoint).post)
           for path, endpoint in TEXT_ENDPOINTS.items()),
         ("POST", EMBEDDINGS, Embeddings(engine).post),
+        *(("POST", path, Pooling(engine, path, answer).post)
+          for path, answer in POOLING_ENDPOINTS.items()),
         ("POST", "/tokenize", tokens.tokenize),
         ("POST", "/detokenize", tokens.detokenize),
         ("GET", "/v1/models", probes.models),

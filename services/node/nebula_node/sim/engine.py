@@ -357,6 +357,15 @@ class SimEngine:
         return embeddings_response(self.served_name(body), inputs, dimensions, encoding,
                                    prompt_tokens)
 
+    def pool(self, body: JSONObject, answer: Callable[[str, JSONObject], JSONObject]
+             ) -> JSONObject:
+        """A pooling answer (rerank, score: :mod:`pooling`) of an admitted request, counted."""
+        out = answer(self.served_name(body), body)
+        self.metrics.prompt_tokens.inc(out["usage"]["total_tokens"])
+        self.requests_success += 1
+        self.metrics.success("stop")
+        return out
+
     async def _start(self, job: Job, started: float) -> int:
         """Wait for a slot, hold the job's KV tokens, prefill; returns the cached tokens.
 
