@@ -1,16 +1,18 @@
-"""The request path on the optional uvicorn server (`--http-server uvicorn`): same behaviour."""
+"""The request path on the other HTTP servers (`--http-server uvicorn|granian`): same behaviour."""
 
 from __future__ import annotations
 
 import openai
+import pytest
 
 from devtools.cluster import Cluster, free_port, wait_for
 
 MODEL = "uv-model"
 
 
-def test_router_and_gateway_on_uvicorn(cluster: Cluster) -> None:
-    flags = ["--http-server", "uvicorn"]
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_router_and_gateway_on(server: str, cluster: Cluster) -> None:
+    flags = ["--http-server", server]
     cluster.start_node("uv-node")
     router_proc, router = cluster.start_router(args=flags)
     gateway_proc, gateway = cluster.start_gateway([router],

@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .workers import worker_index
+
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 REDACTED = "[redacted]"
@@ -117,12 +119,15 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str):
         super().__init__()
         self.service = service
+        worker = worker_index()  # one of --workers N: say which
+        self.worker = {} if worker is None else {"worker": worker}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "service": self.service,
+            **self.worker,
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }

@@ -1,37 +1,45 @@
-"""Serving a role's Quart app with Hypercorn on uvloop, the same way in every role.
+"""Serving a role's ASGI app on uvloop, the same way in every role.
 
-The listen socket is bound here, before Hypercorn starts, so a port that
-cannot be bound is one clear line on stderr and a non-zero exit instead of a
-traceback or a silent exit.
+The listen socket is bound here, before the HTTP server (:mod:`.http_servers`)
+starts, so a port that cannot be bound is one clear line on stderr and a non-zero
+exit instead of a traceback or a silent exit. ``/metrics`` answers for every
+worker of ``--workers N`` (:mod:`.workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.util
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import uvloop
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from quart import Quart, Response
 
 from .asgi import ASGIApp
-from .config import Parser, fail, listen_address
+from .config import fail, listen_address
+from .http_servers import (
+    LISTEN_BACKLOG,
+    granian_serving,
+    hypercorn_serving,
+    uvicorn_serving,
+)
 from .tasks import TaskSet, cancel_task
-
-if TYPE_CHECKING:
-    from hypercorn.typing import Framework
+from .workers import MULTIPROC_ENV, worker_index
 
 log = logging.getLogger(__name__)
-
-LISTEN_BACKLOG = 2048
-"""Accept queue of every role's listen socket: bursts of new connections wait, not fail."""
 
 
 def bind_socket(listen: str, prog: str) -> socket.socket:
@@ -43,6 +51,8 @@ def bind_socket(listen: str, prog: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if worker_index() is not None:  # one of --workers N: the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
@@ -67,33 +77,63 @@ def add_basic_routes(app: Quart, ready: Callable[[], tuple[bool, str]] | None = 
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
-def hypercorn_config(sock: socket.socket, **overrides: Any) -> Config:
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
-    config.graceful_timeout = 5
-    config.h11_max_incomplete_size = 64 * 1024  # bounds header size (huge headers -> 4xx)
-    # Hypercorn re-listens the socket with its own backlog (default 100): at 1,000 new
-    # connections the accept queue overflowed and clients waited seconds (make bench).
-    config.backlog = LISTEN_BACKLOG
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+_multiprocess: CollectorRegistry | None = None
 
 
-HTTP_SERVERS = ("hypercorn", "uvicorn")
+def scrape_registry() -> CollectorRegistry:
+    """What ``/metrics`` answers: this process's metrics, or with ``--workers N`` the sums
+    over every worker (prometheus_client's multiprocess mode) plus this worker's
+    scrape-time collectors (:func:`register_collector`)."""
+    global _multiprocess
+    if os.environ.get(MULTIPROC_ENV) is None:
+        return REGISTRY
+    if _multiprocess is None:
+        from prometheus_client import multiprocess
+        _multiprocess = CollectorRegistry()
+        multiprocess.MultiProcessCollector(_multiprocess)  # type: ignore[no-untyped-call]
+        for collector in _scrape_collectors:
+            _multiprocess.register(collector)
+    return _multiprocess
 
 
-def add_http_server_flag(parser: Parser) -> None:
-    """``--http-server`` for the roles on the request path (router, gateway)."""
-    parser.add_flag("--http-server", default="hypercorn", choices=list(HTTP_SERVERS),
-                    help="ASGI server of this role's HTTP port: hypercorn (default) or "
-                         "uvicorn (httptools; less CPU per request)")
+_scrape_collectors: list[Collector] = []
+
+
+def register_collector(collector: Collector) -> None:
+    """A collector computed at scrape time from this process's state (with workers,
+    the answering worker's view)."""
+    REGISTRY.register(collector)
+    _scrape_collectors.append(collector)
+    if _multiprocess is not None:
+        _multiprocess.register(collector)
+
+
+def unregister_collector(collector: Collector) -> None:
+    REGISTRY.unregister(collector)
+    _scrape_collectors.remove(collector)
+    if _multiprocess is not None:
+        _multiprocess.unregister(collector)
+
+
+class _AsyncioTasks(Collector):
+    """Tasks alive on the answering process's event loop (/metrics is rendered on it).
+
+    Leaked tasks (a stream whose cleanup never runs) show as growth: make soak reads it.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # collected outside a loop (registration, a test)
+            tasks = 0
+        yield GaugeMetricFamily("nebula_common_asyncio_tasks",
+                                "asyncio tasks alive on the role's event loop", value=tasks)
+
+
+register_collector(_AsyncioTasks())
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -114,49 +154,20 @@ def run_app(
 
     ``before`` runs once the loop exists and before the first request;
     ``after`` runs after the server stopped accepting (drain, deregister...).
-    ``server="uvicorn"`` serves the same ASGI app with uvicorn's httptools protocol.
+    ``server`` is one of :data:`HTTP_SERVERS`; each serves the same ASGI app.
     When a task of ``tasks`` that must not die crashes, the role stops the same
     way (``after`` included) and exits 1 with a one-line reason: never half-alive.
     """
-    if server == "uvicorn":
-        try:
-            import uvicorn
-        except ImportError:
-            fail(prog, "--http-server uvicorn needs the uvicorn package (pip install uvicorn)")
+    module = {"uvicorn": "uvicorn", "granian": "granian"}.get(server)
+    if module is not None and importlib.util.find_spec(module) is None:
+        fail(prog, f"--http-server {server} needs the {module} package (pip install {module})")
     sock = bind_socket(listen, prog)
-
     if server == "uvicorn":
-        config = uvicorn.Config(
-            app, loop="none", http="auto", lifespan="off", access_log=False, log_config=None,
-            proxy_headers=False, server_header=False, timeout_keep_alive=75,
-            timeout_graceful_shutdown=5, backlog=LISTEN_BACKLOG,
-        )
-
-        class Server(uvicorn.Server):
-            # uvicorn re-raises SIGTERM after its graceful stop, so the process would die
-            # by the signal; a clean stop here exits 0 like every other role.
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        async def serving(stop: asyncio.Event) -> None:
-            server = Server(config)
-
-            async def stopper() -> None:
-                await stop.wait()
-                server.should_exit = True
-
-            watcher = asyncio.get_running_loop().create_task(stopper())
-            try:
-                await server.serve(sockets=[sock])
-            finally:
-                await cancel_task(watcher)
+        serving = uvicorn_serving(app, sock)
+    elif server == "granian":
+        serving = granian_serving(app, sock)
     else:
-        hconfig = hypercorn_config(sock, **hypercorn_overrides)
-
-        async def serving(stop: asyncio.Event) -> None:
-            # hypercorn types apps with its own TypedDict scopes; any ASGI callable serves.
-            await serve(cast("Framework", app), hconfig, shutdown_trigger=stop.wait)
+        serving = hypercorn_serving(app, sock, hypercorn_overrides)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -175,9 +186,8 @@ def run_app(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-    # Both servers close the socket they were given; closing it again raised EBADF (or
-    # could close an unrelated fd that reused the number), so only forget it here.
-    sock.detach()
+    # Every server closes the socket it was given; closing it again raised EBADF (or
+    # could close an unrelated fd that reused the number), so each serving forgets it.
     if tasks is not None and tasks.failed.is_set():
         fail(prog, f"a task it cannot run without crashed: {_reason(tasks.error)}", code=1)
 

@@ -17,8 +17,10 @@ from nebula_common.config import (
     listen_address,
     on_off,
 )
+from nebula_common.http_servers import add_http_server_flag
 from nebula_common.logs import setup_logging
-from nebula_common.service import add_http_server_flag, run_app
+from nebula_common.service import run_app
+from nebula_common.workers import add_workers_flag, serve_workers
 
 from .auth import KeyFileError, load_keys
 from .budget import DEFAULT_MAX_TOKENS
@@ -60,6 +62,9 @@ def build_parser() -> Parser:
                     help="largest file uploaded to /v1/files (batch input; 413 above)")
     parser.add_flag("--batch-concurrency", default=16, type=int,
                     help="lines of a batch this gateway runs at once (at priority batch)")
+    parser.add_flag("--batch-window", default=24 * 3600, type=int,
+                    help="seconds a batch has to finish (its completion_window, 24h); past "
+                         "them it is expired, its unfinished lines in its error file")
     parser.add_flag("--api-keys-file", default=None,
                     help="file of sha256 key hashes: 'HASH [name] [rpm=N] [concurrency=N] "
                          "[tpm=N] [budget=N/day|month] [models=a,b] [priority=P]' per line")
@@ -107,6 +112,7 @@ def build_parser() -> Parser:
     parser.add_flag("--response-ttl", default=TTL, type=float,
                     help="seconds a stored response is kept")
     add_http_server_flag(parser)
+    add_workers_flag(parser)
     parser.add_flag("--access-log", default=True, type=on_off,
                     help="one JSON line per request (logger nebula.gateway.access): on/off")
     return parser
@@ -156,8 +162,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         media = MediaPolicy.parse(args.media_allow)
     except ValueError as exc:
         fail(PROG, f"--media-allow: {exc}")
-    if args.max_file_bytes <= 0 or args.batch_concurrency <= 0:
-        fail(PROG, "--max-file-bytes and --batch-concurrency must be positive")
+    if args.max_file_bytes <= 0 or args.batch_concurrency <= 0 or args.batch_window <= 0:
+        fail(PROG, "--max-file-bytes, --batch-concurrency and --batch-window must be positive")
     for flag in ("anonymous_rpm", "anonymous_concurrency", "max_in_flight"):
         if getattr(args, flag) < 0:
             fail(PROG, f"--{flag.replace('_', '-')} must not be negative")
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         state_dir=args.state_dir, state_fail_open=args.state_fail == "open",
         default_max_tokens=args.default_max_tokens,
         max_file_bytes=args.max_file_bytes, batch_concurrency=args.batch_concurrency,
+        batch_window=args.batch_window,
     )
 
 
@@ -197,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging("gateway", args.log_level, args.log_format)
     config = config_from_args(args)
+    serve_workers(args.workers, module="nebula_gateway.main", argv=argv, listen=args.listen,
+                  prog=PROG)
     from .app import create_app
 
     try:

@@ -29,17 +29,20 @@ AUTH_FAILURES = Counter("nebula_gateway_auth_failures_total",
                         "Requests refused for a missing or unknown API key", ["reason"])
 ROUTER_FAILOVERS = Counter("nebula_gateway_router_failovers_total",
                            "Requests retried on another router after a router failed")
-IN_FLIGHT = Gauge("nebula_gateway_in_flight_requests", "Requests being served right now")
+IN_FLIGHT = Gauge("nebula_gateway_in_flight_requests", "Requests being served right now",
+                  multiprocess_mode="livesum")
 TOKENS_RESERVED = Counter("nebula_gateway_tokens_reserved_total",
                           "Tokens held at admission by keys with a tpm or a budget", ["key"])
 STATE_DEGRADED = Gauge("nebula_gateway_state_degraded",
                        "1 while the shared state store (Redis) is unreachable and this "
-                       "gateway serves on local state")
+                       "gateway serves on local state", multiprocess_mode="livemax")
 STATE_ERRORS = Counter("nebula_gateway_state_errors_total",
                        "Calls to the state store that failed", ["backend", "op"])
 STATE_RECONCILED = Counter("nebula_gateway_state_reconciled_tokens_total",
                            "Tokens counted locally during an outage, added to the shared "
                            "store once it was back")
 USAGE_PENDING = Gauge("nebula_gateway_usage_pending_rows",
-                      "Usage rows (key, model) counted but not yet written to the state store")
-KEYS_LOADED = Gauge("nebula_gateway_api_keys", "API keys accepted now", ["source"])
+                      "Usage rows (key, model) counted but not yet written to the state store",
+                      multiprocess_mode="livesum")
+KEYS_LOADED = Gauge("nebula_gateway_api_keys", "API keys accepted now", ["source"],
+                    multiprocess_mode="livemax")

@@ -12,12 +12,14 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from nebula_common.config import Parser, add_common_flags, etcd_config, fail, keys, on_off
+from nebula_common.http_servers import add_http_server_flag
 from nebula_common.logs import setup_logging
 from nebula_common.openai_errors import error_json
-from nebula_common.service import add_http_server_flag, run_app
+from nebula_common.service import run_app
 from nebula_common.store import EtcdStore, LeaseKeeper
 from nebula_common.tasks import TaskSet
 from nebula_common.tracing import setup_tracing, shutdown_tracing, tracing_enabled
+from nebula_common.workers import add_workers_flag, serve_workers
 
 from .admission import Admission, QueueConfig
 from .admission.signal import SignalPublisher
@@ -82,10 +84,12 @@ def build_parser() -> Parser:
     p.add_flag("--stream-failover-bytes", default=DEFAULT_LIMIT, type=int,
                help="forwarded bytes kept per stream for a resume; past them the stream "
                     "is not resumed")
-    p.add_flag("--max-running-per-replica", default=0, type=int,
+    p.add_flag("--max-running-per-replica", default="auto", type=max_running,
+               metavar="N|auto|0",
                help="admission queue: requests run at once per ready replica (this router's "
                     "plus the engine's reported others); the rest wait in the router's queue "
-                    "by priority class and tenant (0 = off: no queue)")
+                    "by priority class and tenant. auto: each replica's declared concurrency "
+                    "(its endpoint record); N overrides it; 0 = off: no queue")
     p.add_flag("--queue-max", default=256, type=int,
                help="admission queue: requests waiting per model, else 429 queue_full")
     p.add_flag("--queue-timeout", default="30,60,120", metavar="I,D,B",
@@ -99,8 +103,23 @@ def build_parser() -> Parser:
     p.add_flag("--no-replica-header", action="store_true",
                help="do not add x-nebula-replica to responses")
     add_http_server_flag(p)
+    add_workers_flag(p)
     p.add_flag("--access-log", default=True, type=on_off, help="one JSON line per request: on/off")
     return p
+
+
+def max_running(text: str) -> int | None:
+    """``--max-running-per-replica``: ``auto`` -> 0 (each replica's declared concurrency),
+    N > 0 -> N (the operator's override), ``0`` or ``off`` -> None (no queue)."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        return 0
+    if value in ("0", "off"):
+        return None
+    n = int(value)  # argparse turns a ValueError into a one-line usage error
+    if n < 0:
+        raise ValueError(value)
+    return n
 
 
 def add_http_errors(app: Quart) -> None:
@@ -141,11 +160,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg = etcd_config(args)
     except ValueError as exc:
         fail(PROG, str(exc))
+    serve_workers(args.workers, module="nebula_router.main", argv=argv, listen=args.listen,
+                  prog=PROG)
     tracer = setup_tracing("router") if tracing_enabled() else None
     store = EtcdStore(cfg)
     table = EndpointTable(store, keys(args))
     admission: Admission | None = None
-    if args.max_running_per_replica > 0:
+    if args.max_running_per_replica is not None:
         try:
             timeouts = tuple(float(t) for t in args.queue_timeout.split(","))
             queue_cfg = QueueConfig(args.queue_max, timeouts, args.queue_aging)

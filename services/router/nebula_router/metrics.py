@@ -11,12 +11,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from nebula_common.records import EndpointState
+from nebula_common.service import register_collector, unregister_collector
 
 from .policy import Candidate
 
@@ -53,7 +54,7 @@ CLIENT_DISCONNECTS = Counter("nebula_router_client_disconnects_total",
                              "Requests whose client went away; the upstream call was cancelled")
 QUEUE_LENGTH = Gauge("nebula_router_queue_length",
                      "Requests waiting in the admission queue, by model and priority class",
-                     ["model", "class"])
+                     ["model", "class"], multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("nebula_router_queue_wait_seconds",
                        "Time a dispatched request waited in the admission queue",
                        ["model", "class"], buckets=LATENCY_BUCKETS)
@@ -136,6 +137,6 @@ _collector: TableCollector | None = None
 def install_collector(snapshot: Snapshot) -> None:
     global _collector
     if _collector is not None:
-        REGISTRY.unregister(_collector)
+        unregister_collector(_collector)
     _collector = TableCollector(snapshot)
-    REGISTRY.register(_collector)
+    register_collector(_collector)
