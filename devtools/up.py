@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -21,6 +22,13 @@ from pathlib import Path
 
 from devtools.cluster import REPO, Cluster, group_alive, http_post_json, wait_for
 from devtools.step import PROGRESS_EVERY_S, elapsed
+
+
+def request_path_workers(cpus: int) -> int:
+    """Router and gateway processes each (``--workers``): the engine and the clients need
+    cores too, so one per two cores, at most 4 (1 on a 2-core laptop)."""
+    return max(1, min(4, cpus // 2))
+
 
 RUN_DIR = REPO / ".run"
 DEFAULT_MODELS = {
@@ -158,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"starting etcd on 127.0.0.1:{ports['etcd']} (data in {run_dir / 'etcd-data'})")
         cluster.start_etcd()
-        print(f"starting node {node_id}, router :{ports['router']}, gateway :{ports['gateway']}")
+        workers = ["--workers", str(request_path_workers(os.cpu_count() or 1))]
+        print(f"starting node {node_id}, router :{ports['router']}, gateway :{ports['gateway']}"
+              f" ({workers[1]} worker(s) each)")
         cluster.start_node(node_id, port=ports["node"])
-        _, router = cluster.start_router(port=ports["router"])
-        _, gateway = cluster.start_gateway([router], port=ports["gateway"])
+        _, router = cluster.start_router(port=ports["router"], args=workers)
+        _, gateway = cluster.start_gateway([router], port=ports["gateway"], args=workers)
         uid = model_uid(model)
         sched, _ = cluster.start_scheduler(port=ports["scheduler"], args=[
             "--model-uid", uid, "--model-name", model, "--node-id", node_id,

@@ -88,6 +88,12 @@ variable "gateway_count" {
   default = 1
 }
 
+variable "workers" {
+  type        = number
+  default     = 2
+  description = "Processes per router and per gateway task (--workers, one SO_REUSEPORT port); each gets 1000 MHz of cpu and 256 MB."
+}
+
 variable "hf_cache_dir" {
   type        = string
   default     = "/opt/nebula/hf-cache"
@@ -484,6 +490,7 @@ job "nebula" {
       env {
         NEBULA_LISTEN    = "0.0.0.0:18081"
         NEBULA_LOG_LEVEL = var.log_level
+        NEBULA_WORKERS   = var.workers
       }
 
       template {
@@ -543,8 +550,8 @@ job "nebula" {
       }
 
       resources {
-        cpu    = 1000
-        memory = 512
+        cpu    = 1000 * var.workers
+        memory = 256 + 256 * var.workers
       }
     }
   }
@@ -596,6 +603,7 @@ job "nebula" {
       env {
         NEBULA_LISTEN          = "0.0.0.0:8081"
         NEBULA_LOG_LEVEL       = var.log_level
+        NEBULA_WORKERS         = var.workers
         NEBULA_ALLOW_ANONYMOUS = var.allow_anonymous ? "1" : "0"
         NEBULA_API_KEYS_FILE   = "/secrets/api-keys"
       }
@@ -622,8 +630,8 @@ job "nebula" {
       }
 
       resources {
-        cpu    = 1000
-        memory = 512
+        cpu    = 1000 * var.workers
+        memory = 256 + 256 * var.workers
       }
     }
   }

@@ -153,6 +153,12 @@ def test_model_engine_and_replicas_are_variables(gpu: dict[str, Any],
     assert interpolation_defaults(cpu_env["NEBULA_MODEL_NAME"]) == "SmolLM2-135M-Instruct"
 
 
+def test_router_and_gateway_run_workers(gpu: dict[str, Any]) -> None:
+    for role in ("router", "gateway"):
+        env = gpu["services"][role]["environment"]
+        assert interpolation_defaults(env["NEBULA_WORKERS"]) == "2", role
+
+
 def test_ports_as_documented_and_all_on_loopback(gpu: dict[str, Any],
                                                 cpu: dict[str, Any]) -> None:
     """Safe by default: every port, the gateway's included, is published on 127.0.0.1; the

@@ -146,6 +146,15 @@ def test_node_group_runs_on_gpu_clients(groups: dict[str, dict[str, Any]]) -> No
     assert update["health_check"] == "checks" and update["auto_revert"] is True
 
 
+def test_router_and_gateway_run_workers(doc: dict[str, Any],
+                                        groups: dict[str, dict[str, Any]]) -> None:
+    for role in ("router", "gateway"):
+        _, task = only_task(groups[role])
+        assert rendered_env(task)["NEBULA_WORKERS"] == "${var.workers}", role
+        (resources,) = block_list(task, "resources")
+        assert "var.workers" in str(resources["cpu"]), "cpu grows with the workers"
+
+
 def test_update_stanza(job: dict[str, Any]) -> None:
     (update,) = block_list(job, "update")
     assert update["health_check"] == "checks"

@@ -54,3 +54,7 @@ def test_usage_lists_embeddings_where_the_engine_serves_them() -> None:
     assert "/v1/embeddings" in up.usage("m", dict(up.PORTS), up.RUN_DIR, embeddings=True)
     assert "/v1/embeddings" not in up.usage("m", dict(up.PORTS), up.RUN_DIR)
     assert up.EMBEDS == {"llamacpp", "sim"} and "--embedding True" in up.ENGINE_ARGS["llamacpp"]
+
+
+def test_request_path_workers_leave_cores_to_the_engine() -> None:
+    assert [up.request_path_workers(n) for n in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 2, 4, 4]
