@@ -211,11 +211,12 @@ async def _one(session: aiohttp.ClientSession, spec: LoadSpec, index: int) -> Ou
     return out
 
 
-async def run_load(spec: LoadSpec, result: LoadResult | None = None) -> LoadResult:
+async def run_load(spec: LoadSpec, result: LoadResult | None = None,
+                   stop: threading.Event | None = None) -> LoadResult:
     """Send ``spec.total`` requests and classify each; never runs past the per-request bound.
 
     ``result`` (optional) is filled in as requests finish, so another thread can
-    watch the progress.
+    watch the progress; once ``stop`` is set no new request starts (those in flight end).
     """
     result = result if result is not None else LoadResult()
     result.started_at = time.time()
@@ -234,6 +235,8 @@ async def run_load(spec: LoadSpec, result: LoadResult | None = None) -> LoadResu
                 delay = started + i / spec.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            if stop is not None and stop.is_set():
+                break
             tasks.append(asyncio.ensure_future(guarded(i)))
         await asyncio.gather(*tasks)
     result.outcomes.sort(key=lambda o: o.index)
@@ -249,17 +252,22 @@ class LoadThread:
         self.live = LoadResult()
         self._result: LoadResult | None = None
         self._error: BaseException | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="chaos-load", daemon=True)
 
     def _main(self) -> None:
         try:
-            self._result = asyncio.run(run_load(self.spec, self.live))
+            self._result = asyncio.run(run_load(self.spec, self.live, self._stop))
         except BaseException as exc:
             self._error = exc
 
     def start(self) -> LoadThread:
         self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """Start no more requests: the load ends with those in flight."""
+        self._stop.set()
 
     def done_count(self) -> int:
         """Requests finished so far (a list append is atomic: no lock needed)."""

@@ -359,7 +359,9 @@ def test_clients_disconnect_mid_stream(chaos: ChaosCluster, tmp_path: Path) -> N
 # -- 6. rolling drain ------------------------------------------------------------------------
 def test_rolling_drain(chaos: ChaosCluster, tmp_path: Path) -> None:
     report = ScenarioReport("rolling_drain", "nebula drain / uncordon of every node in turn")
-    load = chaos.load(total=500, concurrency=8, rate=25)  # ~20 s
+    # Paced at 25/s for up to 100 s, and stopped once every node was drained: the drains
+    # happen under load however long they take on a busy machine.
+    load = chaos.load(total=2500, concurrency=8, rate=25)
     load.wait_done(25)
     started = time.monotonic()
     watch = ConvergenceWatch(chaos)
@@ -378,6 +380,7 @@ def test_rolling_drain(chaos: ChaosCluster, tmp_path: Path) -> None:
             steps.append(round(time.monotonic() - t0, 1))
     finally:
         drains_s = round(time.monotonic() - started, 1)
+        load.stop()
         result: LoadResult = load.result()
     finish(chaos, tmp_path, report, load, watch=watch, no_failures=True,
            extra={"drain_step_s": steps, "drains_s": drains_s})
