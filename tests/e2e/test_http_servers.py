@@ -1,16 +1,16 @@
-"""The request path on the other HTTP servers (`--http-server uvicorn|granian`): same behaviour."""
+"""The request path on each HTTP server (`--http-server uvicorn|hypercorn|granian`): alike."""
 
 from __future__ import annotations
 
 import openai
 import pytest
 
-from devtools.cluster import Cluster, free_port, wait_for
+from devtools.cluster import Cluster, free_port, http_get, wait_for
 
 MODEL = "uv-model"
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn", "granian"])
 def test_router_and_gateway_on(server: str, cluster: Cluster) -> None:
     flags = ["--http-server", server]
     cluster.start_node("uv-node")
@@ -20,6 +20,9 @@ def test_router_and_gateway_on(server: str, cluster: Cluster) -> None:
     cluster.start_scheduler(args=["--model-uid", "uv", "--model-name", MODEL, "--node-id",
                                   "uv-node", "--engine", "sim", "--port", str(free_port())])
     cluster.wait_ready("uv", 1)
+    # /readyz needs the gateway's router probe, a loop its Quart start-up hook starts:
+    # the ASGI lifespan runs on every server
+    wait_for(lambda: http_get(f"{gateway}/readyz")[0] == 200, 20, "gateway ready")
     client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0, timeout=30)
     wait_for(lambda: client.models.list().data, 20, "model listed")
 

@@ -69,7 +69,9 @@ def uvicorn_serving(app: Quart | ASGIApp, sock: socket.socket) -> Serving:
     import uvicorn
 
     config = uvicorn.Config(
-        app, loop="none", http=_bounded_httptools(), lifespan="off", access_log=False,
+        # lifespan on: the gateway's Quart start-up and shut-down hooks (its loops, the key
+        # watch, the last usage written) run on every server alike.
+        app, loop="none", http=_bounded_httptools(), lifespan="on", access_log=False,
         log_config=None, proxy_headers=False, server_header=False, timeout_keep_alive=75,
         timeout_graceful_shutdown=5, backlog=LISTEN_BACKLOG,
     )
@@ -104,7 +106,7 @@ def granian_serving(app: Quart | ASGIApp, sock: socket.socket) -> Serving:
 
     host, port = sock.getsockname()[:2]
     logging.getLogger("_granian").setLevel(logging.ERROR)  # "embedded is experimental"
-    server = Server(app, address=host, port=port, interface=Interfaces.ASGINL,
+    server = Server(app, address=host, port=port, interface=Interfaces.ASGI,
                     backlog=LISTEN_BACKLOG, log_enabled=False, websockets=False)
 
     async def serving(stop: asyncio.Event) -> None:

@@ -161,5 +161,5 @@ def setup_logging(service: str, level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # Third-party chatter that would drown one-line-per-request logs.
-    for noisy in ("hypercorn.access", "aetcd", "grpc", "asyncio"):
+    for noisy in ("hypercorn.access", "uvicorn.error", "aetcd", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
