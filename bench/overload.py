@@ -2,7 +2,8 @@
 
 Starts etcd, 2 ``nebula-sim`` replicas of capacity 8 each (``--max-concurrency 8``: the rest
 queue inside the engine), publishes their stats as a node would, and two routers on the same
-replicas: one without a queue, one with ``--max-running-per-replica 8``. Each router in turn
+replicas: one without a queue (``--max-running-per-replica 0``), one with
+``--max-running-per-replica 8``. Each router in turn
 gets the same seeded, bounded, open-loop load (Poisson arrivals) at ``--overload`` times the
 replicas' capacity from 3 tenants, one sending 10x what each of the others sends:
 
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(args.replicas)]
         bench.register(MODEL, "sim", sims)
         routers = {
-            "queue off": bench.cluster.start_router("router-off", args=[])[1],
+            "queue off": bench.cluster.start_router(
+                "router-off", args=["--max-running-per-replica", "0"])[1],
             "queue on": bench.cluster.start_router("router-on", args=[
                 "--max-running-per-replica", str(args.capacity),
                 "--queue-timeout", args.queue_timeout])[1],

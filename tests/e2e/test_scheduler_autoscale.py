@@ -106,11 +106,16 @@ def test_scale_out_in_and_to_zero(cluster: Cluster) -> None:
     wait_for(lambda: placed(cluster) == 1, 60, "scaled back in to 1 after the load stopped")
     status = cluster.nebula("status")
     assert "(autoscale 1..3)" in status.stdout, status.stdout
+    # The last decision and its reason, as the leader stored it right after that plan.
+    wait_for(lambda: "scaled in 2->1 " in cluster.nebula("status").stdout, 10,
+             "the scale-in decision in nebula status")
 
     deploy(cluster, "--min", "0", "--max", "3")
     wait_for(lambda: placed(cluster) == 0, 60, "scaled to zero after the idle period")
     wait_for(lambda: ready(cluster) == 0, 30, "no replica left")
     assert "scaled to zero" in cluster.nebula("status").stdout
+    wait_for(lambda: "scaled to zero 1->0 " in cluster.nebula("status").stdout, 10,
+             "the to-zero decision in nebula status")
 
     # The next requests are held while a replica is placed and started, then served.
     results: list[tuple[int, float]] = []

@@ -6,7 +6,8 @@ each role gets only the key ranges it needs (docs/security.md):
 * router: reads placements, endpoints, stats and nodes; writes its queue signal (queues);
 * node: reads placements, models and cordons; writes nodes, endpoints and stats;
 * scheduler (and the operator CLI run inside its container): writes models, placements,
-  cordons, API keys and the election key; reads nodes, endpoints, stats and queues;
+  cordons, API keys, autoscale decisions and the election key; reads nodes, endpoints,
+  stats and queues;
 * gateway: reads API keys (``--watch-keys``); writes nothing.
 
 This module is the table (pure); applying it to a cluster
@@ -68,7 +69,7 @@ def grants(keys: Keys) -> dict[str, tuple[Grant, ...]]:
                Grant(keys.endpoints, write), Grant(keys.stats, write)),
         SCHEDULER: (Grant(keys.models, write), Grant(keys.placements, write),
                     Grant(keys.cordons, write), Grant(election_prefix(keys), write),
-                    Grant(keys.api_keys, write),
+                    Grant(keys.api_keys, write), Grant(keys.autoscale, write),
                     Grant(keys.nodes, read), Grant(keys.endpoints, read),
                     Grant(keys.stats, read), Grant(keys.queues, read)),
         GATEWAY: (Grant(keys.api_keys, read),),

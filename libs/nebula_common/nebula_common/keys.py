@@ -45,6 +45,11 @@ class Keys:
         return f"{self.prefix}/queues/"
 
     @property
+    def autoscale(self) -> str:
+        """The autoscaler's last decision per model (a ``ScaleDecision``), no lease."""
+        return f"{self.prefix}/autoscale/"
+
+    @property
     def cordons(self) -> str:
         return f"{self.prefix}/cordon/"
 
@@ -74,6 +79,9 @@ class Keys:
     def api_key(self, key_id: str) -> str:
         """An :class:`~nebula_common.records.ApiKey` by its id (a prefix of its sha256)."""
         return f"{self.api_keys}{key_id}"
+
+    def scale_decision(self, model_uid: str) -> str:
+        return f"{self.autoscale}{model_uid}"
 
     def queue(self, router_id: str) -> str:
         return f"{self.queues}{router_id}"

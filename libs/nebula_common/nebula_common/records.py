@@ -373,6 +373,11 @@ class Endpoint(Record):
     log_tail: str = ""
     capabilities: list[str] = field(default_factory=list)
     """What its engine serves (``nebula_common.capabilities``); empty: not declared."""
+    max_concurrency: int = 0
+    """Requests its engine runs at once, as the engine's adapter declares it (vLLM's
+    ``--max-num-seqs``, the sim's ``--max-concurrency``, 1 for llama.cpp); the router's
+    admission queue gives each replica that many slots. 0: not declared (unlimited, or a
+    node from before the field)."""
     updated_at: float = field(default_factory=time.time)
 
     @property
@@ -417,6 +422,21 @@ class QueueSignal(Record):
     router_id: str
     models: dict[str, ModelQueueLoad] = field(default_factory=dict)
     updated_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ScaleDecision(Record):
+    """The autoscaler's last change of one model's replica count and why, at
+    ``Keys.scale_decision(model_uid)``: written by the leading scheduler when it changes the
+    count (no lease), shown by ``nebula status``, deleted with the model."""
+
+    KIND: ClassVar[str] = "ScaleDecision"
+
+    model_uid: str
+    before: int
+    after: int
+    reason: str = ""
+    decided_at: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -125,7 +125,8 @@ class ReplicaSupervisor:
                         replica_id=self.spec.replica_id, node_id=self.ctx.settings.node_id,
                         base_url=self.base_url, engine=self.spec.engine, status=status,
                         plan_version=self.spec.plan_version, reason=reason, log_tail=log_tail,
-                        capabilities=sorted(self.adapter.capabilities(self.spec)))
+                        capabilities=sorted(self.adapter.capabilities(self.spec)),
+                        max_concurrency=self.adapter.concurrency(self.spec))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:

@@ -87,7 +87,7 @@ def build_quart(table: EndpointTable, proxy: Proxy, stale_after: float = WATCH_S
     async def debug_queue() -> Response:
         admission = proxy.admission
         return json_response(admission.describe() if admission is not None
-                             else {"max_running_per_replica": 0, "models": {}})
+                             else {"queue": "off", "models": {}})
 
     metrics.install_collector(lambda: (list(table.replicas.values()), table.connected,
                                        outlier.state))

@@ -154,6 +154,7 @@ def build_index(
         cand.status = ep.status
         cand.node_id = ep.node_id
         cand.capabilities = parse_capabilities(ep.capabilities) if ep.capabilities else None
+        cand.max_concurrency = ep.max_concurrency
         st = stats.get(keys.endpoint_stats(uid, rid))
         if st is not None:
             cand.running, cand.waiting = float(st.running), float(st.waiting)

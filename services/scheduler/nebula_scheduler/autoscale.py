@@ -85,25 +85,27 @@ def decide(state: ScaleState, lo: int, hi: int, load: Load, now: float,
         state.calm_since if state.calm_since is not None else now)
     reason = ""
     if target == 0 and waiting and hi > 0:
-        target, reason = 1, "wake: requests waiting at zero replicas"
+        target, reason = 1, f"{load.waiting} waiting at zero replicas"
     elif (waiting and state.waiting_since is not None
           and now - state.waiting_since >= cfg.out_after_s
           and now - state.last_out >= cfg.out_cooldown_s and target < hi):
         need = target + 1
         if load.per_replica > 0:
             need = max(need, math.ceil((load.admitted + load.waiting) / load.per_replica))
-        target, reason = min(need, hi), (f"out: {load.waiting} waiting for "
-                                         f"{now - state.waiting_since:.0f}s")
+        target, reason = min(need, hi), (
+            f"{load.waiting} waiting for {now - state.waiting_since:.0f}s, {load.admitted} "
+            "running" + (f", {load.per_replica} per replica" if load.per_replica else ""))
     elif (state.calm_since is not None and now - state.calm_since >= cfg.in_after_s
           and now - max(state.last_in, state.last_out) >= cfg.in_cooldown_s and target > lo
           and target > 1):
-        target, reason = target - 1, (f"in: {load.admitted} running fit in {target - 1} at "
-                                      f"{cfg.in_utilisation:.0%}")
+        target, reason = target - 1, (
+            f"{load.admitted} running fit in {target - 1} at {cfg.in_utilisation:.0%} for "
+            f"{now - state.calm_since:.0f}s")
     elif (lo == 0 and target > 0 and state.idle_since is not None
           and now - state.idle_since >= cfg.idle_to_zero_s):
-        target, reason = 0, f"to zero: idle for {now - state.idle_since:.0f}s"
+        target, reason = 0, f"idle for {now - state.idle_since:.0f}s"
     if not reason and target != state.target:
-        reason = f"bounds: {lo}..{hi}"
+        reason = f"bounds {lo}..{hi}"
     if target != state.target:
         if target > state.target:
             state.last_out = now

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 
-from nebula_common.records import QueueSignal, decode_or_skip
+from nebula_common.records import QueueSignal, ScaleDecision, decode_or_skip
 
 from . import metrics
 from .autoscale import Load, ScaleConfig, ScaleState, decide
@@ -40,17 +40,23 @@ class Autoscaler:
     def __init__(self, config: ScaleConfig | None = None):
         self.config = config or ScaleConfig()
         self.states: dict[str, ScaleState] = {}
+        self.unwritten: dict[str, ScaleDecision] = {}
+        """Decisions not yet stored in etcd for ``nebula status`` (the reconciler writes
+        them after its pass; a failed write is retried on the next)."""
 
     def signals(self, items: Mapping[str, bytes]) -> list[QueueSignal]:
         return [s for k, v in items.items()
                 if (s := decode_or_skip(QueueSignal, k, v)) is not None]
 
-    def apply(self, view: ClusterView, signals: list[QueueSignal], now: float) -> None:
-        """Replace each autoscaled spec in ``view`` by one asking for its target now."""
+    def apply(self, view: ClusterView, signals: list[QueueSignal], now: float,
+              wall: float = 0.0) -> None:
+        """Replace each autoscaled spec in ``view`` by one asking for its target now
+        (``now`` monotonic; ``wall``, epoch seconds, dates the decisions)."""
         for uid in list(self.states):
             spec = view.specs.get(uid)
             if spec is None or spec.max_replicas <= 0:
                 del self.states[uid]  # undeployed or pinned: forget its history
+                self.unwritten.pop(uid, None)
         for uid, spec in view.specs.items():
             if spec.max_replicas <= 0:
                 continue
@@ -67,6 +73,7 @@ class Autoscaler:
                     "out" if target > before else "in").inc()
                 log.info("autoscale model_uid=%s %d -> %d: %s", uid, before, target, reason,
                          extra={"model_uid": uid, "reason": reason})
+                self.unwritten[uid] = ScaleDecision(uid, before, target, reason, wall)
             metrics.AUTOSCALE_TARGET.labels(uid).set(target)
             view.specs[uid] = dataclasses.replace(spec, replicas=target)
 

@@ -21,6 +21,7 @@ from nebula_common.records import (
     Cordon,
     ModelSpec,
     RecordError,
+    ScaleDecision,
     identity_conflict,
     ready_replicas,
     serves,
@@ -114,6 +115,13 @@ def _age(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def scale_text(d: ScaleDecision, now: float) -> str:
+    """One autoscale decision for ``nebula status``: "scaled out 1->3 40s ago: 5 waiting..."."""
+    verb = ("woke from zero" if d.before == 0 else "scaled to zero" if d.after == 0
+            else "scaled out" if d.after > d.before else "scaled in")
+    return f"{verb} {d.before}->{d.after} {_age(now - d.decided_at)} ago: {d.reason}"
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
@@ -184,6 +192,8 @@ def status_data(view: ClusterView, now: float) -> dict[str, Any]:
                         and plan else spec.replicas if spec else 0),
             "autoscale": [spec.min_replicas, spec.max_replicas]
             if spec and spec.max_replicas else None,
+            "last_scale": scale_text(view.decisions[uid], now)
+            if spec and spec.max_replicas and uid in view.decisions else None,
             "placed": len(assignments),
             "ready": len(ready_replicas(plan, view.endpoints)) if plan else 0,
             "plan_version": plan.version if plan else 0,
@@ -216,7 +226,11 @@ def render_status(data: dict[str, Any]) -> str:
           str(r["port"]) if r["port"] else "-", r["state"], r["reason"] or ""]
          for r in data["replicas"]],
     )
-    return f"NODES\n{nodes}\n\nMODELS\n{models}\n\nREPLICAS\n{replicas}"
+    scaled = [[m["model_uid"], m.get("last_scale") or "no change yet"]
+              for m in data["models"] if m.get("autoscale")]
+    autoscale = (f"\n\nAUTOSCALE\n{_table(['model', 'last decision'], scaled)}"
+                 if scaled else "")
+    return f"NODES\n{nodes}\n\nMODELS\n{models}{autoscale}\n\nREPLICAS\n{replicas}"
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -325,6 +339,7 @@ async def cmd_scale(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> N
 async def cmd_undeploy(store: EtcdStore, keys: Keys, args: argparse.Namespace) -> None:
     if not await store.delete(keys.model(args.model_uid)):
         raise CliError(f"unknown model {args.model_uid!r} (see `nebula status`)")
+    await store.delete(keys.scale_decision(args.model_uid))  # its autoscale history
     print(f"undeployed: {args.model_uid} (the scheduler removes its plan; nodes drain it)",
           flush=True)
 

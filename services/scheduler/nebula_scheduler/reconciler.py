@@ -331,7 +331,7 @@ class Reconciler:
         for node_id in view.nodes:
             self.last_seen[node_id] = now
         self.autoscaler.apply(view, self.autoscaler.signals(self.queues.items),
-                              time.monotonic())
+                              time.monotonic(), now)
         for plan in view.plans.values():
             for a in plan.assignments:
                 # First time we hear of a node only through a plan: its grace starts now.
@@ -358,6 +358,7 @@ class Reconciler:
             await self._remember_writes(view, outcome.written)
         except Exception as exc:  # only an optimisation; the mirror catches up anyway
             log.debug("could not read back written plans: %s", exc)
+        await self._write_decisions()
         self.passes += 1
         self.last_error = ""
         metrics.RECONCILES.labels("ok").inc()
@@ -365,6 +366,19 @@ class Reconciler:
             self.kick()  # our mirror was behind: look again once it caught up
         self._update_metrics(view, outcome.result)
         return outcome
+
+    async def _write_decisions(self) -> None:
+        """Store the autoscaler's new decisions for ``nebula status``. Unfenced: a record a
+        deposed leader writes late only shows an older reason, it moves no replica."""
+        pending = self.autoscaler.unwritten
+        for uid, decision in list(pending.items()):
+            try:
+                await self.store.put(self.keys.scale_decision(uid), decision.to_json())
+            except Exception as exc:  # etcd trouble: the next pass retries
+                log.debug("could not store the autoscale decision of %s: %s", uid, exc)
+                return
+            if pending.get(uid) is decision:
+                del pending[uid]
 
     def _update_metrics(self, view: ClusterView, result: PlacementResult) -> None:
         metrics.SPECS.set(len(view.specs))

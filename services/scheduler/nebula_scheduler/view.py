@@ -21,6 +21,8 @@ from nebula_common.records import (
     NodeStatus,
     PlacementPlan,
     RecordCache,
+    ScaleDecision,
+    decode_or_skip,
 )
 from nebula_common.store import EtcdStore
 
@@ -38,6 +40,8 @@ class ClusterView:
     endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
     cordons: dict[str, Cordon | None] = field(default_factory=dict)
     """Cordoned node ids, with their record (None when the stored value is invalid)."""
+    decisions: dict[str, ScaleDecision] = field(default_factory=dict)
+    """The autoscaler's last decision per model uid (read by the CLI only)."""
 
     @property
     def cordoned(self) -> set[str]:
@@ -65,8 +69,12 @@ class ClusterView:
                              ("cordons", keys.cordons)):
             kvs, _ = await store.get_prefix(prefix)
             raw[name] = {kv.key: kv.value for kv in kvs}
-        return cls.decode(keys, raw["models"], raw["nodes"], raw["plans"], raw["endpoints"],
+        view = cls.decode(keys, raw["models"], raw["nodes"], raw["plans"], raw["endpoints"],
                           raw["cordons"])
+        kvs, _ = await store.get_prefix(keys.autoscale)
+        view.decisions = {Keys.tail(kv.key, keys.autoscale): d for kv in kvs
+                          if (d := decode_or_skip(ScaleDecision, kv.key, kv.value)) is not None}
+        return view
 
 
 class ViewDecoder:

@@ -28,6 +28,7 @@ from nebula_common.records import (
     RecordCache,
     RecordError,
     ReplicaFailure,
+    ScaleDecision,
     Unplaced,
     decode_or_skip,
     identity_conflict,
@@ -73,6 +74,13 @@ def test_keys_default_prefix_matches_the_documented_schema() -> None:
     assert keys.api_key("0123456789abcdef") == "/keys/0123456789abcdef"
 
 
+def test_an_endpoint_from_an_older_node_declares_no_concurrency() -> None:
+    old = {"model_uid": "m", "model_name": "M", "replica_id": "r0", "node_id": "n1",
+           "base_url": "http://h:1", "engine": "vllm"}
+    assert Endpoint.from_dict(old).max_concurrency == 0
+    assert Keys().scale_decision("m") == "/autoscale/m"
+
+
 def test_keys_prefix_and_parsing() -> None:
     keys = Keys("/test1/")
     key = keys.endpoint("m", "r1")
@@ -106,7 +114,8 @@ VALID: dict[type[Record], dict[str, Any]] = {
                  "engines": ["sim"], "started_at": 3.0, "port_range": [1, 2]},
     Endpoint: {"model_uid": "m", "model_name": "org/M", "replica_id": "r0", "node_id": "n1",
                "base_url": "http://10.0.0.1:1", "engine": "sim", "status": "draining",
-               "plan_version": 2, "reason": "", "log_tail": "", "updated_at": 4.0},
+               "plan_version": 2, "reason": "", "log_tail": "", "max_concurrency": 8,
+               "updated_at": 4.0},
     EndpointStats: {"running": 1.0, "waiting": 0.0, "kv_cache_usage": 0.5,
                     "prefix_cache_hit_rate": 0.25, "updated_at": 5.0},
     Cordon: {"node_id": "n1", "cordoned_at": 6.0},
@@ -114,6 +123,8 @@ VALID: dict[type[Record], dict[str, Any]] = {
                      "max_running_per_replica": 8},
     QueueSignal: {"router_id": "r-1", "models": {"m": {"waiting": 1, "admitted": 2}},
                   "updated_at": 7.0},
+    ScaleDecision: {"model_uid": "m", "before": 1, "after": 3, "reason": "5 waiting for 10s",
+                    "decided_at": 8.0},
 }
 
 

@@ -82,7 +82,11 @@ def test_each_adapter_declares_what_its_engine_serves():
         caps = vllm.capabilities(spec(engine_args=args))
         assert emb in caps and chat not in caps, args
     llama = LlamaCppAdapter()
-    assert llama.capabilities(spec(engine="llamacpp")) == {chat, Capability.COMPLETIONS}
+    assert llama.capabilities(spec(engine="llamacpp")) == {
+        chat, Capability.COMPLETIONS, Capability.CHATML_CONTINUATION}
+    # the router renders ChatML only: another chat format is not continued
+    assert Capability.CHATML_CONTINUATION not in llama.capabilities(
+        spec(engine="llamacpp", engine_args=("--chat_format", "llama-2")))
     assert emb in llama.capabilities(spec(engine="llamacpp", engine_args=("--embedding", "True")))
     assert emb not in llama.capabilities(spec(engine="llamacpp",
                                               engine_args=("--embedding", "False")))

@@ -109,6 +109,7 @@ def test_cancelled_waiter_leaves_the_queue_at_once() -> None:
 def test_no_ready_replica_holds_until_one_is_ready() -> None:
     async def go() -> None:
         e = entry()
+        e.placed = True  # the scheduler has a plan for it: a replica is coming
         e.candidates[0].status = EndpointState.FAILED
         adm = admission(e, cap=2)
         waiter = asyncio.create_task(adm.acquire("m", "t", None))
@@ -121,15 +122,28 @@ def test_no_ready_replica_holds_until_one_is_ready() -> None:
     asyncio.run(go())
 
 
+def test_no_ready_replica_and_no_plan_goes_straight_on_to_the_proxys_503() -> None:
+    async def go() -> None:
+        e = entry()  # endpoints registered by hand: nothing will bring a replica
+        e.candidates[0].status = EndpointState.DRAINING
+        adm = admission(e, cap=2)
+        gate = await asyncio.wait_for(adm.acquire("m", "t", None), 1.0)
+        assert gate.admitted == 1 and len(gate.queue) == 0
+        adm.release(gate)
+        assert gate.admitted == 0
+
+    asyncio.run(go())
+
+
 def test_room_counts_other_routers_from_engine_reports() -> None:
     room = RoomEstimator()
-    c = Candidate("m", "r0", running=6.0, waiting=1.0, stats_at=1.0)
-    c.in_flight = 2  # two of the engine's seven are this router's
-    assert room.free([c], 8, admitted=2) == 8 - 5 - 2
+    c = Candidate("m", "r0", running=5.0, stats_at=1.0)
+    c.in_flight = 2  # two of the engine's five are this router's
+    assert room.free([c], 8, admitted=2) == 8 - 3 - 2
     # Our requests finish before the next report: the stale report does not block us.
     c.in_flight = 0
-    assert room.free([c], 8, admitted=0) == 3
-    c.running, c.waiting, c.stats_at = 0.0, 0.0, 2.0
+    assert room.free([c], 8, admitted=0) == 5
+    c.running, c.stats_at = 0.0, 2.0
     assert room.free([c], 8, admitted=0) == 8
     gone = Candidate("m", "r1", status=EndpointState.DRAINING)
     assert room.free([c, gone], 8, admitted=1) == 7

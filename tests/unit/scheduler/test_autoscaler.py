@@ -15,10 +15,17 @@ from nebula_common.records import (
     ModelSpec,
     PlacementPlan,
     QueueSignal,
+    ScaleDecision,
 )
 from nebula_scheduler.autoscale import Load, ScaleConfig
 from nebula_scheduler.autoscaler import Autoscaler, load_of
-from nebula_scheduler.cli import CliError, _scale_bounds, render_status, status_data
+from nebula_scheduler.cli import (
+    CliError,
+    _scale_bounds,
+    render_status,
+    scale_text,
+    status_data,
+)
 from nebula_scheduler.view import ClusterView
 
 KEYS = Keys()
@@ -95,3 +102,50 @@ def test_status_shows_autoscale_and_scaled_to_zero() -> None:
     (model,) = data["models"]
     assert model["desired"] == 0 and model["autoscale"] == [0, 2]
     assert "(autoscale 0..2, scaled to zero)" in render_status(data)
+
+
+def test_a_change_leaves_a_decision_to_store_and_a_pinned_model_drops_it() -> None:
+    auto = ModelSpec(model_uid="a", model_name="A", engine="sim", replicas=1, min_replicas=1,
+                     max_replicas=3)
+    scaler = Autoscaler(ScaleConfig(out_after_s=5, out_cooldown_s=0))
+    busy = [signal("r1", a=(10, 8))]
+    for t in range(0, 6):
+        scaler.apply(view([auto]), busy, float(t), wall=1000.0 + t)
+    assert scaler.unwritten == {"a": ScaleDecision(
+        "a", 1, 3, "10 waiting for 5s, 8 running, 8 per replica", 1005.0)}
+    scaler.apply(view([ModelSpec(model_uid="a", model_name="A", engine="sim")]), busy, 7.0)
+    assert scaler.unwritten == {}
+
+
+@pytest.mark.parametrize("before,after,reason,text", [
+    (1, 3, "10 waiting for 5s", "scaled out 1->3 2m ago: 10 waiting for 5s"),
+    (2, 1, "0 running fit in 1 at 50% for 60s",
+     "scaled in 2->1 2m ago: 0 running fit in 1 at 50% for 60s"),
+    (1, 0, "idle for 300s", "scaled to zero 1->0 2m ago: idle for 300s"),
+    (0, 1, "2 waiting at zero replicas", "woke from zero 0->1 2m ago: 2 waiting at zero replicas"),
+])
+def test_scale_text(before: int, after: int, reason: str, text: str) -> None:
+    assert scale_text(ScaleDecision("m", before, after, reason, 100.0), 100.0 + 150) == text
+    assert f"{before}->{after} 5s ago: " in scale_text(
+        ScaleDecision("m", before, after, reason, 100.0), 105.0)
+
+
+def test_status_shows_the_last_decision_of_autoscaled_models_only() -> None:
+    auto = ModelSpec(model_uid="a", model_name="A", engine="sim", min_replicas=1,
+                     max_replicas=3)
+    fresh = ModelSpec(model_uid="f", model_name="F", engine="sim", min_replicas=1,
+                      max_replicas=2)
+    pinned = ModelSpec(model_uid="p", model_name="P", engine="sim", replicas=2)
+    v = view([auto, fresh, pinned])
+    v.decisions = {"a": ScaleDecision("a", 1, 2, "4 waiting for 30s", 40.0),
+                   "p": ScaleDecision("p", 1, 2, "from before it was pinned", 40.0)}
+    data = status_data(v, 100.0)
+    shown = {m["model_uid"]: m["last_scale"] for m in data["models"]}
+    assert shown == {"a": "scaled out 1->2 60s ago: 4 waiting for 30s", "f": None, "p": None}
+    text = render_status(data)
+    section = text.split("AUTOSCALE\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[0].split() == ["MODEL", "LAST", "DECISION"]
+    assert section[1].split(None, 1) == ["a", "scaled out 1->2 60s ago: 4 waiting for 30s"]
+    assert section[2].split(None, 1) == ["f", "no change yet"]
+    assert len(section) == 3
+    assert "AUTOSCALE" not in render_status(status_data(view([pinned]), 100.0))

@@ -83,3 +83,14 @@ def arg_value(args: Iterable[str], flag: str) -> str | None:
         elif i + 1 < len(words):
             found = words[i + 1]
     return found
+
+
+def arg_count(args: Iterable[str], flag: str) -> int | None:
+    """``flag``'s value as a non-negative integer; None when absent or not one (the
+    engine itself refuses a bad value at start)."""
+    value = arg_value(args, flag)
+    try:
+        count = int(value) if value is not None else -1
+    except ValueError:
+        return None
+    return count if count >= 0 else None

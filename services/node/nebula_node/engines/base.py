@@ -160,6 +160,11 @@ class EngineAdapter(ABC):
     def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
         """What the engine started for ``replica`` serves (published with its endpoint)."""
 
+    def concurrency(self, replica: ReplicaSpec) -> int:
+        """Requests the engine started for ``replica`` runs at once, published with its
+        endpoint for the router's admission queue (0: not declared, no limit)."""
+        return 0
+
     def env(self, replica: ReplicaSpec, base: dict[str, str]) -> dict[str, str]:
         """The engine's environment: ``base`` (the node's) plus what this engine needs."""
         return dict(base)

@@ -10,7 +10,7 @@ import aiohttp
 
 from nebula_common.capabilities import Capability
 
-from .args import ArgPolicy
+from .args import ArgPolicy, arg_count
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 
 NODE_SETS = frozenset({"--host", "--port", "--listen", "--model-name", "--model",
@@ -39,7 +39,7 @@ def sim_binary() -> str:
 
 CAPABILITIES = frozenset({Capability.CHAT, Capability.COMPLETIONS, Capability.RESPONSES,
                           Capability.EMBEDDINGS, Capability.TOKENIZE, Capability.TOOLS,
-                          Capability.CONTINUATION})
+                          Capability.CONTINUATION, Capability.RERANK, Capability.SCORE})
 """What nebula-sim serves (its routes in ``nebula_node.sim.app``)."""
 
 
@@ -52,6 +52,10 @@ class SimAdapter(EngineAdapter):
 
     def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
         return CAPABILITIES
+
+    def concurrency(self, replica: ReplicaSpec) -> int:
+        # nebula-sim --max-concurrency N runs N sequences and queues the rest (0: unlimited)
+        return arg_count(replica.engine_args, "--max-concurrency") or 0
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         return [self.binary, "--host", host, "--port", str(port),

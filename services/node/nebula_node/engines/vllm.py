@@ -6,7 +6,7 @@ import aiohttp
 
 from nebula_common.capabilities import Capability
 
-from .args import ArgPolicy, arg_value
+from .args import ArgPolicy, arg_count, arg_value
 from .base import EngineAdapter, ReplicaSpec, http_ok, models_listed
 
 # What an operator tunes. Not here: what the node sets itself (--host, --port,
@@ -28,6 +28,14 @@ POLICY = ArgPolicy("vllm", frozenset({
     "--uvicorn-log-level",
 }), dashes_for_underscores=True, trust_remote_code="--trust-remote-code")
 
+
+DEFAULT_MAX_NUM_SEQS = 256
+"""vLLM's ``--max-num-seqs`` when not given, for ``vllm serve`` (UsageContext
+OPENAI_API_SERVER) in the version the GPU image pins (vllm/vllm-openai:v0.11.0,
+deploy/docker/images.sh): ``EngineArgs.get_batch_defaults`` in vllm/engine/arg_utils.py
+gives 256, and 1024 on a GPU of 70 GiB or more that is not an A100 (H100, H200, MI300x).
+The node does not know which from the plan, so it declares the smaller: on those GPUs the
+router holds what is past 256 per replica; pass ``--max-num-seqs`` to declare more."""
 
 POOLING_TASKS = frozenset({"embed", "embedding", "score", "classify", "reward"})
 GENERATE = frozenset({Capability.CHAT, Capability.COMPLETIONS, Capability.RESPONSES,
@@ -66,6 +74,10 @@ class VllmAdapter(EngineAdapter):
                    or arg_value(args, "--runner") == "pooling"
                    or arg_value(args, "--convert") in POOLING_TASKS)
         return POOLING if pooling else GENERATE
+
+    def concurrency(self, replica: ReplicaSpec) -> int:
+        count = arg_count(replica.engine_args, "--max-num-seqs")
+        return count if count else DEFAULT_MAX_NUM_SEQS
 
     def env(self, replica: ReplicaSpec, base: dict[str, str]) -> dict[str, str]:
         env = dict(base)

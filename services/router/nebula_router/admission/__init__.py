@@ -1,7 +1,8 @@
 """Admission queue of the router: priority classes, fair share, bounds (issue 14).
 
 Pure discipline in :mod:`.classes`, :mod:`.fair`, :mod:`.discipline`, :mod:`.room`; the
-asyncio side in :mod:`.gate`. Off unless ``--max-running-per-replica`` > 0.
+asyncio side in :mod:`.gate`. On unless ``--max-running-per-replica 0``; each replica's
+capacity is that flag when given, else what its engine declared.
 """
 
 from .classes import CLASSES, QueueConfig, class_of

@@ -1,7 +1,8 @@
 """The router's admission queue (IO): hold a request until a replica of its model has room.
 
-``max_running`` requests per ready replica run at once (this router's plus what the
-engines report of others'); the rest wait in the model's :class:`.ModelQueue`. A slot
+Each ready replica runs as many requests at once as its capacity (:mod:`.room`: the
+operator's ``--max-running-per-replica``, else what its engine declared), this router's
+plus what the engines report of others'; the rest wait in the model's :class:`.ModelQueue`. A slot
 freed by :meth:`Admission.release` goes to the next request in the discipline's order; a
 periodic tick also re-checks (a replica joined, an engine report moved). A request is
 shed with 429 when the queue is full and 503 when its class's wait bound passes; a
@@ -19,7 +20,7 @@ from ..table import ModelEntry
 from .classes import CLASSES, QueueConfig, class_of
 from .discipline import ModelQueue
 from .fair import Waiter
-from .room import RoomEstimator
+from .room import UNBOUNDED, RoomEstimator, capacity
 
 
 class Shed(Exception):
@@ -36,13 +37,15 @@ class Shed(Exception):
 class ModelGate:
     """One model's queue and this router's admitted requests for it."""
 
-    __slots__ = ("admitted", "queue", "room", "uid")
+    __slots__ = ("admitted", "per_replica", "queue", "room", "uid")
 
     def __init__(self, uid: str, config: QueueConfig):
         self.uid = uid
         self.queue: ModelQueue[asyncio.Future[None]] = ModelQueue(config)
         self.admitted = 0
         self.room = RoomEstimator()
+        self.per_replica = 0
+        """The replicas' capacity last seen (kept while the model has none, at zero)."""
 
 
 class Admission:
@@ -52,6 +55,8 @@ class Admission:
                  entry_of: Callable[[str], ModelEntry | None],
                  clock: Callable[[], float] = time.monotonic):
         self.max_running = max_running
+        """The operator's ``--max-running-per-replica``; 0: each replica's declared
+        concurrency."""
         self.config = config
         self.entry_of = entry_of
         self.clock = clock
@@ -73,6 +78,9 @@ class Admission:
             gate.admitted += 1
             m.queue_dispatched_c(uid, CLASSES[cls]).inc()
             m.queue_wait_h(uid, CLASSES[cls]).observe(0.0)
+            return gate
+        if self._nothing_coming(uid):
+            gate.admitted += 1  # not a dispatch: the proxy answers its 503 at once
             return gate
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         w, out = gate.queue.push(fut, tenant or "", cls, self.clock())
@@ -105,6 +113,13 @@ class Admission:
                 m.queue_shed_c(uid, "cancelled").inc()
             raise
         return gate
+
+    def _nothing_coming(self, uid: str) -> bool:
+        """No ready replica, and no placement plan that would bring one (endpoints registered
+        by hand): holding the request would only delay the router's 503 + Retry-After. With a
+        plan it is held: the scheduler is placing a replica (a wake from zero, a replacement)."""
+        entry = self.entry_of(uid)
+        return entry is not None and not entry.placed and not entry.ready_replicas
 
     def _full(self, uid: str) -> Shed:
         m.queue_shed_c(uid, "queue_full").inc()
@@ -162,16 +177,38 @@ class Admission:
     def _gauge(self, gate: ModelGate, cls: int) -> None:
         m.queue_length_g(gate.uid, CLASSES[cls]).set(gate.queue.length(cls))
 
+    def per_replica(self, gate: ModelGate) -> int:
+        """The capacity of a replica of ``gate``'s model (the largest its replicas declare,
+        or the override), for the queue signal the autoscaler sizes by; 0: no limit known."""
+        entry = self.entry_of(gate.uid)
+        if self.max_running > 0:
+            gate.per_replica = self.max_running
+        elif entry is not None and entry.candidates:
+            gate.per_replica = max(capacity(c, 0) for c in entry.candidates)
+        return gate.per_replica
+
+    def slots(self, gate: ModelGate) -> dict[str, int | None]:
+        """Each replica's capacity (None: no limit), for /debug/queue."""
+        entry = self.entry_of(gate.uid)
+        return {c.replica_id: capacity(c, self.max_running) or None
+                for c in (entry.candidates if entry is not None else [])}
+
     def describe(self) -> dict[str, object]:
         """For /debug/queue: bounds and, per model, admitted and waiting by class."""
         now = self.clock()
         return {
             "max_running_per_replica": self.max_running,
+            "per_replica_from": "flag" if self.max_running > 0 else "engine",
             "max_queue": self.config.max_queue, "aging_s": self.config.aging_s,
             "timeouts": dict(zip(CLASSES, self.config.timeouts, strict=True)),
-            "models": {uid: {"admitted": g.admitted, "free": self._free(g),
+            "models": {uid: {"admitted": g.admitted, "free": _shown(self._free(g)),
+                             "slots": self.slots(g),
                              "waiting": {n: g.queue.length(i) for i, n in enumerate(CLASSES)},
                              "oldest_wait_s": {n: round(g.queue.oldest_wait(i, now), 3)
                                                for i, n in enumerate(CLASSES)}}
                        for uid, g in self.gates.items()},
         }
+
+
+def _shown(free: int) -> int | None:
+    return None if free >= UNBOUNDED else free

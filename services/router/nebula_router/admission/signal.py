@@ -29,7 +29,7 @@ def queue_signal(admission: Admission, router_id: str, now: float, wall: float
         oldest = max(gate.queue.oldest_wait(c, now) for c in range(len(gate.queue.fair)))
         models[uid] = ModelQueueLoad(waiting=len(gate.queue), admitted=gate.admitted,
                                      oldest_wait_s=round(oldest, 1),
-                                     max_running_per_replica=admission.max_running)
+                                     max_running_per_replica=admission.per_replica(gate))
     return QueueSignal(router_id=router_id, models=models, updated_at=wall)
 
 

@@ -25,6 +25,8 @@ class Candidate:
     node_id: str = ""
     capabilities: frozenset[Capability] | None = None
     """What its engine serves, as its node declared it (None: an older node declared nothing)."""
+    max_concurrency: int = 0
+    """Requests its engine runs at once, as its node declared it (0: not declared)."""
     # engine load scraped by the node into /stats/<uid>/<rid>
     running: float = 0.0
     waiting: float = 0.0
