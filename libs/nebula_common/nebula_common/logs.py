@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -153,13 +154,69 @@ class TextFormatter(logging.Formatter):
         return scrub(line)
 
 
+class BatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes its lines in batches: one write per ``interval`` seconds, not one per line.
+
+    For the access logs, one line per request: a write to stderr per request was a
+    tenth of the router's CPU at 64 connections (make bench). Lines reach the stream
+    at most ``interval`` later, at once past ``max_lines``, and at exit
+    (``logging.shutdown`` flushes every handler); outside an event loop each line is
+    written as it comes.
+    """
+
+    def __init__(self, stream: Any, interval: float = 0.05, max_lines: int = 512):
+        super().__init__(stream)
+        self.interval, self.max_lines = interval, max_lines
+        self.lines: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or len(self.lines) >= self.max_lines:
+            self._write()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write()
+        finally:
+            self.release()
+
+    def _write(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.lines:
+            text = "\n".join(self.lines) + "\n"
+            self.lines.clear()
+            self.stream.write(text)
+        super().flush()
+
+
 def setup_logging(service: str, level: str = "info", fmt: str = "json") -> None:
-    """Route every logger to stderr in the chosen format."""
+    """Route every logger to stderr in the chosen format; ``nebula.<service>.access``
+    (one line per request) in batches (:class:`BatchedHandler`)."""
+    formatter = JsonFormatter(service) if fmt == "json" else TextFormatter(service)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    batched = BatchedHandler(sys.stderr)
+    batched.setFormatter(formatter)
+    access = logging.getLogger(f"nebula.{service}.access")
+    access.handlers[:] = [batched]
+    access.propagate = False
     # Third-party chatter that would drown one-line-per-request logs.
     for noisy in ("hypercorn.access", "uvicorn.error", "aetcd", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

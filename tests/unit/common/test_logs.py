@@ -72,3 +72,37 @@ def test_scrub_hides_hugging_face_tokens_and_secret_assignments() -> None:
     token = "hf_" + "Ab1" * 12
     line = scrub(f"HF_TOKEN={token} url=https://x/?token={SECRET}&page=2 password={SECRET}")
     assert token not in line and SECRET not in line and "page=2" in line
+
+
+def test_batched_handler_writes_access_lines_together() -> None:
+    import asyncio
+    import io
+    import logging
+
+    from nebula_common.logs import BatchedHandler
+
+    stream = io.StringIO()
+    handler = BatchedHandler(stream, interval=0.05, max_lines=3)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.batched")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+
+    async def run() -> list[str]:
+        seen = []
+        log.info("a")
+        log.info("b")
+        seen.append(stream.getvalue())  # held: one write later for both
+        await asyncio.sleep(0.15)
+        seen.append(stream.getvalue())
+        for word in ("c", "d", "e"):  # the third line fills the batch: written at once
+            log.info(word)
+        seen.append(stream.getvalue())
+        log.info("f")
+        return seen
+
+    held, timed, full = asyncio.run(run())
+    assert held == "" and timed == "a\nb\n" and full == "a\nb\nc\nd\ne\n"
+    log.info("g")  # outside a loop: written as it comes, and "f" with it
+    assert stream.getvalue().endswith("e\nf\ng\n")
