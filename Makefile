@@ -4,6 +4,9 @@
 #   make down [RUN_DIR=.run]                        stop everything make up started
 #   make test                                       everything CI runs (ruff, mypy, pytest)
 #   make bench                                      request-path benchmark table
+#   make soak [SOAK_ARGS="--duration 600"]          30-minute leak and drift soak (not in make test)
+#   make bench-peers                                the same beside vllm-router and LiteLLM,
+#                                                   under every --http-server
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -25,7 +28,8 @@ PYTEST_ARGS ?=
 PORTS ?=
 RUN_DIR ?= .run
 
-.PHONY: up down test unit lint typecheck bench venv llamacpp prometheus redis bench-tools clean \
+.PHONY: up down test unit lint typecheck bench bench-peers peers venv llamacpp prometheus redis \
+        bench-tools clean soak \
         docker docker-down images node-clients
 
 $(VENV)/.installed: requirements/runtime.lock requirements/dev.lock libs/nebula_common/pyproject.toml services/*/pyproject.toml
@@ -77,6 +81,19 @@ bench-tools:
 	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	           apt-get install -y -qq --no-install-recommends wrk nginx-light'
 
+# The peers make bench-peers measures (vllm-router, LiteLLM's proxy) in a venv of their own, so
+# their pins never meet the main venv's; about a minute, again only when the lock changes.
+PEERS_VENV := .cache/peers-venv
+$(PEERS_VENV)/.installed: requirements/peers.lock
+	@test -x $(PEERS_VENV)/bin/python || $(STEP) "creating $(PEERS_VENV)" --log $(LOGS)/peers-venv.log -- \
+	  $(PYTHON) -m venv $(PEERS_VENV)
+	@$(STEP) "installing vllm-router and LiteLLM's proxy into $(PEERS_VENV)" --about "about a minute" \
+	  --log $(LOGS)/pip-peers.log -- \
+	  $(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install -r requirements/peers.lock
+	@touch $@
+
+peers: $(PEERS_VENV)/.installed
+
 # The openai package for Node.js that tests/clients/test_node_openai.py runs with the machine's
 # node: `npm ci` from the committed package-lock.json, again only when the lock changes.
 NODE_CLIENTS := tests/clients/node
@@ -124,12 +141,25 @@ unit: venv
 
 # Each step prints how long it took (devtools.step); pytest's exit 5 (no test ran) fails.
 # The container suite runs last, as its own step, against the images `make images` built.
-test: venv llamacpp prometheus redis bench-tools node-clients lint typecheck images
+test: venv llamacpp prometheus redis bench-tools peers node-clients lint typecheck images
 	@$(STEP) tests -- $(PY) -m pytest -q -p no:cacheprovider --ignore=tests/containers $(PYTEST_ARGS)
 	@$(STEP) "container tests" -- $(PY) -m pytest -q -p no:cacheprovider tests/containers $(PYTEST_ARGS)
 
 bench: venv bench-tools
 	$(PY) -m bench.run
+
+# Not part of make test: 30 minutes of mixed traffic through gateway + router on the sim engine
+# with engine kills; prints RSS, fds, tasks and p50/p99 every 30 s and a verdict, writes
+# docs/soak.png and the Soak section of docs/benchmarks.md (bench/soak.py).
+SOAK_ARGS ?=
+soak: venv
+	$(PY) -m bench.soak $(SOAK_ARGS)
+
+# The full bench plus the router and gateway under each --http-server and the peers on the
+# same stand-in, with the ratio table issue 17's targets are stated in (about 20 minutes on
+# 2 cores).
+bench-peers: venv bench-tools peers
+	$(PY) -m bench.run --peers --compare-servers
 
 clean: down
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -94,7 +94,7 @@ class Bench:
         conf = write_nginx_files(ngx_dir, port, model)
         proc = self.cluster.spawn("nginx", [binary, "-c", str(conf), "-p", str(ngx_dir),
                                             "-e", str(ngx_dir / "error.log")])
-        self._wait_http(proc, f"http://127.0.0.1:{port}/health")
+        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         return Replica(model, "vllm", "r0", port)
 
     def start_sim(self, name: str, model: str, replica_id: str, args: Sequence[str]) -> Replica:
@@ -108,22 +108,29 @@ class Bench:
         proc = self.cluster.spawn(name, [sys.executable, "-m", "bench.pacer", "--port", str(port),
                                          "--model-name", model, "--chunks", str(chunks),
                                          "--interval-ms", str(interval_ms)])
-        self._wait_http(proc, f"http://127.0.0.1:{port}/health")
+        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         return Replica(model, "vllm", "r0", port)
 
-    def start_router(self, args: Sequence[str] = ()) -> str:
-        old = self.cluster.procs.get("router")
+    def start_router(self, args: Sequence[str] = (), name: str = "router") -> str:
+        """(Re)start router ``name``; the one named ``router`` is :attr:`router_url`."""
+        old = self.cluster.procs.get(name)
         if old is not None and old.alive():
             old.stop()
-        _, self.router_url = self.cluster.start_router(args=list(args))
-        return self.router_url
+        _, url = self.cluster.start_router(name=name, args=list(args))
+        if name == "router":
+            self.router_url = url
+        return url
 
-    def start_gateway(self, args: Sequence[str] = ()) -> str:
+    def start_gateway(self, args: Sequence[str] = (), name: str = "gateway",
+                      router_url: str = "") -> str:
+        """Gateway ``name`` in front of ``router_url`` (default: :attr:`router_url`)."""
         # The bench measures the request path, not the anonymous callers' default limits.
         limits_off = ["--anonymous-rpm", "0", "--anonymous-concurrency", "0"]
-        _, self.gateway_url = self.cluster.start_gateway([self.router_url],
-                                                         args=[*limits_off, *args])
-        return self.gateway_url
+        _, url = self.cluster.start_gateway([router_url or self.router_url], name=name,
+                                            args=[*limits_off, *args])
+        if name == "gateway":
+            self.gateway_url = url
+        return url
 
     def pid(self, name: str) -> int:
         return self.cluster.procs[name].pid
@@ -132,7 +139,8 @@ class Bench:
         self.cluster.stop_all(grace=5)
 
     @staticmethod
-    def _wait_http(proc: Proc, url: str, timeout: float = 30) -> None:
+    def wait_http(proc: Proc, url: str, timeout: float = 30) -> None:
+        """Poll ``url`` for a 200; fail with the log's tail as soon as ``proc`` exits."""
         def ok() -> bool:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-2000:]}")
@@ -155,10 +163,11 @@ class Bench:
                 await store.close()
         asyncio.run(put())
 
-    def wait_routable(self, model: str, replicas: int, timeout: float = 30) -> None:
-        """Poll the router's /debug/endpoints until ``model`` has ``replicas`` ready ones."""
+    def wait_routable(self, model: str, replicas: int, timeout: float = 30,
+                      router_url: str = "") -> None:
+        """Poll a router's /v1/models until ``model`` has ``replicas`` ready ones."""
         def ready() -> bool:
-            status, body = http_get(f"{self.router_url}/v1/models")
+            status, body = http_get(f"{router_url or self.router_url}/v1/models")
             if status != 200:
                 return False
             for item in json.loads(body).get("data", []):

@@ -16,6 +16,34 @@ from .stats import Spread, per_cpu_second, spread
 PATHS = ("direct", "router", "gateway")
 PATH_LABELS = {"direct": "direct", "router": "router", "gateway": "gateway+router"}
 NEBULA_PROCS = ("router", "gateway")
+# The peers (bench/peers.py), each labelled and charged as the hop it stands in for:
+# vllm-router's CPU is the "router" figure, LiteLLM's the "gateway" (and "both") one.
+PEER_LABELS = {"vllm-router": "vllm-router", "litellm": "LiteLLM"}
+PEER_HOPS = {"vllm-router": "router", "litellm": "gateway"}
+SERVER_SEP = "@"  # "router@granian": the router (and gateway) run with --http-server granian
+
+
+def server_path(path: str, server: str) -> str:
+    """The name of ``path`` ("router" or "gateway") served by ``--http-server server``."""
+    return f"{path}{SERVER_SEP}{server}"
+
+
+def hop(path: str) -> str:
+    """Which hop a path measures: "direct", "router" (one hop) or "gateway" (two)."""
+    return PEER_HOPS.get(path) or path.split(SERVER_SEP, 1)[0]
+
+
+def path_label(path: str, default_server: str = "") -> str:
+    """``router``, ``gateway+router (granian)``, ``vllm-router``...
+
+    ``default_server`` names the server of the plain ``router``/``gateway`` paths when
+    a run compares servers (it is left out otherwise, as the page always showed it).
+    """
+    if path in PEER_LABELS:
+        return PEER_LABELS[path]
+    base, _, server = path.partition(SERVER_SEP)
+    server = server or (default_server if base != "direct" else "")
+    return PATH_LABELS[base] + (f" ({server})" if server else "")
 
 
 @dataclass(frozen=True)
@@ -76,33 +104,40 @@ def aggregate(samples: Iterable[Sample]) -> list[Row]:
     for scenario in scenarios:
         mine = [s for s in samples if s.scenario == scenario]
         direct = {s.round: s for s in mine if s.path == "direct"}
-        for path in PATHS:
+        paths = sorted(dict.fromkeys(s.path for s in mine), key=_path_order)
+        for path in paths:
             runs = [s for s in mine if s.path == path]
-            if not runs:
-                continue
             paired = [(s, direct[s.round]) for s in runs if s.round in direct]
             nan = spread([])
+            kind = hop(path)
             rows.append(Row(
                 scenario=scenario, path=path,
                 rps=spread(s.rps for s in runs),
                 p50=spread(s.p50_ms for s in runs),
                 p99=spread(s.p99_ms for s in runs),
                 added_p50=spread(s.p50_ms - d.p50_ms for s, d in paired)
-                if path != "direct" else nan,
+                if kind != "direct" else nan,
                 added_p99=spread(s.p99_ms - d.p99_ms for s, d in paired)
-                if path != "direct" else nan,
+                if kind != "direct" else nan,
                 per_cpu_router=spread(s.per_cpu(["router"]) for s in runs)
-                if path != "direct" else nan,
+                if kind != "direct" else nan,
                 per_cpu_gateway=spread(s.per_cpu(["gateway"]) for s in runs)
-                if path == "gateway" else nan,
+                if kind == "gateway" else nan,
                 per_cpu_both=spread(s.per_cpu(list(NEBULA_PROCS)) for s in runs)
-                if path == "gateway" else nan,
+                if kind == "gateway" else nan,
                 errors=sum(s.errors for s in runs),
                 engine_cores=spread(s.cpu_s["engine"] / s.duration_s for s in runs
                                     if "engine" in s.cpu_s and s.duration_s > 0),
                 machine_busy=spread(s.machine_busy for s in runs),
             ))
     return rows
+
+
+def _path_order(path: str) -> tuple[int, int, str]:
+    """direct, then each hop's Nebula paths (default server first), then its peer."""
+    kind = hop(path)
+    return ({"direct": 0, "router": 1, "gateway": 2}.get(kind, 3), path in PEER_HOPS,
+            "" if SERVER_SEP not in path and path not in PEER_HOPS else path)
 
 
 def find_row(rows: Sequence[Row], scenario: str, path: str) -> Row | None:
@@ -148,9 +183,9 @@ def noise(row: Row) -> float:
     return row.rps.rel_range
 
 
-def request_table_rows(rows: Sequence[Row]) -> list[list[str]]:
+def request_table_rows(rows: Sequence[Row], default_server: str = "") -> list[list[str]]:
     return [[
-        r.scenario, PATH_LABELS[r.path], fmt_range(r.rps, 0), fmt(r.p50.median, 2),
+        r.scenario, path_label(r.path, default_server), fmt_range(r.rps, 0), fmt(r.p50.median, 2),
         fmt(r.p99.median, 2), fmt(r.added_p50.median, 2, signed=True),
         fmt(r.added_p99.median, 2, signed=True), fmt(r.per_cpu_router.median, 0),
         fmt(r.per_cpu_gateway.median, 0), fmt(r.per_cpu_both.median, 0), str(r.errors),
@@ -191,6 +226,90 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+# -- side by side: Nebula against the peers ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Per-round (numerator's req/CPU-s) / (denominator's) in one scenario, across rounds."""
+
+    scenario: str
+    numerator: str  # path names
+    denominator: str
+    ratios: Spread
+
+    @property
+    def target(self) -> float | None:
+        """Issue 17's bound for this ratio, if it states one (at 64 connections)."""
+        if not self.scenario.endswith("c64"):
+            return None
+        return RATIO_TARGETS.get((hop(self.numerator), self.denominator))
+
+
+# Issue 17: the router alone at least half of vllm-router's requests per CPU-second at 64
+# connections, gateway + router together at least a quarter of it.
+RATIO_TARGETS = {("router", "vllm-router"): 0.5, ("gateway", "vllm-router"): 0.25}
+
+
+def hop_procs(path: str) -> list[str]:
+    """The CPU a path's req/CPU-s divides by: the router's, or both hops' together."""
+    return ["router"] if hop(path) == "router" else list(NEBULA_PROCS)
+
+
+def peer_pairs(paths: Iterable[str]) -> list[tuple[str, str]]:
+    """Every Nebula path against the peers of its hop that ran: each router path against
+    vllm-router; each gateway+router path against LiteLLM and (issue 17's target) against
+    vllm-router."""
+    paths = list(dict.fromkeys(paths))
+    pairs: list[tuple[str, str]] = []
+    for path in sorted(paths, key=_path_order):
+        if path in PEER_HOPS or hop(path) == "direct":
+            continue
+        peers = ("vllm-router",) if hop(path) == "router" else ("litellm", "vllm-router")
+        pairs += [(path, peer) for peer in peers if peer in paths]
+    return pairs
+
+
+def per_cpu_ratios(samples: Iterable[Sample], pairs: Sequence[tuple[str, str]]
+                   ) -> list[Ratio]:
+    """Each pair's ratio in each scenario, round by round (the two ran back to back)."""
+    samples = list(samples)
+    scenarios = list(dict.fromkeys(s.scenario for s in samples))
+    out: list[Ratio] = []
+    for scenario in scenarios:
+        runs = {(s.path, s.round): s for s in samples if s.scenario == scenario}
+        for num, den in pairs:
+            values = []
+            for (path, rnd), a in runs.items():
+                b = runs.get((den, rnd))
+                if path != num or b is None:
+                    continue
+                top, bottom = a.per_cpu(hop_procs(num)), b.per_cpu(hop_procs(den))
+                if math.isfinite(top) and math.isfinite(bottom) and bottom > 0:
+                    values.append(top / bottom)
+            if values:
+                out.append(Ratio(scenario, num, den, spread(values)))
+    return out
+
+
+RATIO_HEADERS = ("scenario", "ratio of req/CPU-s", "median", "min..max", "rounds", "target",
+                 "verdict")
+
+
+def ratio_table_rows(ratios: Sequence[Ratio], default_server: str = "") -> list[list[str]]:
+    rows = []
+    for r in ratios:
+        target = r.target
+        verdict = ("" if target is None or math.isnan(r.ratios.median)
+                   else "PASS" if r.ratios.median >= target else "MISS")
+        rows.append([
+            r.scenario,
+            f"{path_label(r.numerator, default_server)} / {path_label(r.denominator)}",
+            f"{r.ratios.median:.2f}x", f"{r.ratios.low:.2f}..{r.ratios.high:.2f}",
+            str(r.ratios.n), "-" if target is None else f">= {target:.2f}x", verdict or "-"])
+    return rows
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -265,3 +384,70 @@ def evaluate_targets(rows: Sequence[Row], ttft_means: dict[str, float],
                                 "-" if math.isnan(speedup) else f"{speedup:.2f}x",
                                 _check(speedup, speedup >= 2.0)))
     return results
+
+
+# -- page text: the side-by-side section -------------------------------------------------------
+
+
+def side_by_side_text(servers: Sequence[str], default_server: str, peer_versions: dict[str, str],
+                      ratio_text: str) -> str:
+    """docs/benchmarks.md's section on the HTTP servers' and the peers' rows.
+
+    ``servers``: the ``--http-server`` values measured (empty: the configured one only);
+    ``peer_versions``: name -> pinned version of the peers measured (empty: none).
+    """
+    others = [s for s in servers if s != default_server]
+    if not others and not peer_versions:
+        return f"""This run measured Nebula under its configured HTTP server (`{default_server}`)
+only, and no peer. `make bench-peers` (`bench.run --peers --compare-servers`) runs the same
+table with the router and gateway+router under each `--http-server` (hypercorn, uvicorn,
+granian) and with vllm-router and LiteLLM's proxy on the same nginx stand-in, and adds the
+ratio table that issue 17's targets are stated in."""
+    parts = []
+    if others:
+        names = ", ".join(f"`{s}`" for s in others)
+        parts.append(f"""`router (S)` and `gateway+router (S)` are the same code under
+`--http-server S`. Each other server ({names}) gets a router and a gateway of its own,
+on the same etcd and stand-ins, measured in the same rounds as the configured server
+(`{default_server}`). The targets below read the `{default_server}` rows. Only the server
+differs; every process runs `--workers 1`.""")
+    if peer_versions:
+        vr = peer_versions.get("vllm-router", "?")
+        ll = peer_versions.get("litellm", "?")
+        parts.append(f"""The peers run on the same nginx stand-in, in the same rounds, so each
+ratio below compares runs made back to back on the same machine. They run only the nginx
+scenarios (`chat`, `stream64`). Both come from their own venv (`make peers`:
+`.cache/peers-venv`, pins in `requirements/peers.lock`), configured as their docs say for
+one OpenAI backend (`bench/peers.py`):
+
+- `vllm-router` {vr} (Rust): `vllm-router --worker-urls <nginx> --policy round_robin`, its
+  regular mode. It is charged to the `router` column.
+- `LiteLLM` is `litellm[proxy]` {ll}: `litellm --config config.yaml --num_workers 1`. The
+  config has one model, `openai/bench-model` at the stand-in's `api_base`. There is no
+  database and no master key; callbacks, spend logs and uvicorn's access log are off, and
+  the cost map is the bundled one (`LITELLM_LOCAL_MODEL_COST_MAP`). It stands in for both
+  Nebula hops (keys, limits, routing), so it is charged to `gateway` and `both`.
+- LiteLLM calls the engine through the openai SDK, which sends its own `User-Agent`. The
+  streamed scenario therefore names a second model entry, `bench-model-stream`: the same
+  backend with `extra_headers` `User-Agent: nebula-bench-stream`, so nginx answers the same
+  SSE body. LiteLLM parses and rebuilds every chunk (and drops the usage chunk, which the
+  request did not ask for with `stream_options`). That work is part of what it costs.
+- LiteLLM's rows use the drained client (`bench/rawload.py`) in every scenario. LiteLLM goes
+  on serving requests a client gave up on, and at 64 streamed connections no answer ends
+  inside a 5 s wrk window. So its req/s counts every request started, drain included, as
+  in the paced rows, and its CPU covers the drain too.
+- CPU is counted the same way for the peers as for Nebula: user+system time of every
+  process and thread in the peer's process group (vllm-router's tokio threads included).""")
+    if ratio_text:
+        parts.append(f"""Ratios of requests per CPU-second are computed round by round: the Nebula
+path's figure over the peer's from the same round (they ran back to back), then the median
+and min..max over the rounds, as in the feature check under the profile findings. A
+`router` row divides by the router's CPU; a `gateway+router` row divides by both hops'
+CPU together. `target` is issue 17's bound at 64 connections: the router alone at least
+0.5x vllm-router, gateway+router together at least 0.25x vllm-router. The LiteLLM rows
+carry no target.
+
+```
+{ratio_text}
+```""")
+    return "\n\n".join(parts)

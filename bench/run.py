@@ -36,8 +36,9 @@ from typing import Any
 import uvloop
 
 from devtools.cluster import REPO, http_get, http_post_json
+from nebula_common.http_servers import DEFAULT_HTTP_SERVER, HTTP_SERVERS
 
-from . import report
+from . import peers, report
 from .harness import Bench, Replica, StatsPublisher
 from .load import LoadResult, StreamTiming, run_wrk
 from .rawload import drained_closed_loop
@@ -114,6 +115,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--router-args", default="",
                    help="extra nebula-router flags, e.g. '--http-server uvicorn'")
     p.add_argument("--gateway-args", default="", help="extra nebula-gateway flags")
+    p.add_argument("--servers", default="",
+                   help="comma-separated --http-server values to measure the router and "
+                        "gateway+router under, side by side (default: the configured one only)")
+    p.add_argument("--compare-servers", action="store_true",
+                   help="--servers " + ",".join(HTTP_SERVERS))
+    p.add_argument("--peers", action="store_true",
+                   help="also measure vllm-router and LiteLLM's proxy on the same stand-in "
+                        "(make peers installs them; make bench-peers sets this)")
     p.add_argument("--api-key", action="store_true",
                    help="the gateway checks an API key (from a key file) on every request, "
                         "and the load sends it: the cost of a keyed request path")
@@ -121,10 +130,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="load generator: wrk, raw (bench/rawload.py: waits for every request "
                         "it started) or auto (wrk for nginx, raw for the paced streams)")
     args = p.parse_args(argv)
+    if args.compare_servers:
+        args.servers = ",".join(HTTP_SERVERS)
+    unknown = set(server_list(args.servers)) - set(HTTP_SERVERS)
+    if unknown:
+        p.error(f"--servers: unknown {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(HTTP_SERVERS)})")
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
         args.no_doc = args.no_doc or args.doc == DOC
     return args
+
+
+def server_list(text: str) -> list[str]:
+    return list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+
+
+def default_server(router_args: str) -> str:
+    """The --http-server of the plain router: its flags', else the env's, else the default."""
+    flags = shlex.split(router_args)
+    chosen = [flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--http-server"]
+    chosen += [flag.split("=", 1)[1] for flag in flags if flag.startswith("--http-server=")]
+    return chosen[-1] if chosen else os.environ.get("NEBULA_HTTP_SERVER", DEFAULT_HTTP_SERVER)
 
 
 # -- machine ---------------------------------------------------------------------------------
@@ -170,7 +197,7 @@ def client_for(scenario: Scenario, choice: str) -> str:
 
 
 def load_once(url: str, scenario: Scenario, duration_s: float, client: str,
-              work_dir: Path) -> LoadResult:
+              work_dir: Path, drain_s: float = 30.0) -> LoadResult:
     client = client_for(scenario, client)
     if client == "wrk":
         return run_wrk(url, scenario.body(), scenario.agent,
@@ -180,7 +207,8 @@ def load_once(url: str, scenario: Scenario, duration_s: float, client: str,
                                           connections=scenario.connections,
                                           duration_s=duration_s,
                                           headers={"User-Agent": scenario.agent,
-                                                   **auth_headers()}))
+                                                   **auth_headers()},
+                                          drain_timeout_s=drain_s))
 
 
 def auth_headers() -> dict[str, str]:
@@ -198,36 +226,60 @@ def keyed_gateway_args(run_dir: Path) -> list[str]:
     return ["--api-keys-file", str(keys)]
 
 
-def run_request_path(bench: Bench, urls: dict[str, str], engines: dict[str, str],
+@dataclass(frozen=True)
+class Hop:
+    """One measured path: where each model's requests go and whose CPU they are charged."""
+
+    path: str  # report path name: direct, router, gateway@granian, vllm-router, ...
+    urls: dict[str, str]  # model -> chat completions URL (the models this path serves)
+    pids: dict[str, int]  # "router"/"gateway" -> process group charged for that figure
+    stream_model: str = ""  # model name a client sends for the streamed answer, if another
+    client: str = ""  # the load generator under --client auto, if not the scenario's own
+    drain_s: float = 30.0  # how long the drained client waits for what it started
+
+    def client_for(self, choice: str) -> str:
+        return self.client if self.client and choice == "auto" else choice
+
+    def scenario_for(self, scenario: Scenario) -> Scenario:
+        if scenario.stream and self.stream_model:
+            return dataclasses.replace(scenario, model=self.stream_model)
+        return scenario
+
+
+def run_request_path(bench: Bench, hops: Sequence[Hop], engines: dict[str, str],
                      scenarios: Sequence[Scenario], args: argparse.Namespace,
-                     say: Callable[[str], None]) -> list[report.Sample]:
-    """Every scenario: warm-up, then ``rounds`` x (direct, router, gateway) back to back."""
+                     say: Callable[[str], None], default: str = "") -> list[report.Sample]:
+    """Every scenario: warm-up, then ``rounds`` x (every hop that serves it) back to back."""
     samples: list[report.Sample] = []
     for scenario in scenarios:
-        procs = {"router": bench.pid("router"), "gateway": bench.pid("gateway"),
-                 "engine": bench.pid(engines[scenario.model])}
+        mine = [h for h in hops if scenario.model in h.urls]
         # Warm-up opens the pools and runs every code path; at most 64 connections, so
         # that a 1,000-connection scenario does not pay its accept stall twice.
         warm = dataclasses.replace(scenario, connections=min(scenario.connections, 64))
-        for path in report.PATHS:
-            url = urls[path if path != "direct" else f"direct:{scenario.model}"]
-            load_once(url, warm, args.warmup, args.client, bench.run_dir)
+        for h in mine:
+            load_once(h.urls[scenario.model], h.scenario_for(warm), args.warmup,
+                      h.client_for(args.client), bench.run_dir, h.drain_s)
         for rnd in range(args.rounds):
-            for path in report.PATHS:
-                url = urls[path if path != "direct" else f"direct:{scenario.model}"]
+            for h in mine:
+                procs = {**h.pids, "engine": bench.pid(engines[scenario.model])}
                 before = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
                 box_before = machine_cpu_totals()
-                result = load_once(url, scenario, args.duration, args.client, bench.run_dir)
+                result = load_once(h.urls[scenario.model], h.scenario_for(scenario),
+                                   args.duration, h.client_for(args.client), bench.run_dir,
+                                   h.drain_s)
                 box_after = machine_cpu_totals()
                 after = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
-                cpu = {name: ticks_to_seconds(after[name] - before[name], CLK_TCK)
-                       for name in procs}
-                sample = report.Sample(scenario.name, path, rnd, result.requests,
+                # A hop without a process for a figure (LiteLLM has no router) costs it 0.
+                cpu = {name: 0.0 for name in report.NEBULA_PROCS}
+                cpu.update({name: ticks_to_seconds(after[name] - before[name], CLK_TCK)
+                            for name in procs})
+                sample = report.Sample(scenario.name, h.path, rnd, result.requests,
                                        result.duration_s, result.p50_ms, result.p99_ms,
                                        result.errors, cpu, busy_share(box_before, box_after))
                 samples.append(sample)
                 kinds = result.detail.get("errors", {}) if result.errors else {}
-                say(f"  {scenario.name:16} {report.PATH_LABELS[path]:15} round {rnd + 1}: "
+                say(f"  {scenario.name:16} {report.path_label(h.path, default):26} "
+                    f"round {rnd + 1}: "
                     f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:8.2f} ms  "
                     f"p99 {sample.p99_ms:8.2f} ms  errors {sample.errors}  "
                     f"cpu router {cpu['router']:.2f}s gateway {cpu['gateway']:.2f}s "
@@ -236,16 +288,79 @@ def run_request_path(bench: Bench, urls: dict[str, str], engines: dict[str, str]
     return samples
 
 
-def check_paths(urls: dict[str, str], say: Callable[[str], None]) -> None:
-    """One request per path and model before measuring: fail loudly, not with a table of 0s."""
-    for name, url in urls.items():
-        models = [MODEL, PACED_MODEL] if not name.startswith("direct:") else [name[7:]]
-        for model in models:
+def check_paths(hops: Sequence[Hop], say: Callable[[str], None]) -> None:
+    """One request per path and model (and one streamed one on the nginx stand-in) before
+    measuring: fail loudly, not with a table of 0s."""
+    for h in hops:
+        for model, url in h.urls.items():
             status, body = http_post_json(url, {"model": model, "max_tokens": 4, "messages": [
                 {"role": "user", "content": "hello"}]}, timeout=30, headers=auth_headers())
             if status != 200:
-                raise RuntimeError(f"{name} answered {status} for {model}: {body[:500]!r}")
-    say("  every path answers 200")
+                raise RuntimeError(f"{h.path} answered {status} for {model}: {body[:500]!r}")
+        if MODEL in h.urls:
+            streamed = h.scenario_for(Scenario("check", MODEL, True, 1))
+            status, body = http_post_json(h.urls[MODEL], json.loads(streamed.body()),
+                                          timeout=30, headers={"User-Agent": streamed.agent,
+                                                               **auth_headers()})
+            if status != 200 or not body.rstrip().endswith(b"data: [DONE]"):
+                raise RuntimeError(f"{h.path} streamed {status}: {body[-500:]!r}")
+    say(f"  every path answers 200 ({', '.join(h.path for h in hops)})")
+
+
+def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[str],
+               standin: Replica, paced: Replica, say: Callable[[str], None]) -> list[Hop]:
+    """direct, router and gateway+router (the configured server, already running), the same
+    under each other ``--servers`` value, and the peers with ``--peers``.
+
+    Each extra process is named after its path (``router@granian``, ``litellm``), which
+    :func:`stop_extra_hops` relies on.
+    """
+    chat = "/v1/chat/completions"
+    models = (MODEL, PACED_MODEL)
+    router, gateway = bench.pid("router"), bench.pid("gateway")
+    direct = Hop("direct", {MODEL: standin.base_url + chat, PACED_MODEL: paced.base_url + chat},
+                 {"router": router, "gateway": gateway})
+    routers = [Hop("router", {m: bench.router_url + chat for m in models}, {"router": router})]
+    gateways = [Hop("gateway", {m: bench.gateway_url + chat for m in models},
+                    {"router": router, "gateway": gateway})]
+    default = default_server(args.router_args)
+    for server in server_list(args.servers):
+        if server == default:
+            continue
+        say(f"  starting router and gateway under --http-server {server} ...")
+        r_name = report.server_path("router", server)
+        g_name = report.server_path("gateway", server)
+        flags = ["--http-server", server]
+        r_url = bench.start_router([*shlex.split(args.router_args), *flags], name=r_name)
+        for m in models:
+            bench.wait_routable(m, 1, router_url=r_url)
+        g_url = bench.start_gateway([*gateway_flags, *flags], name=g_name, router_url=r_url)
+        r_pid, g_pid = bench.pid(r_name), bench.pid(g_name)
+        routers.append(Hop(r_name, {m: r_url + chat for m in models}, {"router": r_pid}))
+        gateways.append(Hop(g_name, {m: g_url + chat for m in models},
+                            {"router": r_pid, "gateway": g_pid}))
+    if args.peers:
+        say("  starting vllm-router and LiteLLM's proxy on the nginx stand-in ...")
+        v_url = peers.start_vllm_router(bench, standin.base_url)
+        l_url = peers.start_litellm(bench, standin.base_url + "/v1")
+        routers.append(Hop(peers.VLLM_ROUTER, {MODEL: v_url + chat},
+                           {"router": bench.pid(peers.VLLM_ROUTER)}))
+        # LiteLLM keeps serving what a client gave up on, and at 64 streams not one ends
+        # inside a 5 s wrk window: the drained client counts every request it started
+        # (64 streams took 27-31 s on a busy 2-core box, hence the longer drain).
+        gateways.append(Hop(peers.LITELLM, {MODEL: l_url + chat},
+                            {"gateway": bench.pid(peers.LITELLM)},
+                            stream_model=peers.LITELLM_STREAM_MODEL, client="raw",
+                            drain_s=120.0))
+    return [direct, *routers, *gateways]
+
+
+def stop_extra_hops(bench: Bench, hops: Sequence[Hop]) -> None:
+    """Stop every process but the default router and gateway: the rest of the run is theirs."""
+    for h in hops:
+        proc = bench.cluster.procs.get(h.path) if h.path not in report.PATHS else None
+        if proc is not None and proc.alive():
+            proc.stop(grace=5)
 
 
 # -- routing quality -------------------------------------------------------------------------
@@ -354,7 +469,8 @@ FINDINGS = Path(__file__).resolve().parent / "findings.md"
 
 def render_doc(info: dict[str, str], args: argparse.Namespace, request_text: str,
                routing_text: str, targets: Sequence[report.TargetResult],
-               workload: Workload, cache_blocks: int, prefill_ms: float) -> str:
+               workload: Workload, cache_blocks: int, prefill_ms: float,
+               ratio_text: str = "") -> str:
     extra_args = "".join(f", {name} flags `{value}`" for name, value in (
         ("router", args.router_args), ("gateway", args.gateway_args)) if value)
     paced_note = (
@@ -366,6 +482,9 @@ def render_doc(info: dict[str, str], args: argparse.Namespace, request_text: str
         "of microseconds per chunk, so at 1,000 streams on 2 cores the sim alone saturates "
         "the machine and the direct baseline stops being one")
     target_rows = [[t.target, t.measured, t.verdict] for t in targets]
+    side_by_side = report.side_by_side_text(
+        server_list(args.servers), default_server(args.router_args),
+        peers.pinned_versions(peers.LOCK.read_text()) if args.peers else {}, ratio_text)
     findings = FINDINGS.read_text() if FINDINGS.exists() else ""
     misses = [t for t in targets if t.passed is False]
     notes = []
@@ -387,11 +506,15 @@ full run.
 - run: {info['date']}, {args.rounds} rounds x {args.duration:g} s per path and scenario,
   {args.warmup:g} s warm-up per path, client `{args.client}`, paced stand-in
   `{args.paced_engine}`{extra_args}
+- HTTP servers: {", ".join(f"`{s}`" for s in server_list(args.servers))
+                 or f"`{default_server(args.router_args)}` (the configured one)"}; peers:
+  {"vllm-router and LiteLLM" if args.peers else "none"}
 
 ## How to reproduce
 
 ```
 make bench                                  # installs wrk + nginx-light (Debian), then runs
+make bench-peers                            # + every --http-server, vllm-router and LiteLLM
 .venv/bin/python -m bench.run --rounds 5 --duration 10
 .venv/bin/python -m bench.run --quick       # smoke run, does not touch this page
 ```
@@ -442,6 +565,10 @@ only records requests that complete inside its window; with answers of 0.6 s and
 construction, so its percentiles would describe the survivors. req/s of the paced rows
 is every completed request over the whole run, drain included.
 
+## Side by side: the HTTP servers and the peers
+
+{side_by_side}
+
 ## Routing quality
 
 4 `nebula-sim` replicas with the prefix-cache model (`--prefix-cache-blocks
@@ -482,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if not wanted or s.name in wanted]
     workload = (Workload(conversations=8, turns=3, prompts=4) if args.quick else Workload())
     cache_blocks, prefill_ms = args.cache_blocks, args.prefill_ms
+    # Rows name the default server only when others are beside it.
+    shown_server = default_server(args.router_args) if args.servers else ""
     info = machine()
     say(f"nebula bench: {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"load {info['load']}")
@@ -505,20 +634,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.start_router(shlex.split(args.router_args))
         bench.wait_routable(MODEL, 1)
         bench.wait_routable(PACED_MODEL, 1)
-        bench.start_gateway(shlex.split(args.gateway_args)
-                            + (keyed_gateway_args(run_dir) if args.api_key else []))
-        urls = {
-            f"direct:{MODEL}": f"{standin.base_url}/v1/chat/completions",
-            f"direct:{PACED_MODEL}": f"{paced.base_url}/v1/chat/completions",
-            "router": f"{bench.router_url}/v1/chat/completions",
-            "gateway": f"{bench.gateway_url}/v1/chat/completions",
-        }
-        check_paths(urls, say)
+        gateway_flags = shlex.split(args.gateway_args) + (
+            keyed_gateway_args(run_dir) if args.api_key else [])
+        bench.start_gateway(gateway_flags)
+        hops = start_hops(bench, args, gateway_flags, standin, paced, say)
+        check_paths(hops, say)
         if scenarios:
             say("request path (wrk):")
             engines = {MODEL: "nginx",
                        PACED_MODEL: "sim-paced" if args.paced_engine == "sim" else "pacer"}
-            samples = run_request_path(bench, urls, engines, scenarios, args, say)
+            samples = run_request_path(bench, hops, engines, scenarios, args, say,
+                                       shown_server)
+        stop_extra_hops(bench, hops)
         if not args.skip_routing:
             say("routing quality (4 sims, multi-turn conversations):")
             bench.cluster.procs["gateway"].stop()
@@ -532,12 +659,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     rows = report.aggregate(samples)
-    request_text = report.text_table(report.REQUEST_HEADERS, report.request_table_rows(rows))
+    request_text = report.text_table(report.REQUEST_HEADERS,
+                                     report.request_table_rows(rows, shown_server))
+    ratios = report.per_cpu_ratios(samples, report.peer_pairs(s.path for s in samples))
+    ratio_text = (report.text_table(report.RATIO_HEADERS,
+                                    report.ratio_table_rows(ratios, shown_server))
+                  if ratios else "")
     routing_text = report.text_table(ROUTING_HEADERS, routing_rows(routing))
     targets = report.evaluate_targets(rows, {r.policy: r.ttft_ms["mean"] for r in routing},
                                       chat=CHAT_C1, stream=STREAM_C1, paced_wide=PACED_C1000)
     say("")
     say(request_text)
+    if ratio_text:
+        say("")
+        say(ratio_text)
     say("")
     say(routing_text)
     say("")
@@ -551,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(render_doc(info, args, request_text, routing_text, targets,
-                                       workload, cache_blocks, prefill_ms))
+                                       workload, cache_blocks, prefill_ms, ratio_text))
         say(f"wrote {args.doc}")
     return 0
 
