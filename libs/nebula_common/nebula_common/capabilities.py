@@ -25,6 +25,9 @@ class Capability(StrEnum):
     TOOLS = "tools"
     CONTINUATION = "continuation"
     """Resumes a partial answer (``continue_final_message`` / completions continuation)."""
+    CHATML_CONTINUATION = "chatml-continuation"
+    """Resumes completions natively, and chat through ``/v1/completions`` on the ChatML
+    template the router renders (llama.cpp's server, which cannot continue a chat turn)."""
 
 
 PATH_NEEDS: dict[str, Capability] = {
@@ -34,6 +37,9 @@ PATH_NEEDS: dict[str, Capability] = {
     # Anthropic Messages is served by translation to chat completions
     "/v1/messages": Capability.CHAT,
     "/v1/messages/count_tokens": Capability.CHAT,
+    "/v1/rerank": Capability.RERANK,
+    "/rerank": Capability.RERANK,
+    "/v1/score": Capability.SCORE,
 }
 """The capability a request path needs (paths served for every model are absent)."""
 
@@ -47,6 +53,7 @@ WHAT: dict[Capability, str] = {
     Capability.SCORE: "scoring",
     Capability.TOOLS: "tool calls",
     Capability.CONTINUATION: "continuation",
+    Capability.CHATML_CONTINUATION: "continuation through the ChatML template",
 }
 
 

@@ -40,7 +40,6 @@ from nebula_common.asgi import (
     read_body,
     send_json,
 )
-from nebula_common.capabilities import Capability
 from nebula_common.openai_errors import error_json, sse_error_event
 from nebula_common.records import EndpointState
 from nebula_common.retry import backoff_delay
@@ -49,7 +48,17 @@ from nebula_common.tracing import extract
 
 from . import metrics as m
 from .admission import Admission, ModelGate, Shed
-from .failover import DEFAULT_LIMIT, NotResumable, Recorder, Rewriter, plan_continuation, reassemble
+from .failover import (
+    DEFAULT_LIMIT,
+    NotResumable,
+    Recorder,
+    Rewriter,
+    Targets,
+    can_continue,
+    plan_continuation,
+    reassemble,
+    refusal,
+)
 from .failover.continuation import PATHS as FAILOVER_PATHS
 from .headers import request_headers, response_headers
 from .policy import Candidate, KeyReader, Pipeline, RouteKeys
@@ -159,7 +168,7 @@ class Proxy:
                  tracer: trace.Tracer | None = None, admission: Admission | None = None):
         self.table = table
         self.admission = admission
-        """The admission queue (None: ``--max-running-per-replica`` 0, requests go straight on)."""
+        """The admission queue (None: ``--max-running-per-replica 0``, requests go straight on)."""
         self.pipeline = pipeline
         self.config = config
         self.tracer = tracer
@@ -651,7 +660,7 @@ class Proxy:
         if ctx is None or not self._resumable_now(out):
             return False
         other, _ = self.pipeline.choose(ctx.entry.candidates, ctx.keys, time.monotonic(),
-                                        [cand, *_not_continuing(ctx.entry.candidates)])
+                                        [cand, *_not_continuing(ctx)])
         return other is not None
 
     # -- failover -----------------------------------------------------------------------
@@ -659,7 +668,7 @@ class Proxy:
                         span: trace.Span | None) -> None:
         """Resume a broken stream on other replicas, or end it with an SSE error event."""
         cfg = self.config
-        tried = [failed, *_not_continuing(ctx.entry.candidates)]
+        tried = [failed, *_not_continuing(ctx)]
         while out.broken:
             kind, out.broken = out.broken, ""
             failed_ref = out.replica
@@ -674,7 +683,12 @@ class Proxy:
             else:
                 state = reassemble(bytes(data))
                 try:
-                    plan = plan_continuation(ctx.path, ctx.request, state)
+                    planned = plan_continuation(ctx.path, ctx.request, state)
+                    if planned.body is not None and (problem := refusal(
+                            (c.capabilities for c in ctx.entry.candidates), ctx.path,
+                            ctx.request)):
+                        raise NotResumable(problem)  # e.g. tools, llama.cpp replicas only
+                    plan = planned
                 except NotResumable as exc:
                     outcome, detail = "refused", str(exc)
             served: Candidate | None = None
@@ -689,8 +703,8 @@ class Proxy:
                     await send({"type": "http.response.body", "body": rewriter.local_end(),
                                 "more_body": False})
                     return
-                served = await self._resume_on(ctx, json.dumps(plan.body).encode(), rewriter,
-                                               tried, send, out, span)
+                served = await self._resume_on(ctx, Targets(ctx.path, ctx.request, plan),
+                                               rewriter, tried, send, out, span)
                 outcome = "resumed" if served is not None else "failed"
                 detail = "" if served is not None else "no replica took the continuation"
             m.resumes_c(outcome).inc()
@@ -709,20 +723,28 @@ class Proxy:
                 out.served = [failed_ref]
             out.served.append(served.ref)
 
-    async def _resume_on(self, ctx: _Resumable, body: bytes, rewriter: Rewriter,
+    async def _resume_on(self, ctx: _Resumable, targets: Targets, rewriter: Rewriter,
                          tried: list[Candidate], send: Send, out: _Outcome,
                          span: trace.Span | None) -> Candidate | None:
-        """Send the continuation to the best replica not tried yet; the one that took it."""
+        """Send the continuation to the best replica not tried yet, in the form that replica
+        takes (``targets``); the one that took it."""
         for _ in range(self.config.max_retries + 1):
             cand, reason = self.pipeline.choose(ctx.entry.candidates, ctx.keys,
                                                 time.monotonic(), tried)
             if cand is None:
                 return None
             tried.append(cand)
+            try:
+                target = targets.for_replica(cand.capabilities)
+            except NotResumable as exc:
+                log.debug("continuation not for %s: %s", cand.ref, exc)
+                continue
             m.decisions_c(self._policy, reason).inc()
             out.replica = cand.ref
+            rewriter.from_completions = target.from_completions
+            url_tail = target.path + ctx.url_tail[len(ctx.path):]  # the query string stays
             try:
-                await self._attempt(cand, ctx.entry, body, ctx.headers, ctx.url_tail, True,
+                await self._attempt(cand, ctx.entry, target.body, ctx.headers, url_tail, True,
                                     send, out, span, rewriter)
                 return cand
             except AttemptFailed as failure:
@@ -797,10 +819,11 @@ async def _read_head(content: aiohttp.StreamReader) -> bytes:
     return head
 
 
-def _not_continuing(cands: list[Candidate]) -> list[Candidate]:
-    """Replicas whose node declared capabilities without continuation (none declared: try)."""
-    return [c for c in cands
-            if c.capabilities is not None and Capability.CONTINUATION not in c.capabilities]
+def _not_continuing(ctx: _Resumable) -> list[Candidate]:
+    """Replicas whose node declared capabilities that cannot continue this request (none
+    declared: try)."""
+    return [c for c in ctx.entry.candidates
+            if not can_continue(c.capabilities, ctx.path, ctx.request)]
 
 
 def _status_class(status: int) -> str:

@@ -24,7 +24,8 @@ POLICY = ArgPolicy("llamacpp", frozenset({
     "--clip_model_path", "--disable_ping_events", "--embedding", "--flash_attn",
     "--interrupt_requests", "--last_n_tokens_size", "--logits_all", "--main_gpu", "--model",
     "--model_alias", "--mul_mat_q", "--n_batch", "--n_ctx", "--n_gpu_layers", "--n_threads",
-    "--n_threads_batch", "--n_ubatch", "--numa", "--offload_kqv", "--rope_freq_base",
+    "--n_threads_batch", "--n_ubatch", "--numa", "--offload_kqv", "--pooling_type",
+    "--rope_freq_base",
     "--rope_freq_scale", "--rope_scaling_type", "--seed", "--split_mode", "--tensor_split",
     "--type_k", "--type_v", "--use_mlock", "--use_mmap", "--verbose", "--yarn_attn_factor",
     "--yarn_beta_fast", "--yarn_beta_slow", "--yarn_ext_factor", "--yarn_orig_ctx",
@@ -50,6 +51,14 @@ def llamacpp_available() -> bool:
 
 GENERATE = frozenset({Capability.CHAT, Capability.COMPLETIONS})
 """llama_cpp.server without ``--embedding True``: its /v1/embeddings answers 500."""
+SERVER, POOLED_SERVER = "llama_cpp.server", "nebula_node.engines.llamacpp_server"
+"""The server module, and Nebula's launcher of it with a pooling type (for embeddings)."""
+DEFAULT_POOLING = "mean"
+"""The pooling of an embeddings replica that names none: one vector per input."""
+
+CHAT_FORMAT = "chatml"
+"""The chat format the node starts llama.cpp with unless told otherwise: the router renders
+it to continue a broken chat stream through /v1/completions (chatml-continuation)."""
 
 
 class LlamaCppAdapter(EngineAdapter):
@@ -71,19 +80,35 @@ class LlamaCppAdapter(EngineAdapter):
         return model
 
     def capabilities(self, replica: ReplicaSpec) -> frozenset[Capability]:
+        caps = set(GENERATE)
         embedding = arg_value(replica.engine_args, "--embedding")
         if embedding is not None and embedding.strip().lower() in ("true", "1", "yes", "on"):
-            return GENERATE | {Capability.EMBEDDINGS}
-        return GENERATE
+            caps.add(Capability.EMBEDDINGS)
+        # Its chat endpoint cannot continue a partial answer; with the one template the
+        # router renders, a broken chat stream resumes through /v1/completions.
+        if (arg_value(replica.engine_args, "--chat_format") or CHAT_FORMAT) == CHAT_FORMAT:
+            caps.add(Capability.CHATML_CONTINUATION)
+        return frozenset(caps)
+
+    def concurrency(self, replica: ReplicaSpec) -> int:
+        # llama_cpp.server (0.3.x) runs one generation at a time: every request takes its
+        # llama_outer_lock/llama_inner_lock pair (server/app.py, get_llama_proxy), and its
+        # settings have no parallel-slots option (llama.cpp's own server has --parallel).
+        return 1
 
     def command(self, replica: ReplicaSpec, port: int, host: str) -> list[str]:
         args = list(replica.engine_args)
-        argv = [self.python, "-m", "llama_cpp.server"]
+        # A generative GGUF pools nothing: embeddings go through the launcher that sets a
+        # pooling type, else /v1/embeddings would answer one vector per token.
+        pooled = Capability.EMBEDDINGS in self.capabilities(replica) or "--pooling_type" in args
+        argv = [self.python, "-m", POOLED_SERVER if pooled else SERVER]
+        if pooled and "--pooling_type" not in args:
+            argv += ["--pooling_type", DEFAULT_POOLING]
         if "--model" not in args:  # a model given as an engine arg overrides the default
             argv += ["--model", self.model_path(replica)]
         argv += ["--host", host, "--port", str(port)]
         if "--chat_format" not in args:
-            argv += ["--chat_format", "chatml"]
+            argv += ["--chat_format", CHAT_FORMAT]
         if "--model_alias" not in args:
             argv += ["--model_alias", replica.model_name]
         if "--interrupt_requests" not in args:

@@ -9,6 +9,9 @@ Pure logic, no IO; the proxy does the IO. One module per concern:
   only once a stream broke;
 - :mod:`.continuation`: the request that carries the partial answer to another replica
   (or why none can be exact);
+- :mod:`.targets`: which replicas can take a continuation, and the request each is sent;
+- :mod:`.chatml`: a chat stream continued through ``/v1/completions`` on the ChatML
+  template (llama.cpp);
 - :mod:`.rewrite`: the resumed stream's chunks, rewritten so the client sees one stream.
 """
 
@@ -18,6 +21,8 @@ from .continuation import Continuation, NotResumable, plan_continuation
 from .reassembly import ChoiceState, StreamState, reassemble
 from .record import DEFAULT_LIMIT, Recorder
 from .rewrite import Rewriter
+from .targets import Target, Targets, can_continue, refusal
 
 __all__ = ["DEFAULT_LIMIT", "ChoiceState", "Continuation", "NotResumable", "Recorder",
-           "Rewriter", "StreamState", "plan_continuation", "reassemble"]
+           "Rewriter", "StreamState", "Target", "Targets", "can_continue",
+           "plan_continuation", "reassemble", "refusal"]

@@ -50,6 +50,8 @@ class Continuation:
     """The answer is complete: drop the continuation's text, keep only its usage and end."""
     finish_reason: str | None = None
     """The finish reason to send when the client has none yet and ``drop`` is set."""
+    text: str = ""
+    """The text the client already got (carried in ``body``; a ChatML prompt ends with it)."""
 
 
 def request_problem(path: str, request: dict[str, Any]) -> str:
@@ -117,9 +119,9 @@ def plan_continuation(path: str, request: dict[str, Any], state: StreamState) ->
         if not any(name in body for name in BUDGETS):
             body["max_tokens"] = 1
         _carry(path, body, text)
-        return Continuation(body, drop=True, finish_reason=finish)
+        return Continuation(body, drop=True, finish_reason=finish, text=text)
     _carry(path, body, text)
-    return Continuation(body)
+    return Continuation(body, text=text)
 
 
 def _carry(path: str, body: dict[str, Any], text: str) -> None:

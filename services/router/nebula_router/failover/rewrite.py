@@ -5,7 +5,10 @@ Every chunk gets the first stream's ``id``, ``created``, ``model`` and
 already got is not sent again (nor chunks left empty by that); one finish reason and one
 ``[DONE]``; the usage chunk counts the prompt once and every completion token: the
 continuation's prompt holds the ``done`` tokens already generated, so they move from its
-prompt count to its completion count. Fed complete SSE frames; pure, no IO.
+prompt count to its completion count. A chat stream continued through ``/v1/completions``
+(:mod:`.chatml`, ``from_completions``) has its completions chunks turned into chat chunks
+first, as llama-cpp-python's own chat endpoint turns them. Fed complete SSE frames; pure,
+no IO.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 from typing import Any
 
 from .events import frames
-from .reassembly import COMPLETION_OBJECT, StreamState
+from .reassembly import CHAT_OBJECT, COMPLETION_OBJECT, StreamState
 
 DONE = b"data: [DONE]\n\n"
 
@@ -39,6 +42,9 @@ class Rewriter:
         self.usage_sent = state.usage is not None
         self.ended = state.done
         """``[DONE]`` was sent (the stream is complete)."""
+        self.from_completions = False
+        """The continuation streams completions chunks for this chat stream (set per
+        replica: it depends on how the replica continues)."""
 
     def feed(self, data: bytes) -> bytes:
         """The client's bytes for complete frames ``data`` of the continuation."""
@@ -68,6 +74,8 @@ class Rewriter:
     def chunk(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """One continuation chunk as the client must see it; None to drop it."""
         st = self.state
+        if self.from_completions and obj.get("object") == COMPLETION_OBJECT:
+            obj = self.as_chat(obj)
         obj["id"], obj["created"], obj["model"] = st.id, st.created, st.model
         has_fp, fp = st.fingerprint
         if has_fp:
@@ -86,6 +94,27 @@ class Rewriter:
             obj["choices"] = [c for c in (self.choice(c) for c in choices) if c is not None]
             if not obj["choices"] and not isinstance(obj.get("usage"), dict):
                 return None
+        return obj
+
+    def as_chat(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A completions chunk as the chat chunk of the same text (a role delta where the
+        client has none yet); ``choice`` then drops what is left empty."""
+        obj["object"] = CHAT_OBJECT
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return obj
+        out: list[Any] = []
+        for c in choices:
+            if not isinstance(c, dict):
+                out.append(c)
+                continue
+            index = c.get("index", 0)
+            delta: dict[str, Any] = {} if index in self.roles else {"role": "assistant"}
+            if isinstance(c.get("text"), str) and c["text"]:
+                delta["content"] = c["text"]
+            out.append({"index": index, "delta": delta, "logprobs": None,
+                        "finish_reason": c.get("finish_reason")})
+        obj["choices"] = out
         return obj
 
     def choice(self, choice: Any) -> Any:
