@@ -131,6 +131,27 @@ def test_create_use_update_revoke_on_two_gateways(env: Env) -> None:
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
 
 
+def test_rpm_holds_across_two_gateways(env: Env) -> None:
+    """A key with rpm 10 on two gateways sharing Redis: ten requests in the minute, however
+    they are spread, and the eleventh (on either) is a 429 that names the limit."""
+    if time.time() % 60 > 40:  # the counter is per UTC minute: start a fresh one
+        time.sleep(60.5 - time.time() % 60)
+    secret = env.create_key("rpm-shared", "--rpm", "10")
+    a, b = env.gateways["gw-a"], env.gateways["gw-b"]
+    for base in (a, b):
+        reach(base, secret)  # one request each (the 401s before the key arrives do not count)
+    for i in range(8):  # 4 more on each: 6 per gateway, under each one's own bucket of 10
+        status, body, _ = chat(a if i % 2 else b, secret)
+        assert status == 200, body
+    for base in (a, b):
+        status, body, retry_after = chat(base, secret)
+        assert status == 429, body
+        assert body["error"]["code"] == "rate_limit_exceeded"
+        assert "rate limit of 10 requests per minute" in body["error"]["message"]
+        assert "across every gateway" in body["error"]["message"]
+        assert 1 <= int(retry_after) <= 60
+
+
 def test_keys_cli_refuses_bad_input_in_one_line(env: Env) -> None:
     cases = [(("create", "half-budget", "--budget-tokens", "5"), "--budget-period"),
              (("create", "anonymous"), "not 'anonymous'"),

@@ -38,7 +38,10 @@ COUNTED = GENERATING | {"/v1/embeddings"}
 
 TPM = "tpm"
 BUDGET = "budget"
-_CODES = {TPM: "tokens_per_minute_exceeded", BUDGET: "token_budget_exceeded"}
+RPM = "rpm"
+"""Requests per minute on a shared store: counted at admission (one), never held."""
+_CODES = {TPM: "tokens_per_minute_exceeded", BUDGET: "token_budget_exceeded",
+          RPM: "rate_limit_exceeded"}
 _MAX_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
@@ -47,7 +50,7 @@ class Counter:
     """One limit of one key in one window: ``store_key`` names its row in the state store."""
 
     kind: str
-    """:data:`TPM` or :data:`BUDGET`."""
+    """:data:`TPM`, :data:`BUDGET` or :data:`RPM`."""
     store_key: str
     limit: int
     ends_at: float
@@ -70,6 +73,9 @@ class Refusal:
 
     def message(self) -> str:
         c = self.counter
+        if c.kind == RPM:
+            return (f"rate limit of {c.limit} requests per minute reached for this key "
+                    f"(counted across every gateway): {self.used} this minute")
         what = (f"token limit of {c.limit} tokens per minute" if c.kind == TPM
                 else f"token budget of {c.limit} tokens per {c.period}")
         return (f"{what} reached for this key: {self.used} used and {self.reserved} reserved; "
@@ -106,9 +112,13 @@ def window(period: str, now: float) -> tuple[str, float]:
     return wid, end
 
 
-def counters(key: ApiKey, now: float) -> tuple[Counter, ...]:
-    """The counters a request of ``key`` reserves on now (none: it counts no tokens)."""
+def counters(key: ApiKey, now: float, *, shared_rpm: bool = False) -> tuple[Counter, ...]:
+    """The counters a request of ``key`` reserves on now (none: it counts no tokens);
+    with ``shared_rpm`` its rpm too (one request per minute window, on a shared store)."""
     out: list[Counter] = []
+    if shared_rpm and key.rpm:
+        wid, ends = window("minute", now)
+        out.append(Counter(RPM, f"{key.key_hash}:{RPM}:{wid}", key.rpm, ends))
     if key.tpm:
         wid, ends = window("minute", now)
         out.append(Counter(TPM, f"{key.key_hash}:{TPM}:{wid}", key.tpm, ends))
@@ -138,8 +148,9 @@ def _choices(body: dict[str, Any]) -> int:
 
 
 def admits(counter: Counter, used: int, reserved: int, amount: int) -> bool:
-    """May ``amount`` more be reserved on ``counter``? (The one rule every backend applies.)"""
-    return used + reserved + amount <= counter.limit
+    """May ``amount`` more be reserved on ``counter``? (The one rule every backend applies:
+    a request counter takes one request, whatever the tokens.)"""
+    return used + reserved + (1 if counter.kind == RPM else amount) <= counter.limit
 
 
 def charge(reserved: int, prompt_tokens: int | None, completion_tokens: int | None,

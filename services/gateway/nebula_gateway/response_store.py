@@ -37,6 +37,8 @@ class StoredResponse:
     expires: float
     response: bytes
     items: bytes
+    session: str = ""
+    """The session key its turn was routed on (a follow-up's replica affinity)."""
 
     @property
     def size(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from .auth import AuthError
 from .conversations import Conversations, conversation_id, is_conversation_id
 from .outcome import Outcome
 from .reply import Reply, buffered, error_bytes, stream_reply
-from .response_store import Prefetched
+from .response_store import Prefetched, StoredResponse
 from .sse import ChatStreamRelay, decoded, frame_data, frames_of, sse_blocks
 from .state import GatewayState, StateError
 from .state.base import encode_items
@@ -66,6 +67,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
     else:
         items = translate.expand_previous(body, Prefetched(store.enabled, prev_id, previous),
                                           outcome.owner)
+        headers = chain_session(headers, body, store, prev_id, previous)
     native = info.serves(Capability.RESPONSES, NATIVE_RESPONSES_ENGINES)
     if outcome.span.is_recording():
         outcome.span.set_attribute("nebula.responses.translated", not native)
@@ -84,7 +86,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
     if body.get("stream") is True and upstream.status == 200 and \
             upstream.content_type == "text/event-stream":
         frames = (native_frames if native else translated_frames)(
-            outcome, upstream, body, items, store)
+            outcome, upstream, body, items, store, headers.get(SESSION_HEADER, ""))
         return stream_reply(upstream, frames, gateway.response_headers)
     status, data, out_headers = await buffered(outcome, upstream, gateway.response_headers)
     if status != 200:
@@ -107,9 +109,30 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
         data = json.dumps(response).encode()
     if isinstance(response, dict):
         outcome.usage(response.get("usage"))
-        await remember(store, outcome, body, items, response, data)
+        await remember(store, outcome, body, items, response, data,
+                       headers.get(SESSION_HEADER, ""))
     return Reply(200, [h for h in out_headers if h[0] != b"content-type"]
                  + [JSON_CONTENT_TYPE], data)
+
+
+def chain_session(headers: Mapping[str, str], body: dict[str, Any], store: GatewayState,
+                  prev_id: Any, previous: StoredResponse | None) -> Mapping[str, str]:
+    """The headers with the session key of this turn's chain of responses.
+
+    Every turn of a ``previous_response_id`` chain goes to the router on one session key
+    (kept with each stored response), so its session affinity sends the chain to one
+    healthy replica and its prefix cache: the first turn's key (the caller's
+    ``x-session-id``, else one made here for a response that will be stored), or the
+    previous response's id for a chain stored without one. A caller's own header wins."""
+    if headers.get(SESSION_HEADER):
+        return headers
+    if previous is not None:
+        session = previous.session or str(prev_id)
+    elif not prev_id and store.enabled and body.get("store") is not False:
+        session = f"chain_{uuid.uuid4().hex}"
+    else:
+        return headers
+    return {**headers, SESSION_HEADER: session}
 
 
 def state_unavailable(exc: StateError) -> AuthError:
@@ -120,11 +143,12 @@ def state_unavailable(exc: StateError) -> AuthError:
 
 async def remember(store: GatewayState, outcome: Outcome, body: dict[str, Any],
                    items: list[dict[str, Any]], response: dict[str, Any],
-                   encoded: bytes | None = None) -> None:
+                   encoded: bytes | None = None, session: str = "") -> None:
     """Keep a finished response (``encoded``: as sent) for its key, unless the request
     said not to; only what reached the engine of its input is kept. Kept before the
     client gets the end of it: its next turn may come at once, to another gateway.
-    A turn of a conversation is appended to it (whatever ``store`` says)."""
+    A turn of a conversation is appended to it (whatever ``store`` says). ``session``:
+    the session key it was routed on (its follow-ups' affinity)."""
     conv_id = conversation_id(body)
     if conv_id is not None:
         try:
@@ -138,7 +162,7 @@ async def remember(store: GatewayState, outcome: Outcome, body: dict[str, Any],
     try:
         kept = await store.put_response(response["id"], outcome.owner, data,
                                         encode_items(translate.kept_items(items)),
-                                        time.time())
+                                        time.time(), session)
     except StateError:
         outcome.note = "response not stored: state store unreachable"
         return
@@ -148,7 +172,7 @@ async def remember(store: GatewayState, outcome: Outcome, body: dict[str, Any],
 
 async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                         body: dict[str, Any], items: list[dict[str, Any]],
-                        store: GatewayState) -> AsyncIterator[bytes]:
+                        store: GatewayState, session: str = "") -> AsyncIterator[bytes]:
     """Native Responses SSE: bytes through; the final event is read for store + usage."""
     async for block in sse_blocks(upstream.content.iter_any()):
         if _COMPLETED in block or _INCOMPLETE in block:
@@ -160,13 +184,13 @@ async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                 response = event.get("response") if isinstance(event, dict) else None
                 if isinstance(response, dict) and event.get("type") in _FINAL_EVENTS:
                     outcome.usage(response.get("usage"))
-                    await remember(store, outcome, body, items, response)
+                    await remember(store, outcome, body, items, response, session=session)
         yield block
 
 
 async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
                             body: dict[str, Any], items: list[dict[str, Any]],
-                            store: GatewayState) -> AsyncIterator[bytes]:
+                            store: GatewayState, session: str = "") -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Responses event sequence out."""
     translator = translate.StreamTranslator(body)
     relay = ChatStreamRelay(translator, sse_event)
@@ -177,4 +201,4 @@ async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
     response = translator.response
     if not outcome.usage(response.get("usage")):
         outcome.note = "engine sent no usage"
-    await remember(store, outcome, body, items, response)
+    await remember(store, outcome, body, items, response, session=session)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import budget, metrics
-from .auth import AuthError
+from .auth import ApiKey, AuthError
 from .state import GatewayState, StateError, UsageDelta
 from .state.failover import FailoverState
 
@@ -68,17 +68,28 @@ class Tenancy:
         self.default_max_tokens = default_max_tokens
         self.flush_interval = flush_interval
         self.book = UsageBook()
+        self._minute = 0
+        self._cache: dict[tuple[object, ...], tuple[tuple[budget.Counter, ...],
+                                                    tuple[budget.Counter, ...]]] = {}
+        """The counters of the keys seen this minute (the hot path builds them once)."""
 
     async def reserve(self, outcome: Outcome, endpoint: str, raw: bytes,
                       body: dict[str, Any]) -> None:
         """Hold the most this request may cost on its key's counters, or refuse it (429)."""
         key = outcome.key
-        if key is None or not key.counts_tokens or endpoint not in budget.COUNTED:
+        if key is None:
+            return
+        tokens = key.counts_tokens and endpoint in budget.COUNTED
+        # (the requests the key's rpm applies to: those that took its rate token here,
+        # not a batch's lines)
+        shared_rpm = self.state.shared and key.rpm > 0 and outcome.holds_slot
+        if not (tokens or shared_rpm):
             return
         now = time.time()
-        counters = budget.counters(key, now)
-        amount = budget.estimate(endpoint, raw, body, self.default_max_tokens)
-        hold = Hold(uuid.uuid4().hex, counters, amount)
+        counters, held = self._counters_of(key, now, tokens, shared_rpm)
+        amount = budget.estimate(endpoint, raw, body, self.default_max_tokens) if tokens \
+            else 0
+        hold = Hold(uuid.uuid4().hex, held, amount)
         try:
             refusal = await self.state.reserve(hold.hold_id, counters, amount, now,
                                                budget.hold_expiry(now, self.request_timeout))
@@ -91,8 +102,27 @@ class Tenancy:
         if refusal is not None:
             raise AuthError(429, refusal.message(), refusal.counter.code, "rate_limit_error",
                             retry_after=refusal.retry_after(now))
-        outcome.hold = hold
-        metrics.TOKENS_RESERVED.labels(key.label).inc(amount)
+        if hold.counters:
+            outcome.hold = hold
+            metrics.TOKENS_RESERVED.labels(key.label).inc(amount)
+
+    def _counters_of(self, key: ApiKey, now: float, tokens: bool, shared_rpm: bool
+                     ) -> tuple[tuple[budget.Counter, ...], tuple[budget.Counter, ...]]:
+        """(every counter the request reserves on, the token ones its hold settles: a
+        request counter never is); the same tuples for a key's requests of one minute."""
+        minute = int(now // 60)
+        if minute != self._minute:  # (every window changes on a minute's boundary)
+            self._minute, self._cache = minute, {}
+        ident = (key.key_hash, key.rpm, key.tpm, key.budget_tokens, key.budget_period,
+                 tokens, shared_rpm)
+        cached = self._cache.get(ident)
+        if cached is None:
+            counters = budget.counters(key, now, shared_rpm=shared_rpm)
+            if not tokens:  # (rpm alone: counted, nothing held)
+                counters = tuple(c for c in counters if c.kind == budget.RPM)
+            cached = self._cache[ident] = (
+                counters, tuple(c for c in counters if c.kind != budget.RPM))
+        return cached
 
     async def finish(self, outcome: Outcome) -> None:
         """Settle the request's hold and count its usage (call once its outcome is final)."""

@@ -41,6 +41,20 @@ def test_counters_only_for_the_limits_a_key_has() -> None:
     assert budget.counters(ApiKey("b" * 64, budget_tokens=5), T) == ()
 
 
+def test_a_shared_store_counts_the_rpm_per_utc_minute() -> None:
+    key = ApiKey("c" * 64, rpm=10, tpm=100)
+    assert [c.kind for c in budget.counters(key, T)] == ["tpm"]  # per gateway: auth's bucket
+    per_minute, _ = budget.counters(key, T, shared_rpm=True)
+    assert (per_minute.kind, per_minute.limit, per_minute.ends_at) == (
+        "rpm", 10, (int(T // 60) + 1) * 60.0)
+    assert per_minute.code == "rate_limit_exceeded"
+    # a request counter takes one request whatever the tokens
+    assert budget.admits(per_minute, 9, 0, 5000) and not budget.admits(per_minute, 10, 0, 0)
+    refusal = budget.Refusal(per_minute, 10, 0, 5000)
+    assert refusal.message().startswith("rate limit of 10 requests per minute reached")
+    assert refusal.retry_after(T) == 30
+
+
 def test_the_estimate_covers_the_prompt_and_the_most_it_may_generate() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 300}],
             "max_tokens": 50}

@@ -159,8 +159,10 @@ async def test_fail_open_serves_through_an_outage_and_reconciles(tmp_path: Path)
         c = counter(1000)
         assert await state.reserve("before", [c], 100, now, now + 60) is None
         server.kill()
-        # the hold taken on Redis settles while it is down: owed, not lost
+        # the hold taken on Redis settles while it is down: owed, not lost (settlements
+        # go behind the requests: the next batch, here the flush loop's persist, finds out)
         await state.settle("before", [c], 40, now)
+        await state.persist()
         assert state.degraded
         assert await state.reserve("during", [c], 100, now, now + 60) is None  # local
         await state.settle("during", [c], 60, now)
@@ -216,3 +218,154 @@ async def test_sqlite_writes_counters_behind_and_a_reader_sees_them(tmp_path: Pa
     await writer.persist()  # (the gateway's flush loop, every second)
     assert await SqliteState(path, LIMITS).counter(c, now) == (9, 0)
     await writer.close()
+
+
+def rpm(limit: int) -> Counter:
+    return Counter("rpm", "r" * 64 + ":rpm:m1", limit, time.time() + 60)
+
+
+async def test_requests_per_minute_count_once_and_never_hold(state: GatewayState) -> None:
+    now = time.time()
+    per_minute, tokens = rpm(3), counter(100)
+    # a request that the token budget refuses does not count against the rpm
+    assert await state.reserve("big", [per_minute, tokens], 101, now, now + 60) is not None
+    granted = [await state.reserve(f"h{i}", [per_minute, tokens], 10, now, now + 60)
+               for i in range(4)]
+    assert granted[:3] == [None] * 3
+    refusal = granted[3]
+    assert refusal is not None and refusal.counter == per_minute
+    assert (refusal.used, refusal.reserved) == (3, 0)
+    assert "rate limit of 3 requests per minute" in refusal.message()
+    assert await state.counter(tokens, now) == (0, 30)  # the token holds, as ever
+
+
+async def test_settlements_go_behind_in_one_call_and_close_sends_them(
+        redis_server: RedisServer) -> None:
+    redis_server.flush()
+    state = RedisState(redis_server.url, LIMITS, settle_delay=30.0, leases=False)
+    now = time.time()
+    c = counter(10_000)
+    for i in range(50):
+        assert await state.reserve(f"h{i}", [c], 100, now, now + 60) is None
+    await state.client.config_resetstat()
+    for i in range(50):
+        await state.settle(f"h{i}", [c], 7, now)  # queued: no round trip yet
+    stats = await state.client.info("commandstats")
+    assert "cmdstat_evalsha" not in stats
+    await state.close()  # a stopping gateway sends what it queued
+    reader = RedisState(redis_server.url, LIMITS)
+    assert await reader.counter(c, now) == (350, 0)
+    stats = await reader.client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 2  # the 50 settlements in one, and the read
+    await reader.close()
+
+
+async def test_the_request_path_link_selects_the_database(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    state = RedisState(url, LIMITS)
+    now = time.time()
+    c = counter(100)
+    assert await state.reserve("h", [c], 10, now, now + 60) is None
+    await state.settle("h", [c], 4, now)
+    await state.close()
+    import redis
+    db3 = redis.Redis.from_url(url)
+    assert [int(db3.get(k) or 0) for k in db3.scan_iter("nebula:gw:used:*")] == [4]
+    assert list(redis.Redis.from_url(redis_server.url).scan_iter("nebula:gw:*")) == []
+
+
+async def test_stored_responses_keep_their_session(state: GatewayState) -> None:
+    now = time.time()
+    assert await state.put_response("r1", "o", b"{}", b"[]", now, "chain_abc")
+    assert await state.put_response("r2", "o", b"{}", b"[]", now)
+    first, second = [await state.get_response(r, "o", now) for r in ("r1", "r2")]
+    assert first is not None and first.session == "chain_abc"
+    assert second is not None and second.session == ""
+
+
+async def test_sqlite_file_from_before_sessions_opens(tmp_path: Path) -> None:
+    import sqlite3
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires "
+               "REAL NOT NULL, size INTEGER NOT NULL, response BLOB NOT NULL, items BLOB "
+               "NOT NULL)")
+    db.execute("INSERT INTO responses VALUES ('old', 'o', ?, 300, x'7b7d', x'5b5d')",
+               (time.time() + 60,))
+    db.commit()
+    db.close()
+    state = SqliteState(path, LIMITS)
+    now = time.time()
+    old = await state.get_response("old", "o", now)
+    assert old is not None and old.session == ""
+    assert await state.put_response("new", "o", b"{}", b"[]", now, "s")
+    new = await state.get_response("new", "o", now)
+    assert new is not None and new.session == "s"
+    await state.close()
+
+
+def test_the_request_path_link_works_on_uvloop(redis_server: RedisServer) -> None:
+    """The gateway serves on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+    redis_server.flush()
+
+    async def run() -> tuple[int, int]:
+        state = RedisState(redis_server.url, LIMITS)
+        now = time.time()
+        c = counter(100)
+        try:
+            assert await state.reserve("h", [c], 10, now, now + 60) is None
+            await state.settle("h", [c], 6, now)
+            return await state.counter(c, now)
+        finally:
+            await state.close()
+
+    assert uvloop.run(run()) == (6, 0)
+
+
+async def test_a_lease_admits_here_and_keeps_the_bound(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    state = RedisState(redis_server.url, LIMITS)
+    now = time.time()
+    c = counter(100_000)
+    assert await state.reserve("first", [c], 100, now, now + 60) is None  # and a lease
+    await state.client.config_resetstat()
+    for i in range(32):  # the lease covers 32 requests like the first: no round trip
+        assert await state.reserve(f"h{i}", [c], 100, now, now + 60) is None
+    assert "cmdstat_evalsha" not in await state.client.info("commandstats")
+    for i in range(10):
+        await state.settle(f"h{i}", [c], 7, now)
+    # handed back: the finished requests' cost is counted, the running ones hold alone
+    assert await state.counter(c, now) == (70, 100 + 22 * 100)
+    for i in range(10, 32):
+        await state.settle(f"h{i}", [c], 7, now)
+    await state.settle("first", [c], 7, now)
+    assert await state.counter(c, now) == (33 * 7, 0)
+    await state.close()
+
+
+async def test_leases_of_two_gateways_never_pass_the_limit(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    a, b = RedisState(redis_server.url, LIMITS), RedisState(redis_server.url, LIMITS)
+    now = time.time()
+    c = counter(10_000)
+    granted = 0
+    for _ in range(10):  # waves of requests, each settling what it served
+        results = await asyncio.gather(*(
+            (a if i % 2 else b).reserve(f"w{granted}-{i}", [c], 137, now, now + 60)
+            for i in range(40)))
+        ids = [f"w{granted}-{i}" for i, r in enumerate(results) if r is None]
+        granted += len(ids)
+        for hold_id in ids:
+            await (a if int(hold_id.rsplit("-", 1)[1]) % 2 else b).settle(hold_id, [c], 50, now)
+        used, held = await a.counter(c, now)
+        await b.persist()
+        assert used + held <= 10_000
+    b.hand_back_leases()
+    await b.persist()
+    used, held = await a.counter(c, now)
+    assert (used, held) == (granted * 50, 0)
+    assert granted > 10_000 // 137  # settled below their holds: more fit than 73
+    await a.close()
+    await b.close()

@@ -107,8 +107,9 @@ class GatewayState(abc.ABC):
     # -- stored Responses -----------------------------------------------------------------
     @abc.abstractmethod
     async def put_response(self, response_id: str, owner: str, response: bytes,
-                           items: bytes, now: float) -> bool:
-        """Keep a response for ``owner`` until ``now + ttl``; False when off or too large."""
+                           items: bytes, now: float, session: str = "") -> bool:
+        """Keep a response for ``owner`` until ``now + ttl``; False when off or too large.
+        ``session``: the session key it was routed on, for its follow-ups."""
 
     @abc.abstractmethod
     async def get_response(self, response_id: str, owner: str, now: float

@@ -20,6 +20,7 @@ from .. import metrics
 from ..budget import Counter, Refusal
 from ..response_store import StoredResponse
 from .base import GatewayState, StateError, UsageDelta, UsageRow
+from .redis import RedisState
 
 log = logging.getLogger("nebula.gateway.state")
 
@@ -40,6 +41,8 @@ class FailoverState(GatewayState):
         self._local_holds: set[str] = set()
         self.pending: dict[tuple[Counter, ...], int] = {}
         """Tokens served while degraded, per counter set: added to Redis when it is back."""
+        if isinstance(primary, RedisState):  # (it settles behind: failures come back here)
+            primary.settle_failed = self._settle_failed
 
     def _fail(self, op: str, exc: StateError) -> None:
         metrics.STATE_ERRORS.labels(self.name, op).inc()
@@ -88,6 +91,17 @@ class FailoverState(GatewayState):
         await self.local.add_used(counters, charged)
         self._owe(counters, charged)
 
+    async def _settle_failed(self, counters: tuple[Counter, ...], charged: int,
+                             exc: StateError) -> None:
+        """Settlements Redis did not take (it settles behind the requests): as for a
+        settle that failed at once, the tokens are counted here and owed to Redis."""
+        try:
+            self._fail("settle", exc)
+        except StateError:
+            pass  # (fail closed too: the tokens were served, they are owed)
+        await self.local.add_used(counters, charged)
+        self._owe(counters, charged)
+
     def _owe(self, counters: Sequence[Counter], charged: int) -> None:
         if charged and counters:
             key = tuple(counters)
@@ -110,16 +124,17 @@ class FailoverState(GatewayState):
 
     # -- stored Responses -----------------------------------------------------------------
     async def put_response(self, response_id: str, owner: str, response: bytes,
-                           items: bytes, now: float) -> bool:
+                           items: bytes, now: float, session: str = "") -> bool:
         if not self.degraded:
             try:
                 return await self.primary.put_response(response_id, owner, response, items,
-                                                       now)
+                                                       now, session)
             except StateError as exc:
                 self._fail("put_response", exc)
         elif not self.fail_open:
             raise StateError("the state store is unreachable")
-        return await self.local.put_response(response_id, owner, response, items, now)
+        return await self.local.put_response(response_id, owner, response, items, now,
+                                             session)
 
     async def get_response(self, response_id: str, owner: str, now: float
                            ) -> StoredResponse | None:
@@ -202,6 +217,8 @@ class FailoverState(GatewayState):
             await self.recover_once()
 
     async def persist(self) -> None:
+        if not self.degraded:
+            await self.primary.persist()  # the settlements it queued (a failure comes back)
         await self.local.persist()
 
     async def ping(self) -> None:

@@ -1,10 +1,14 @@
 """Redis backend (``--state-url redis://HOST:PORT[/DB]``): one store for many gateways.
 
-Calls made in one turn of the event loop go in one pipeline (a group commit: one round
-trip for many requests). A reservation is one Lua script: it drops the expired holds of
-each counter, checks
-``used + held + amount <= limit`` on all of them and holds on all or none, so N gateways
-enforce one budget exactly (Redis runs a script alone). Settlement is another script.
+Reservations made in one turn of the event loop go in one pipeline (a group commit: one
+round trip for many requests), one script call per counter set. The script drops the
+expired holds of each counter, checks ``used + held + amount <= limit`` on all of them and
+holds on all or none, so N gateways enforce one budget exactly (Redis runs a script
+alone); a request counter (rpm) takes one request. Settlement is another script, sent
+behind the requests (queued, with the next pipeline). Both go over :mod:`.resp`'s link.
+A reservation that goes to Redis also asks for a lease (:class:`_Lease`): one more hold,
+from which this gateway admits the key's next requests for a second without a round trip,
+then hands it back (``RETIRE``: its cost added, its running requests holding on their own).
 Each counter's keys carry the key hash as a hash tag (``{...}``): a key's counters sit in
 one slot of a Redis Cluster too. Stored Responses are hashes with a TTL; Redis' own
 ``maxmemory`` bounds their total (the per-entry cap is the gateway's).
@@ -13,113 +17,48 @@ one slot of a Redis Cluster too. Stored Responses are hashes with a TTL; Redis' 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
-from ..budget import Counter, Refusal
+from ..budget import RPM, Counter, Refusal
 from ..response_store import StoredResponse
 from .base import GatewayState, ResponseLimits, StateError, UsageDelta, UsageRow
+from .redis_scripts import CLAIM, PUT_LINE, READ, RELEASE, RESERVE, RETIRE, SETTLE
+from .resp import RespLink
+
+log = logging.getLogger("nebula.gateway.state")
 
 NS = "nebula:gw"
 MAX_CONNECTIONS = 64
 """Connections to Redis one gateway opens at most (calls beyond wait for one)."""
 MAX_BATCH = 256
-"""Script calls sent in one pipeline at most."""
+"""Reservations (and settlements of one counter set) sent in one pipeline at most."""
+SETTLE_DELAY_S = 0.02
+"""How long a settlement waits for a pipeline to join before it goes on its own."""
+LEASE_S = 1.0
+"""How long a gateway admits requests from one lease before it hands it back."""
+LEASE_REQUESTS = 32
+"""A lease asked for covers this many requests like the one that asked."""
 POOL_WAIT_S = 5.0
 """How long a call waits for a free connection: a burst is not an outage."""
-KEEP_AFTER_S = 3600
-"""How long a counter's keys outlive its window (for `nebula usage`-style inspection)."""
 _SEP = "\x1f"
 
-# KEYS: used_1, holds_1, used_2, holds_2, ...; ARGV: id, amount, now, expires, limit_1,
-# ends_1, limit_2, ends_2, ... -> {0} when held, else {i, used, reserved} of counter i.
-RESERVE = """
-local n = #KEYS / 2
-local id, amount, now, expires = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-for i = 1, n do
-  local used = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local holds = redis.call('HGETALL', KEYS[2 * i])
-  local reserved = 0
-  for j = 1, #holds, 2 do
-    local sep = string.find(holds[j + 1], ':', 1, true)
-    local a = tonumber(string.sub(holds[j + 1], 1, sep - 1))
-    if tonumber(string.sub(holds[j + 1], sep + 1)) <= now then
-      redis.call('HDEL', KEYS[2 * i], holds[j])
-    else
-      reserved = reserved + a
-    end
-  end
-  if used + reserved + amount > tonumber(ARGV[3 + 2 * i]) then
-    return {i, used, reserved}
-  end
-end
-for i = 1, n do
-  redis.call('HSET', KEYS[2 * i], id, amount .. ':' .. expires)
-  local keep = math.max(tonumber(ARGV[4 + 2 * i]), tonumber(expires))
-  redis.call('EXPIREAT', KEYS[2 * i], math.ceil(keep) + 60)
-end
-return {0}
-"""
+ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError,
+                                           hiredis.HiredisError)
 
-# KEYS as RESERVE; ARGV: id, charged, ends_1, ends_2, ...
-SETTLE = """
-local n = #KEYS / 2
-local charged = tonumber(ARGV[2])
-for i = 1, n do
-  redis.call('HDEL', KEYS[2 * i], ARGV[1])
-  if charged > 0 then
-    redis.call('INCRBY', KEYS[2 * i - 1], charged)
-    redis.call('EXPIREAT', KEYS[2 * i - 1], math.ceil(tonumber(ARGV[2 + i])) + KEEP_AFTER)
-  end
-end
-return n
-""".replace("KEEP_AFTER", str(KEEP_AFTER_S))
 
-# KEYS: used, holds of one counter; ARGV: now -> {used, reserved}
-READ = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local holds = redis.call('HGETALL', KEYS[2])
-local reserved = 0
-for j = 1, #holds, 2 do
-  local sep = string.find(holds[j + 1], ':', 1, true)
-  if tonumber(string.sub(holds[j + 1], sep + 1)) > tonumber(ARGV[1]) then
-    reserved = reserved + tonumber(string.sub(holds[j + 1], 1, sep - 1))
-  end
-end
-return {used, reserved}
-"""
-
-# KEYS: lease; ARGV: holder, ttl ms -> 1 when held by holder now, else 0
-CLAIM = """
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease; ARGV: holder
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# KEYS: lines, counts; ARGV: index, "ok"|"failed", line -> 1 when new
-PUT_LINE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[3]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-  return 1
-end
-return 0
-"""
-
-ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+def _error(exc: BaseException) -> StateError:
+    return StateError(f"redis: {type(exc).__name__}: {exc}")
 
 
 def _keys(counter: Counter) -> tuple[str, str]:
@@ -128,11 +67,52 @@ def _keys(counter: Counter) -> tuple[str, str]:
     return f"{NS}:used:{tag}:{rest}", f"{NS}:holds:{tag}:{rest}"
 
 
+SettleFailed = Callable[[tuple[Counter, ...], int, StateError], Awaitable[None]]
+"""What to do with settlements Redis did not take: (counters, tokens charged, error)."""
+
+
+@dataclass(slots=True)
+class _Reservation:
+    hold_id: str
+    amount: int
+    now: float
+    expires: float
+    future: asyncio.Future[Refusal | None]
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """A slice of a key's limits held in Redis as one hold, admitted from here.
+
+    Invariant: ``taken`` (what the requests admitted from it may still cost, plus what
+    the finished ones cost) never exceeds ``size``, so Redis' ``used + held`` covers every
+    token these requests serve, as their own holds would."""
+
+    lease_id: str
+    size: int
+    expires: float
+    use_until: float
+    running: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Requests admitted from it and not finished: hold id -> (amount, expires)."""
+    taken: int = 0
+    charged: int = 0
+    active: bool = True
+
+
+@dataclass(slots=True)
+class _Settlements:
+    """Settlements of one counter set waiting to be sent: their holds and their cost."""
+
+    hold_ids: list[str] = field(default_factory=list)
+    charged: int = 0
+
+
 class RedisState(GatewayState):
     name = "redis"
     shared = True
 
-    def __init__(self, url: str, limits: ResponseLimits, *, timeout: float = 0.5):
+    def __init__(self, url: str, limits: ResponseLimits, *, timeout: float = 0.5,
+                 settle_delay: float = SETTLE_DELAY_S, leases: bool = True):
         super().__init__(limits)
         self.url = url
         # short timeouts and no retries here: the fail-open layer decides what a failure means
@@ -141,60 +121,188 @@ class RedisState(GatewayState):
             url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=timeout,
             socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
         self.client: Any = aredis.Redis(connection_pool=pool)
+        self.link = RespLink(url, timeout)
+        """The request path's scripts (reserve, settle): one connection, no redis-py."""
         self._reserve = self.client.register_script(RESERVE)
         self._settle = self.client.register_script(SETTLE)
         self._read = self.client.register_script(READ)
         self._claim = self.client.register_script(CLAIM)
         self._release = self.client.register_script(RELEASE)
         self._put_line = self.client.register_script(PUT_LINE)
-        self._queue: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self.settle_delay = settle_delay
+        self.settle_failed: SettleFailed | None = None
+        """Set by the fail-open layer: it counts what Redis did not take (else kept here
+        and sent again with the next batch)."""
+        self._reservations: dict[tuple[Counter, ...], list[_Reservation]] = {}
+        self._settlements: dict[tuple[Counter, ...], _Settlements] = {}
+        self._retry: dict[tuple[Counter, ...], _Settlements] = {}
+        self._waiting = 0
+        """Settlements queued (a batch goes at once past :data:`MAX_BATCH`)."""
         self._runner: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._retire = self.client.register_script(RETIRE)
+        self.leases = leases
+        self._leases: dict[tuple[Counter, ...], _Lease] = {}
+        """The lease of each counter set, while it admits."""
+        self._asked: set[tuple[Counter, ...]] = set()
+        """Counter sets whose lease is being asked for (one at a time)."""
+        self._lease_of: dict[str, _Lease] = {}
+        """Requests admitted from a lease, by hold id, until they are settled."""
+        self._retiring: list[tuple[tuple[Counter, ...], _Lease]] = []
 
-    async def _batched(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a script with every other one called in the same turn of the event loop:
-        one pipeline, one round trip (group commit); each caller gets its own result."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, future))
+    # -- the group commit -----------------------------------------------------------------
+    # A reservation waits for the end of the event loop's turn: every reservation made in
+    # that turn goes in one pipeline, one script call per counter set (one key's counters).
+    # A settlement does not wait at all: it is queued and goes with the next pipeline (the
+    # next reservations'), or after settle_delay when none comes. Its hold stays meanwhile
+    # (the hold outlives the request by --request-timeout + 60 s), which only ever counts
+    # more against the limit, never less: exactness holds. persist() and close() send what
+    # is queued.
+    def _kick(self) -> asyncio.Task[None]:
         if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._run_batches())
-        return await future
+            self._runner = asyncio.get_running_loop().create_task(self._run_batches())
+        return self._runner
+
+    def _settle_soon(self) -> None:
+        if self._waiting >= MAX_BATCH:
+            self._kick()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.settle_delay,
+                                                                self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._settlements:
+            self._kick()
 
     async def _run_batches(self) -> None:
-        await asyncio.sleep(0)  # the calls made in this turn join the first batch
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            results = await self._pipeline(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # a Redis that restarted (or flushed its scripts): load them, once
-                try:
-                    for script in {id(b[0]): b[0] for b in batch}.values():
-                        script.sha = await self.client.script_load(script.script)
-                except ERRORS as exc:
-                    results = [exc] * len(batch)
-                else:
-                    results = await self._pipeline(batch)
-            for (*_, future), result in zip(batch, results, strict=True):
-                if future.done():
+        await asyncio.sleep(0)  # the reservations made in this turn join the first batch
+        while self._reservations or self._settlements or self._retiring:
+            retiring, self._retiring = self._retiring, []
+            settlements, self._settlements, self._waiting = self._settlements, {}, 0
+            reservations: dict[tuple[Counter, ...], list[_Reservation]] = {}
+            taken = 0
+            while self._reservations and taken < MAX_BATCH:
+                counters, queued = self._reservations.popitem()
+                reservations[counters] = queued
+                taken += len(queued)
+            try:
+                await self._send(retiring, settlements, reservations)
+            except Exception as exc:  # (a bug, not an outage: still, no caller waits forever)
+                log.exception("redis batch failed")
+                self._asked.difference_update(reservations)
+                for queued in reservations.values():
+                    for r in queued:
+                        if not r.future.done():
+                            r.future.set_exception(_error(exc))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for counters, s in self._retry.items():  # (for the next batch, not this loop)
+            back = self._settlements.setdefault(counters, _Settlements())
+            back.hold_ids += s.hold_ids
+            back.charged += s.charged
+        self._retry = {}
+
+    async def _send(self, retiring: list[tuple[tuple[Counter, ...], _Lease]],
+                    settlements: dict[tuple[Counter, ...], _Settlements],
+                    reservations: dict[tuple[Counter, ...], list[_Reservation]]) -> None:
+        """One pipeline: the leases handed back first (a request settled after that is
+        settled on its own hold), the settlements (their holds free room), then the
+        reservations; each reservation's future gets its answer or a StateError."""
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        for counters, lease in retiring:
+            running = [x for hold_id, (amount, expires) in lease.running.items()
+                       for x in (hold_id, amount, repr(expires))]
+            calls.append((self._retire, self._layout(counters),
+                          [lease.lease_id, lease.charged,
+                           *(repr(c.ends_at) for c in counters), *running]))
+        asked: dict[tuple[Counter, ...], _Lease] = {}
+        for counters, s in settlements.items():
+            for start in range(0, len(s.hold_ids), MAX_BATCH):
+                ids = s.hold_ids[start:start + MAX_BATCH]
+                calls.append((self._settle, self._layout(counters),
+                              [s.charged if start == 0 else 0,
+                               *(repr(c.ends_at) for c in counters), *ids]))
+        for counters, queued in reservations.items():
+            now = max(r.now for r in queued)
+            lease_args: list[Any] = ["-", 0, 0, "0"]
+            if self.leases and counters not in self._asked and counters not in self._leases \
+                    and all(c.kind != RPM for c in counters):  # (a request counter: no lease)
+                biggest = max(r.amount for r in queued)
+                lease = asked[counters] = _Lease(uuid.uuid4().hex, 0,
+                                                 max(r.expires for r in queued), now + LEASE_S)
+                self._asked.add(counters)
+                lease_args = [lease.lease_id, LEASE_REQUESTS * biggest, biggest,
+                              repr(lease.expires)]
+            args: list[Any] = [repr(now), len(counters), *lease_args]
+            for c in counters:
+                args += [c.limit, repr(c.ends_at), "r" if c.kind == RPM else "t"]
+            for r in queued:
+                args += [r.hold_id, r.amount, repr(r.expires)]
+            calls.append((self._reserve, self._layout(counters), args))
+        results = await self._pipeline(calls)
+        if any(isinstance(r, hiredis.ReplyError) and str(r).startswith("NOSCRIPT")
+               for r in results):
+            # a Redis that restarted (or flushed its scripts): load them, once
+            try:
+                for script in (self._retire, self._settle, self._reserve):
+                    script.sha = await self.client.script_load(script.script)
+            except ERRORS as exc:
+                results = [exc] * len(calls)
+            else:
+                results = await self._pipeline(calls)
+        it = iter(results)
+        for counters, lease in retiring:
+            result = next(it)
+            if isinstance(result, BaseException):  # (its requests since then settle alone)
+                await self._unsettled(counters, _Settlements(charged=lease.charged),
+                                      _error(result))
+        for counters, s in settlements.items():
+            failed = [r for r in (next(it) for _ in range(0, len(s.hold_ids), MAX_BATCH))
+                      if isinstance(r, BaseException)]
+            if failed:
+                await self._unsettled(counters, s, _error(failed[0]))
+        for counters, queued in reservations.items():
+            result = next(it)
+            granted = asked.pop(counters, None)
+            if granted is not None:
+                self._asked.discard(counters)
+                if not isinstance(result, BaseException) and int(result[-1]) > 0:
+                    granted.size = int(result[-1])
+                    self._leases[counters] = granted
+            for i, r in enumerate(queued):
+                if r.future.done():
                     continue  # its caller went away
                 if isinstance(result, BaseException):
-                    future.set_exception(StateError(
-                        f"redis: {type(result).__name__}: {result}"))
+                    r.future.set_exception(_error(result))
+                elif int(result[3 * i]) == 0:
+                    r.future.set_result(None)
                 else:
-                    future.set_result(result)
+                    index, used, held = (int(x) for x in result[3 * i:3 * i + 3])
+                    r.future.set_result(Refusal(counters[index - 1], used, held, r.amount))
 
-    async def _pipeline(self, batch: list[tuple[Any, list[str], list[Any],
-                                                asyncio.Future[Any]]]) -> list[Any]:
-        """One round trip for the batch; an error per call (never raised) where one failed.
+    async def _unsettled(self, counters: tuple[Counter, ...], s: _Settlements,
+                         exc: StateError) -> None:
+        """Settlements Redis did not take: the fail-open layer counts them (their holds
+        expire there by themselves), or they wait here for the next batch; never lost."""
+        if self.settle_failed is not None:
+            await self.settle_failed(counters, s.charged, exc)
+            return
+        queued = self._retry.setdefault(counters, _Settlements())
+        queued.hold_ids += s.hold_ids
+        queued.charged += s.charged
+
+    async def _pipeline(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """One round trip for the calls; an error per call (never raised) where one failed.
         (EVALSHA only: asking Redis whether it has the scripts would cost a round trip.)"""
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if not calls:
+            return []
         try:
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            return await self.link.call_many(
+                [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls])
         except ERRORS as exc:
-            return [exc] * len(batch)
-        return results
+            return [exc] * len(calls)
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
@@ -212,26 +320,68 @@ class RedisState(GatewayState):
     # -- tokens ---------------------------------------------------------------------------
     async def reserve(self, hold_id: str, counters: Sequence[Counter], amount: int,
                       now: float, expires: float) -> Refusal | None:
-        args: list[Any] = [hold_id, amount, repr(now), repr(expires)]
-        for c in counters:
-            args += [c.limit, repr(c.ends_at)]
-        result = await self._batched(self._reserve, self._layout(counters), args)
-        index = int(result[0])
-        if index == 0:
-            return None
-        return Refusal(counters[index - 1], int(result[1]), int(result[2]), amount)
+        counters = tuple(counters)
+        lease = self._leases.get(counters)
+        if lease is not None:
+            if now < lease.use_until and expires <= lease.expires + LEASE_S \
+                    and lease.taken + amount <= lease.size:
+                lease.running[hold_id] = (amount, expires)  # admitted here: no round trip
+                lease.taken += amount
+                self._lease_of[hold_id] = lease
+                return None
+            self._hand_back(counters, lease)
+        future: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
+        self._reservations.setdefault(counters, []).append(
+            _Reservation(hold_id, amount, now, expires, future))
+        self._kick()
+        return await future
 
     async def settle(self, hold_id: str, counters: Sequence[Counter], charged: int,
                      now: float) -> None:
-        await self._batched(self._settle, self._layout(counters),
-                            [hold_id, charged, *(repr(c.ends_at) for c in counters)])
+        lease = self._lease_of.pop(hold_id, None)
+        if lease is not None and lease.active:  # its lease covers it: counted there
+            amount, _ = lease.running.pop(hold_id)
+            lease.taken += charged - amount
+            lease.charged += charged
+            return
+        # (a request whose lease was handed back holds on its own since: settled so)
+        queued = self._settlements.setdefault(tuple(counters), _Settlements())
+        queued.hold_ids.append(hold_id)
+        queued.charged += charged
+        self._waiting += 1
+        self._settle_soon()
+
+    def _hand_back(self, counters: tuple[Counter, ...], lease: _Lease) -> None:
+        """Stop admitting from a lease and queue it for Redis (with the next batch)."""
+        lease.active = False
+        del self._leases[counters]
+        self._retiring.append((counters, lease))
+        self._settle_soon()
+
+    def hand_back_leases(self, now: float | None = None) -> None:
+        """Hand back the leases past their time (every one when ``now`` is None)."""
+        for counters, lease in list(self._leases.items()):
+            if now is None or now >= lease.use_until:
+                self._hand_back(counters, lease)
+
+    async def persist(self) -> None:
+        """Hand back the leases past their time and send the settlements still queued
+        (every second, and at close)."""
+        self.hand_back_leases(time.time())
+        if self._runner is not None and not self._runner.done():
+            await asyncio.shield(self._runner)
+        if self._settlements or self._retiring:  # (one try: what Redis refuses stays
+            # queued, or is handed over)
+            await asyncio.shield(self._kick())
 
     async def add_used(self, counters: Sequence[Counter], tokens: int) -> None:
         await self._call("settle", self._settle(
             keys=self._layout(counters),
-            args=["-", tokens, *(repr(c.ends_at) for c in counters)]))
+            args=[tokens, *(repr(c.ends_at) for c in counters)]))
 
     async def counter(self, counter: Counter, now: float) -> tuple[int, int]:
+        self.hand_back_leases()  # (what was settled is read, no lease counts as held)
+        await self.persist()
         used, reserved = await self._call("read", self._read(keys=list(_keys(counter)),
                                                              args=[repr(now)]))
         return int(used), int(reserved)
@@ -260,7 +410,7 @@ class RedisState(GatewayState):
 
     # -- stored Responses -----------------------------------------------------------------
     async def put_response(self, response_id: str, owner: str, response: bytes,
-                           items: bytes, now: float) -> bool:
+                           items: bytes, now: float, session: str = "") -> bool:
         limits = self.limits
         if not limits.enabled or not limits.fits(response, items):
             return False
@@ -268,7 +418,7 @@ class RedisState(GatewayState):
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping={"owner": owner, "response": response, "items": items,
-                                "expires": repr(now + limits.ttl)})
+                                "expires": repr(now + limits.ttl), "session": session})
         pipe.pexpire(key, max(1, int(limits.ttl * 1000)))
         await self._call("store response", pipe.execute())
         return True
@@ -280,7 +430,7 @@ class RedisState(GatewayState):
         if not entry or entry.get(b"owner", b"").decode() != owner:
             return None
         return StoredResponse(owner, float(entry.get(b"expires", b"0")), entry[b"response"],
-                              entry[b"items"])
+                              entry[b"items"], entry.get(b"session", b"").decode())
 
     async def delete_response(self, response_id: str, owner: str) -> bool:
         if await self.get_response(response_id, owner, 0.0) is None:
@@ -362,6 +512,12 @@ class RedisState(GatewayState):
         await self._call("ping", self.client.ping())
 
     async def close(self) -> None:
+        self.hand_back_leases()
+        try:
+            await self.persist()  # no settlement is lost at a stop
+        except ERRORS:
+            pass
+        await self.link.close()
         try:
             await self.client.aclose()
         except ERRORS:

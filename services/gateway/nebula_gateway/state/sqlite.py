@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..budget import Counter, Refusal, admits
+from ..budget import RPM, Counter, Refusal, admits
 from ..response_store import ENTRY_OVERHEAD, StoredResponse
 from .base import GatewayState, ResponseLimits, StateError, UsageDelta, UsageRow
 
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS usage (key TEXT NOT NULL, model TEXT NOT NULL,
                                   completion INTEGER NOT NULL, PRIMARY KEY (key, model));
 CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL,
                                       expires REAL NOT NULL, size INTEGER NOT NULL,
-                                      response BLOB NOT NULL, items BLOB NOT NULL);
+                                      response BLOB NOT NULL, items BLOB NOT NULL,
+                                      session TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL,
                                     created REAL NOT NULL, data BLOB NOT NULL,
                                     PRIMARY KEY (kind, id));
@@ -57,6 +58,10 @@ class SqliteState(GatewayState):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(responses)")}
+            if "session" not in columns:  # (a file from before follow-ups kept their session)
+                self.db.execute("ALTER TABLE responses ADD COLUMN session TEXT NOT NULL "
+                                "DEFAULT ''")
             row = self.db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM responses"
                                   ).fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -122,7 +127,10 @@ class SqliteState(GatewayState):
             if not admits(counter, used, reserved, amount):
                 return Refusal(counter, used, reserved, amount)
         for counter in counters:
-            self._holds.setdefault(counter.store_key, {})[hold_id] = (amount, expires)
+            if counter.kind == RPM:  # a request counted at once, never held
+                self._add((counter,), 1)
+            else:
+                self._holds.setdefault(counter.store_key, {})[hold_id] = (amount, expires)
         return None
 
     def _prune(self, now: float) -> None:
@@ -189,15 +197,16 @@ class SqliteState(GatewayState):
 
     # -- stored Responses -----------------------------------------------------------------
     async def put_response(self, response_id: str, owner: str, response: bytes,
-                           items: bytes, now: float) -> bool:
+                           items: bytes, now: float, session: str = "") -> bool:
         limits = self.limits
         if not limits.enabled or not limits.fits(response, items):
             return False
         size = len(response) + len(items) + ENTRY_OVERHEAD
         with self._txn() as db:
             self._drop(db, "id = ?", (response_id,))
-            db.execute("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                       (response_id, owner, now + limits.ttl, size, response, items))
+            db.execute("INSERT INTO responses (id, owner, expires, size, response, items, "
+                       "session) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (response_id, owner, now + limits.ttl, size, response, items, session))
             self.bytes += size
             self.count += 1
             self._drop(db, "expires <= ?", (now,))
@@ -221,13 +230,14 @@ class SqliteState(GatewayState):
     async def get_response(self, response_id: str, owner: str, now: float
                            ) -> StoredResponse | None:
         try:
-            row = self.db.execute("SELECT owner, expires, response, items FROM responses "
-                                  "WHERE id = ?", (response_id,)).fetchone()
+            row = self.db.execute("SELECT owner, expires, response, items, session FROM "
+                                  "responses WHERE id = ?", (response_id,)).fetchone()
         except sqlite3.Error as exc:
             raise StateError(f"state database {self.path}: {exc}") from None
         if row is None or row[1] <= now or row[0] != owner:
             return None
-        return StoredResponse(str(row[0]), float(row[1]), bytes(row[2]), bytes(row[3]))
+        return StoredResponse(str(row[0]), float(row[1]), bytes(row[2]), bytes(row[3]),
+                              str(row[4]))
 
     async def delete_response(self, response_id: str, owner: str) -> bool:
         with self._txn() as db:
