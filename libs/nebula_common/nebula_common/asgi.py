@@ -15,7 +15,8 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 OPENAI_POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
-                               "/tokenize", "/detokenize"})
+                               "/tokenize", "/detokenize", "/v1/rerank", "/rerank",
+                               "/v1/score"})
 """The POST paths served by the raw hot paths (gateway and router); the rest goes to Quart.
 (The gateway translates the Anthropic ones to chat completions and ``/tokenize``; the router
 proxies whatever path it is sent to the engine.)"""

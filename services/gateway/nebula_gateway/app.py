@@ -280,7 +280,8 @@ def build_quart(gateway: Gateway) -> Quart:
 
     conversations.add_routes(app, Conversations(gateway.state), answer, page_args)
     file_store = files.Files(gateway.state)
-    batch_runner = BatchRunner(gateway, file_store, config.batch_concurrency)
+    batch_runner = BatchRunner(gateway, file_store, config.batch_concurrency,
+                               window_s=config.batch_window)
     files.add_routes(app, file_store, answer, page_args, config.max_file_bytes)
     batches.add_routes(app, file_store, batch_runner, answer, page_args)
     return app

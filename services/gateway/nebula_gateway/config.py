@@ -58,6 +58,8 @@ class GatewayConfig:
     """Largest file uploaded to ``/v1/files``."""
     batch_concurrency: int = 16
     """Lines of a batch this gateway runs at once."""
+    batch_window: int = 24 * 3600
+    """Seconds a batch created here has before it expires (OpenAI's ``24h``)."""
 
     @property
     def response_limits(self) -> ResponseLimits:

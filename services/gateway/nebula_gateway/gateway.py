@@ -77,6 +77,9 @@ HANDLERS: dict[str, Handler] = {
     "/v1/messages/count_tokens": messages.count_tokens,
     "/tokenize": tokens.handle,
     "/detokenize": tokens.handle,
+    "/v1/rerank": passthrough.handle,  # (refused by PATH_NEEDS where not declared)
+    "/rerank": passthrough.handle,
+    "/v1/score": passthrough.handle,
 }
 """Who answers each OpenAI POST path once the request is admitted."""
 

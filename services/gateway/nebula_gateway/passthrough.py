@@ -2,8 +2,8 @@
 
 The body goes to the router as the client sent it (except that a stream is always
 asked for usage, for accounting); the answer comes back byte for byte, streams
-re-cut only on SSE frame boundaries. Only frames and bodies that carry usage are
-decoded, to count the engine's tokens.
+re-cut only on SSE frame boundaries. Only frames and bodies that carry a usage
+object are decoded, to count the engine's tokens (``"usage":null`` is not).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .outcome import Outcome
+from .read_idle import NOT_WAITING, ReadIdle
 from .reply import Reply, buffered, stream_reply
-from .sse import FRAME_END, decoded, frame_data, frames_of, sse_blocks, tail_of
+from .sse import FRAME_END, SseFrames, decoded, frame_data, frames_of, tail_of
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -35,8 +36,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
         want_usage = bool(options.get("include_usage"))
         if not want_usage:
             # ask the engine for usage anyway (accounting), drop it on the way out
-            body["stream_options"] = {**options, "include_usage": True}
-            raw = json.dumps(body).encode()
+            raw = usage_asked(raw, body)
             drop_usage = True
     upstream = await gateway.forward(outcome, headers, path, raw)
     if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
@@ -50,28 +50,79 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
 
 async def pass_frames(outcome: Outcome, upstream: aiohttp.ClientResponse, drop_usage: bool,
                       want_usage: bool) -> AsyncIterator[bytes]:
-    """SSE bytes through; usage chunks read, and dropped when the client did not ask."""
+    """SSE bytes through; usage chunks read, and dropped when the client did not ask.
+
+    This runs once per forwarded chunk, so it is one flat loop on the response's reader
+    (no iterator layers between a chunk and its send), with the read timeout kept by
+    :class:`~.read_idle.ReadIdle` instead of a timer re-armed per packet.
+    """
     saw_usage = False
-    async for block in sse_blocks(upstream.content.iter_any()):
-        if _USAGE not in block:
+    frames = SseFrames()
+    read = upstream.content.readany
+    idle = ReadIdle(upstream)
+    now = idle.now
+    try:
+        while True:
+            idle.since = now()
+            chunk = await read()
+            idle.since = NOT_WAITING
+            if not chunk:
+                break
+            block = frames.push(chunk)
+            if not block:
+                continue
+            if _USAGE in block and carries_usage(block):
+                block, counted = without_usage(outcome, block, drop_usage)
+                saw_usage = saw_usage or counted
+                if not block:
+                    continue
             yield block
-            continue
-        kept: list[bytes] = []
-        for frame in frames_of(block):
-            data = frame_data(frame)
-            if data and _USAGE in data:
-                parsed = decoded(data)
-                if isinstance(parsed, dict) and outcome.usage(parsed.get("usage")):
-                    saw_usage = True
-                    if drop_usage and not parsed.get("choices"):
-                        continue
-            kept.append(frame + FRAME_END)
-        kept.append(tail_of(block))
-        out = b"".join(kept)
-        if out:
-            yield out
+    finally:
+        idle.stop()
+    rest = frames.rest()  # an unterminated tail holds no frame: passed as it is
+    if rest:
+        yield rest
     if want_usage and not saw_usage:
         outcome.note = "engine sent no usage chunk"
+
+
+def carries_usage(block: bytes) -> bool:
+    """Whether a block that names ``"usage"`` may hold some: not when each is a null (as
+    engines that follow OpenAI put in every chunk), which would cost a decode per chunk."""
+    return block.count(_USAGE) > block.count(b'"usage":null') + block.count(b'"usage": null')
+
+
+def without_usage(outcome: Outcome, block: bytes, drop_usage: bool) -> tuple[bytes, bool]:
+    """A block with its usage counted (True when it had some), its usage-only chunk taken
+    out when the client did not ask for usage."""
+    counted = False
+    kept: list[bytes] = []
+    for frame in frames_of(block):
+        data = frame_data(frame)
+        if data and _USAGE in data:
+            parsed = decoded(data)
+            if isinstance(parsed, dict) and outcome.usage(parsed.get("usage")):
+                counted = True
+                if drop_usage and not parsed.get("choices"):
+                    continue
+        kept.append(frame + FRAME_END)
+    kept.append(tail_of(block))
+    return b"".join(kept), counted
+
+
+def usage_asked(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The request with ``stream_options.include_usage`` on (in ``body`` too), as bytes.
+
+    Spliced in before the closing brace when the client sent no ``stream_options`` (the
+    common case: no re-encoding of a possibly long prompt); else the body re-encoded.
+    """
+    options = body.get("stream_options") or {}
+    spliceable = "stream_options" not in body
+    body["stream_options"] = {**options, "include_usage": True}
+    end = raw.rstrip()
+    if spliceable and end.endswith(b"}"):  # an object with a "model" at least: add a member
+        return end[:-1] + b',"stream_options":{"include_usage":true}}'
+    return json.dumps(body).encode()
 
 
 def usage_of(data: bytes) -> dict[str, Any] | None:

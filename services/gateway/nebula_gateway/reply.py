@@ -170,10 +170,15 @@ async def send_reply(send: Send, reply: Reply, outcome: Outcome) -> None:
         return
     await send({"type": "http.response.start", "status": reply.status,
                 "headers": [*reply.headers, request_id]})
+    stream = reply.stream
     try:
-        async for chunk in reply.stream:
+        async for chunk in stream:
             if chunk:
                 outcome.first_byte()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                break
+        async for chunk in stream:  # the same stream on: its first byte is timed already
+            if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError) as exc:
         outcome.status = 502

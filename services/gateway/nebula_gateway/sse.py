@@ -1,8 +1,9 @@
 """Server-sent events on the byte level: a stream re-cut on frame boundaries, undecoded.
 
-Every streamed answer goes through :func:`sse_blocks` (the one frame iterator);
-the handlers look into a block's frames only when a cheap byte test says a frame
-there matters to them (usage, a final event), so most bytes pass untouched.
+Every streamed answer is re-cut by :class:`SseFrames` (through :func:`sse_blocks`, or
+inline in :func:`~.passthrough.pass_frames`, the per-chunk hot loop); the handlers look
+into a block's frames only when a cheap byte test says a frame there matters to them
+(usage, a final event), so most bytes pass untouched.
 """
 
 from __future__ import annotations

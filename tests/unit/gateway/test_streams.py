@@ -22,7 +22,10 @@ from nebula_gateway.state.sqlite import SqliteState
 
 
 class Upstream:
-    """What the handlers read of an aiohttp response: ``content.iter_any()``."""
+    """What the handlers read of an aiohttp response: ``content.iter_any()`` or
+    ``content.readany()`` (b"" at the end), and no ``connection`` (no read timeout)."""
+
+    connection = None
 
     def __init__(self, data: bytes, size: int):
         self.content = self
@@ -31,6 +34,9 @@ class Upstream:
     async def iter_any(self) -> AsyncIterator[bytes]:
         for chunk in self.chunks:
             yield chunk
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
 
 
 def upstream(data: bytes, size: int) -> Any:
