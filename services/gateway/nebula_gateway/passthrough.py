@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from nebula_common.read_idle import NOT_WAITING, ReadIdle
+
 from .outcome import Outcome
-from .read_idle import NOT_WAITING, ReadIdle
 from .reply import Reply, buffered, stream_reply
 from .sse import FRAME_END, SseFrames, decoded, frame_data, frames_of, tail_of
 
@@ -54,7 +55,7 @@ async def pass_frames(outcome: Outcome, upstream: aiohttp.ClientResponse, drop_u
 
     This runs once per forwarded chunk, so it is one flat loop on the response's reader
     (no iterator layers between a chunk and its send), with the read timeout kept by
-    :class:`~.read_idle.ReadIdle` instead of a timer re-armed per packet.
+    :class:`~nebula_common.read_idle.ReadIdle` instead of a timer re-armed per packet.
     """
     saw_usage = False
     frames = SseFrames()

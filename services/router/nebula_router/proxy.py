@@ -41,6 +41,7 @@ from nebula_common.asgi import (
     send_json,
 )
 from nebula_common.openai_errors import error_json, sse_error_event
+from nebula_common.read_idle import NOT_WAITING, ReadIdle
 from nebula_common.records import EndpointState
 from nebula_common.retry import backoff_delay
 from nebula_common.sse import FRAME_ENDS, ends_a_frame, split_frames
@@ -584,6 +585,7 @@ class Proxy:
         watch = record is not None  # a draining replica hands its streams on
         held = b""  # an SSE frame's start, sent once its end came (see split_frames)
         chunk = first
+        idle = ReadIdle(resp)  # --idle-timeout at one timer per stream, not one per packet
         try:
             while True:
                 if chunk:
@@ -602,7 +604,9 @@ class Proxy:
                         if self._movable(cand, out):
                             out.broken = "replica draining"
                             return None
+                idle.since = idle.now()
                 chunk = await content.readany()
+                idle.since = NOT_WAITING
                 if not chunk:
                     break
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -623,6 +627,8 @@ class Proxy:
                 m.STREAM_ERRORS.inc()
                 out.abort = True  # the server drops the connection: the client sees the cut
             return False
+        finally:
+            idle.stop()
         if rewriter is not None and held:
             held = rewriter.feed(held + b"\n\n")
         if record is not None and not (
