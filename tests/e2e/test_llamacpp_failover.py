@@ -38,6 +38,7 @@ from tests.e2e.test_router_support import debug_endpoints, metric_value
 from tests.e2e.test_stream_failover import serving_replica
 from tests.support import needs
 from tests.support.smollm2 import MODEL
+from tests.support.streams import read_stream
 
 pytestmark = pytest.mark.llamacpp
 
@@ -129,26 +130,10 @@ def stream(router: str, path: str, body: dict[str, Any], kill: Any = None,
 
 def parse(data: bytes) -> dict[str, Any]:
     """A stream's text and finish reason, checked well-formed and complete."""
-    events = [f.removeprefix(b"data: ").decode() for f in data.split(b"\n\n")
-              if f.strip() and not f.startswith(b":")]
-    assert events and events[-1] == "[DONE]" and events.count("[DONE]") == 1, data[-500:]
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert not any("error" in c for c in chunks), data[-500:]
-    assert len({(c["id"], c["created"], c["model"], c["object"]) for c in chunks}) == 1
-    text, finishes, roles = "", [], 0
-    for c in chunks:
-        for ch in c["choices"]:
-            assert ch["index"] == 0
-            if "delta" in ch:
-                text += ch["delta"].get("content") or ""
-                roles += "role" in ch["delta"]
-            else:
-                text += ch.get("text") or ""
-            if ch.get("finish_reason"):
-                finishes.append(ch["finish_reason"])
-    assert len(finishes) == 1 and roles <= 1 and text.strip(), data[-800:]
-    usage = [c["usage"] for c in chunks if c.get("usage")]
-    return {"text": text, "finish": finishes[0], "usage": usage}
+    parts = read_stream(data)
+    assert len({(c["id"], c["created"], c["model"], c["object"]) for c in parts.chunks}) == 1
+    assert len(parts.finishes) == 1 and parts.roles <= 1 and parts.text.strip(), data[-800:]
+    return {"text": parts.text, "finish": parts.finishes[0], "usage": parts.usage}
 
 
 def killer(env: dict[str, Any], uid: str) -> tuple[Any, dict[str, Any]]:

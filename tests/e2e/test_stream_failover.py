@@ -29,6 +29,7 @@ from devtools.cluster import Cluster, free_port, http_get, wait_for
 from nebula_common.records import Assignment, PlacementPlan
 from tests.e2e.test_node_lifecycle import node_args, pid_record, put_plan, require_binaries
 from tests.e2e.test_router_support import debug_endpoints, metric_value
+from tests.support.streams import read_stream
 
 ITL = ["--ttft-ms", "5", "--itl-ms", "20", "--output-tokens", "30"]
 REPLICAS = 3
@@ -83,26 +84,12 @@ def stream(base: str, path: str, body: dict[str, Any]) -> bytes:
 
 def parse(data: bytes) -> dict[str, Any]:
     """A stream's text, ids, finish reasons, usage and end markers, checked well-formed."""
-    events = [f.removeprefix(b"data: ").decode() for f in data.split(b"\n\n") if f.strip()]
-    assert events and events[-1] == "[DONE]" and events.count("[DONE]") == 1, data[-500:]
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert not any("error" in c for c in chunks), data[-500:]
-    text, finishes, roles = "", [], 0
-    for c in chunks:
-        for ch in c["choices"]:
-            assert ch["index"] == 0
-            if "delta" in ch:
-                text += ch["delta"].get("content") or ""
-                roles += "role" in ch["delta"]
-            else:
-                text += ch.get("text") or ""
-            if ch.get("finish_reason"):
-                finishes.append(ch["finish_reason"])
-    usage = [c["usage"] for c in chunks if c.get("usage")]
-    assert len(usage) == 1 and len(finishes) == 1, data[-800:]
-    return {"text": text, "finish": finishes[0], "roles": roles,
-            "ids": {(c["id"], c["created"], c["model"]) for c in chunks},
-            "usage": (usage[0]["prompt_tokens"], usage[0]["completion_tokens"])}
+    parts = read_stream(data)
+    assert len(parts.usage) == 1 and len(parts.finishes) == 1, data[-800:]
+    usage = parts.usage[0]
+    return {"text": parts.text, "finish": parts.finishes[0], "roles": parts.roles,
+            "ids": {(c["id"], c["created"], c["model"]) for c in parts.chunks},
+            "usage": (usage["prompt_tokens"], usage["completion_tokens"])}
 
 
 def requests(uid: str) -> list[tuple[str, dict[str, Any]]]:

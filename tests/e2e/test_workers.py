@@ -9,7 +9,6 @@ a clean stop on SIGTERM, and a worker that dies started again.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -22,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from devtools.cluster import BIN, Cluster, free_port, http_get, wait_for
+from tests.e2e.test_router_faults import (
+    post,  # one request on a new connection: the kernel picks the worker
+)
 from tests.e2e.test_router_support import Sim, debug_endpoints, metric_value, start_sims
 
 UID, MODEL = "wk", "wk-model"
@@ -53,19 +55,6 @@ def wait_every_worker_sees(router: str, count: int) -> None:
     wait_for(all_agree, 20, f"every worker sees {count} ready replicas")
 
 
-def post(base: str, path: str, body: dict, headers: dict[str, str] | None = None,
-         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    """One request on a new connection (so the kernel picks the worker)."""
-    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=timeout)
-    try:
-        conn.request("POST", path, body=json.dumps(body).encode(),
-                     headers={"content-type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
 def chat(max_tokens: int = 4) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": max_tokens}
@@ -88,8 +77,8 @@ def test_session_affinity_holds_across_workers(env: dict) -> None:
     for session in ("alice", "bob", "carol"):
         seen = Counter()
         for _ in range(30):
-            status, headers, body = post(env["router"], "/v1/chat/completions", chat(),
-                                         {"x-session-id": session})
+            status, headers, body = post(env["router"], chat(),
+                                         headers={"x-session-id": session})
             assert status == 200, body
             seen[headers["x-nebula-replica"]] += 1
         assert len(seen) == 1, (session, seen)
@@ -106,7 +95,7 @@ def test_least_load_spreads_concurrent_requests_across_workers(env: dict) -> Non
     errors: list[object] = []
 
     def one() -> None:
-        status, _, body = post(router, "/v1/chat/completions", chat(max_tokens=80))
+        status, _, body = post(router, chat(max_tokens=80))
         if status != 200:
             errors.append(body)
 
@@ -132,7 +121,7 @@ def test_metrics_are_summed_over_workers(env: dict) -> None:
 
     start = total()
     for _ in range(20):
-        assert post(router, "/v1/chat/completions", chat())[0] == 200
+        assert post(router, chat())[0] == 200
     # every scrape, whichever worker answers it, counts the requests of all of them
     assert [total() - start for _ in range(6)] == [20.0] * 6
 
@@ -146,7 +135,7 @@ def test_a_dead_worker_is_started_again(env: dict) -> None:
              "the supervisor starts a new worker")
     wait_every_worker_sees(env["router"], 3)
     for _ in range(10):
-        assert post(env["router"], "/v1/chat/completions", chat())[0] == 200
+        assert post(env["router"], chat())[0] == 200
     assert "exited with status -9; starting it again" in proc.log()
 
 
@@ -156,7 +145,7 @@ def test_gateway_workers_and_a_clean_stop(env: dict) -> None:
     workers = children(gw_proc.pid)
     assert len(workers) == WORKERS
     for _ in range(10):
-        status, _, body = post(gateway, "/v1/chat/completions", chat())
+        status, _, body = post(gateway, chat())
         assert status == 200, body
         assert json.loads(body)["choices"][0]["message"]["content"]
     assert gw_proc.stop() == 0, "SIGTERM to the supervisor stops every worker cleanly"

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -42,8 +43,17 @@ from .workers import MULTIPROC_ENV, worker_index
 log = logging.getLogger(__name__)
 
 
+WARMUP_MAX_S = 15.0
+"""How long a worker of ``--workers N`` waits to be ready before it takes connections."""
+
+
 def bind_socket(listen: str, prog: str) -> socket.socket:
-    """Bind and listen on ``HOST:PORT`` or exit with a one-line error."""
+    """Bind and listen on ``HOST:PORT`` or exit with a one-line error.
+
+    A worker of ``--workers N`` only binds: its server listens once the worker is ready
+    (``run_app``'s ``warm``), so the kernel gives it no connection its siblings could serve
+    while it still loads its state.
+    """
     try:
         host, port = listen_address(listen)
     except ValueError as exc:
@@ -55,7 +65,8 @@ def bind_socket(listen: str, prog: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        if worker_index() is None:
+            sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         fail(prog, f"cannot listen on {listen}: {exc.strerror or exc}")
@@ -148,6 +159,7 @@ def run_app(
     after: Hook | None = None,
     server: str = "hypercorn",
     tasks: TaskSet | None = None,
+    warm: Callable[[], bool] | None = None,
     **hypercorn_overrides: Any,
 ) -> None:
     """Bind, then serve ``app`` on uvloop until SIGTERM/SIGINT; exit 0 on a clean stop.
@@ -155,6 +167,8 @@ def run_app(
     ``before`` runs once the loop exists and before the first request;
     ``after`` runs after the server stopped accepting (drain, deregister...).
     ``server`` is one of :data:`HTTP_SERVERS`; each serves the same ASGI app.
+    ``warm`` (a worker of ``--workers N`` only) says when the worker may take
+    connections: polled after ``before``, for at most :data:`WARMUP_MAX_S`.
     When a task of ``tasks`` that must not die crashes, the role stops the same
     way (``after`` included) and exits 1 with a one-line reason: never half-alive.
     """
@@ -178,6 +192,8 @@ def run_app(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if warm is not None and worker_index() is not None:
+                await _warm_up(warm, stop)
             await serving(stop)
         finally:
             await cancel_task(watcher)
@@ -190,6 +206,12 @@ def run_app(
     # could close an unrelated fd that reused the number), so each serving forgets it.
     if tasks is not None and tasks.failed.is_set():
         fail(prog, f"a task it cannot run without crashed: {_reason(tasks.error)}", code=1)
+
+
+async def _warm_up(warm: Callable[[], bool], stop: asyncio.Event) -> None:
+    deadline = time.monotonic() + WARMUP_MAX_S
+    while not warm() and not stop.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _stop_on_failure(tasks: TaskSet, stop: asyncio.Event) -> None:

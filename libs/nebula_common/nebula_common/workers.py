@@ -17,9 +17,10 @@ answers for all of them (docs/deploy.md says what each policy sees).
 SIGTERM or SIGINT to the supervisor is passed to every worker, which stops as a
 single process would (drain, deregister); a worker that has not exited after
 ``STOP_GRACE_S`` is killed. A worker that dies on its own is started again with
-backoff; one that dies within ``START_GRACE_S`` of its start is a start-up
-failure (bad configuration, etcd refusing it): the supervisor stops the others
-and exits with its status.
+backoff; one that exits with an error within ``START_GRACE_S`` of its first start
+is a start-up failure (bad configuration, etcd refusing it): the supervisor stops
+the others and exits with its status. One killed by a signal is always started
+again.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class Supervisor:
                 if code is None or w.index in pending:
                     continue
                 _mark_dead(w.proc.pid)
-                if now - w.started < START_GRACE_S and w.restarts == 0:
+                if code > 0 and now - w.started < START_GRACE_S and w.restarts == 0:
                     print(f"{self.prog}: worker {w.index} exited with status {code} at start; "
                           "stopping", file=sys.stderr, flush=True)
                     return code or 1

@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         await store.close()
         shutdown_tracing()
 
+    # A worker takes connections once its endpoint table is loaded (its siblings serve
+    # meanwhile); a single process answers 503 "not loaded yet" instead.
     run_app(app, listen=args.listen, prog=PROG, before=before, after=after,
-            server=args.http_server)
+            server=args.http_server, warm=lambda: table.synced)
 
 
 if __name__ == "__main__":
