@@ -16,7 +16,8 @@ answers for all of them (docs/deploy.md says what each policy sees).
 
 SIGTERM or SIGINT to the supervisor is passed to every worker, which stops as a
 single process would (drain, deregister); a worker that has not exited after
-``STOP_GRACE_S`` is killed. A worker that dies on its own is started again with
+``STOP_GRACE_S`` is killed, and a supervisor killed outright takes its workers with
+it (``PR_SET_PDEATHSIG``). A worker that dies on its own is started again with
 backoff; one that exits with an error within ``START_GRACE_S`` of its first start
 is a start-up failure (bad configuration, etcd refusing it): the supervisor stops
 the others and exits with its status. One killed by a signal is always started
@@ -26,6 +27,7 @@ again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import Parser, fail, listen_address
@@ -106,7 +108,8 @@ class Supervisor:
         env = {**os.environ, WORKER_ENV: str(index), MULTIPROC_ENV: self.metrics_dir,
                "NEBULA_WORKERS": "1"}
         cmd = [sys.executable, "-m", self.module, *self.argv]
-        return _Worker(index, subprocess.Popen(cmd, env=env), restarts=restarts)
+        return _Worker(index, subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid())),
+                       restarts=restarts)
 
     def run(self) -> int:
         """Serve until a signal or a start-up failure; the exit status for the supervisor."""
@@ -159,6 +162,21 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In the child, before exec: SIGTERM when the supervisor dies, however it dies (a
+    SIGKILL leaves it no time to stop its workers), so no worker outlives it."""
+
+    def arm() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _mark_dead(pid: int) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from devtools.cluster import wait_for
 from nebula_common.workers import Supervisor, reserve_port, worker_index
 
 
@@ -60,3 +63,24 @@ def test_worker_index_only_in_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_index() is None
     monkeypatch.setenv("NEBULA_WORKER_ID", "3")
     assert worker_index() == 3
+
+
+def test_workers_do_not_outlive_a_killed_supervisor() -> None:
+    code = ("from nebula_common.workers import Supervisor; "
+            "Supervisor(2, 'http.server', ['--bind', '127.0.0.1', '0'], 't').run()")
+    sup = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        children = Path(f"/proc/{sup.pid}/task/{sup.pid}/children")
+        workers = wait_for(lambda: len(pids := children.read_text().split()) == 2 and pids,
+                           20, "two workers")
+    finally:
+        sup.kill()  # no time to stop its workers: the kernel tells them (PR_SET_PDEATHSIG)
+        sup.wait(10)
+
+    def gone(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(p) for p in workers), 10, "the workers gone")
