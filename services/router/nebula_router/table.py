@@ -212,8 +212,14 @@ class EndpointTable:
                 mirror.subscribe(self.rebuild)
 
     def rebuild(self) -> None:
-        """Mirror listener: rebuild once per loop turn, however many events arrived."""
-        if not self.mirrors or self._pending:
+        """Mirror listener: rebuild once per loop turn, however many events arrived.
+
+        Not before every mirror has listed its prefix once: endpoints screened before the
+        nodes were read would all be refused as "not on a live node" (logged and counted
+        as invalid) and accepted a moment later. The last mirror's list rebuilds.
+        """
+        if not self.mirrors or self._pending or not all(m.synced.is_set()
+                                                         for m in self.mirrors):
             return
         self._pending = True
         asyncio.get_running_loop().call_soon(self._rebuild_now)
