@@ -83,11 +83,10 @@ class FailoverState(GatewayState):
                 await self.primary.settle(hold_id, counters, charged, now)
                 return
             except StateError as exc:
-                try:
-                    self._fail("settle", exc)
-                except StateError:
-                    pass  # (fail closed too: the tokens were served, they are owed)
-        # its hold in Redis expires by itself; the tokens are owed to the shared counters
+                # its hold in Redis expires by itself; the tokens are owed to the shared
+                # counters
+                await self._settle_failed(tuple(counters), charged, exc)
+                return
         await self.local.add_used(counters, charged)
         self._owe(counters, charged)
 
