@@ -61,11 +61,12 @@ def bind_socket(listen: str, prog: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if worker_index() is not None:  # one of --workers N: the kernel spreads connections
+    worker = worker_index() is not None
+    if worker:  # one of --workers N: the kernel spreads connections
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
-        if worker_index() is None:
+        if not worker:
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
@@ -172,9 +173,8 @@ def run_app(
     When a task of ``tasks`` that must not die crashes, the role stops the same
     way (``after`` included) and exits 1 with a one-line reason: never half-alive.
     """
-    module = {"uvicorn": "uvicorn", "granian": "granian"}.get(server)
-    if module is not None and importlib.util.find_spec(module) is None:
-        fail(prog, f"--http-server {server} needs the {module} package (pip install {module})")
+    if server != "hypercorn" and importlib.util.find_spec(server) is None:
+        fail(prog, f"--http-server {server} needs the {server} package (pip install {server})")
     sock = bind_socket(listen, prog)
     if server == "uvicorn":
         serving = uvicorn_serving(app, sock)
