@@ -22,6 +22,8 @@ OPENAI_POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/e
 proxies whatever path it is sent to the engine.)"""
 
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+WATCH_DELAY_S = 0.05
+"""How long a request runs before :class:`DisconnectWatcher` starts watching its client."""
 
 
 class BodyTooLarge(Exception):
@@ -85,7 +87,8 @@ async def send_json(send: Send, status: int, body: bytes,
 
 
 class DisconnectWatcher:
-    """Cancels the task serving a request as soon as its client goes away.
+    """Cancels the task serving a request as soon as its client goes away (once the
+    request has run :data:`WATCH_DELAY_S`).
 
     An ASGI server reports a closed client connection only through ``receive()``;
     once the body is read nobody calls it, so this watches it in a task of its own
@@ -94,13 +97,24 @@ class DisconnectWatcher:
     Create it from inside the request task, after the body was read.
     """
 
-    def __init__(self, receive: Receive, ignore: Callable[[], bool] | None = None):
+    def __init__(self, receive: Receive, ignore: Callable[[], bool] | None = None,
+                 delay: float = WATCH_DELAY_S):
         task = asyncio.current_task()
         assert task is not None, "DisconnectWatcher must be created inside the request task"
         self.disconnected = False
         self._request = task
+        self._receive = receive
+        self._ignore = ignore
+        self._watch: asyncio.Future[None] | None = None
+        # Most answers are done within ``delay``: they never pay for a task of their own. A
+        # client gone before then is seen when the watch starts (the server kept the event).
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
         # Kept on self and cancelled by stop(): the watcher lives exactly as long as its request.
-        self._watch = asyncio.ensure_future(self._run(receive, ignore))
+        self._watch = asyncio.ensure_future(self._run(self._receive, self._ignore))
 
     async def _run(self, receive: Receive, ignore: Callable[[], bool] | None) -> None:
         while True:
@@ -120,4 +134,8 @@ class DisconnectWatcher:
         return True
 
     def stop(self) -> None:
-        self._watch.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watch is not None:
+            self._watch.cancel()

@@ -141,7 +141,8 @@ def hypercorn_serving(app: Quart | ASGIApp, sock: socket.socket,
 
 
 def _bounded_httptools() -> type:
-    """uvicorn's httptools protocol with a bound on the request head.
+    """uvicorn's httptools protocol with a bound on the request head, writing each
+    response head together with its body's first bytes.
 
     httptools keeps a header however long it grows, so a client sending megabytes
     of header would be held in memory; here the bytes read while the head is not
@@ -150,9 +151,16 @@ def _bounded_httptools() -> type:
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    from .coalescing_transport import HeadHoldingTransport
+
     class BoundedHttpTools(HttpToolsProtocol):
         _head_bytes = 0
         _in_head = True
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # head and first body bytes in one write (see coalescing_transport)
+            super().connection_made(cast(asyncio.Transport, HeadHoldingTransport(
+                cast(asyncio.Transport, transport))))
 
         def data_received(self, data: bytes) -> None:
             counting = self._in_head

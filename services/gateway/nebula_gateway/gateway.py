@@ -22,7 +22,6 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 from opentelemetry import propagate, trace
 
 from nebula_common.asgi import (
@@ -36,6 +35,7 @@ from nebula_common.asgi import (
     read_body,
 )
 from nebula_common.capabilities import refusal as capability_refusal
+from nebula_common.http_client import Response
 from nebula_common.tracing import setup_tracing, tracing_enabled
 
 from . import messages, metrics, passthrough, responses, tokens
@@ -221,7 +221,7 @@ class Gateway:
         return body, info
 
     async def forward(self, outcome: Outcome, headers: Mapping[str, str], path: str,
-                      data: bytes) -> aiohttp.ClientResponse:
+                      data: bytes) -> Response:
         return await self.pool.request("POST", path, data=data,
                                        headers=self.upstream_headers(outcome, headers))
 

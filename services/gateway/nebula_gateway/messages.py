@@ -17,9 +17,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from nebula_common.asgi import JSON_CONTENT_TYPE, RawHeaders
+from nebula_common.http_client import Response
 from nebula_common.sse import sse_event
 
 from . import messages_translate as translate
@@ -95,7 +94,7 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
     return _json_reply(200, translate.chat_to_message(parsed, body))
 
 
-async def message_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
+async def message_frames(outcome: Outcome, upstream: Response,
                          body: dict[str, Any]) -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Messages event sequence out."""
     stream = translate.MessageStream(body)

@@ -6,10 +6,8 @@ on arrival and finishes it when its last byte was sent or its client went away.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +15,13 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from nebula_common.ids import new_request_id
+from nebula_common.logs import AccessLog
+
 from . import metrics
 from .auth import ANONYMOUS, ApiKey, Authenticator
 
-access_log = logging.getLogger("nebula.gateway.access")
+access_log = AccessLog("nebula.gateway.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -29,7 +30,7 @@ def request_id_from(incoming: str | None) -> str:
     """The caller's ``x-request-id`` when it is sane, else a fresh one."""
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 @dataclass(slots=True, eq=False)
@@ -140,8 +141,8 @@ class Outcome:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
-        if self.log_access and access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={
+        if self.log_access and access_log.enabled():
+            access_log.write({
                 "request_id": self.request_id,
                 "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid
                 else self.caller_trace_id,

@@ -12,9 +12,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from nebula_common.read_idle import NOT_WAITING, ReadIdle
+from nebula_common.http_client import Response
 
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
@@ -49,37 +47,27 @@ async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: b
     return Reply(status, out_headers, data)
 
 
-async def pass_frames(outcome: Outcome, upstream: aiohttp.ClientResponse, drop_usage: bool,
+async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
                       want_usage: bool) -> AsyncIterator[bytes]:
     """SSE bytes through; usage chunks read, and dropped when the client did not ask.
 
     This runs once per forwarded chunk, so it is one flat loop on the response's reader
-    (no iterator layers between a chunk and its send), with the read timeout kept by
-    :class:`~nebula_common.read_idle.ReadIdle` instead of a timer re-armed per packet.
+    (no iterator layers between a chunk and its send); the read timeout is the client's
+    one timer per response.
     """
     saw_usage = False
     frames = SseFrames()
-    read = upstream.content.readany
-    idle = ReadIdle(upstream)
-    now = idle.now
-    try:
-        while True:
-            idle.since = now()
-            chunk = await read()
-            idle.since = NOT_WAITING
-            if not chunk:
-                break
-            block = frames.push(chunk)
+    read = upstream.readany
+    while chunk := await read():
+        block = frames.push(chunk)
+        if not block:
+            continue
+        if _USAGE in block and carries_usage(block):
+            block, counted = without_usage(outcome, block, drop_usage)
+            saw_usage = saw_usage or counted
             if not block:
                 continue
-            if _USAGE in block and carries_usage(block):
-                block, counted = without_usage(outcome, block, drop_usage)
-                saw_usage = saw_usage or counted
-                if not block:
-                    continue
-            yield block
-    finally:
-        idle.stop()
+        yield block
     rest = frames.rest()  # an unterminated tail holds no frame: passed as it is
     if rest:
         yield rest

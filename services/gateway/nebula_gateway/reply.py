@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from nebula_common import openai_errors
 from nebula_common.asgi import JSON_CONTENT_TYPE, RawHeaders, Send, send_json
+from nebula_common.http_client import HttpClientError, Response
 
 from . import metrics
 from .auth import AuthError
@@ -61,7 +60,7 @@ class Reply:
     headers: RawHeaders
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
-    upstream: aiohttp.ClientResponse | None = None
+    upstream: Response | None = None
 
 
 def error_bytes(status: int, message: str, **kwargs: Any) -> bytes:
@@ -95,19 +94,19 @@ def refusal(outcome: Outcome, exc: Exception) -> tuple[int, bytes, RawHeaders]:
 
 # -- from the router's answer ------------------------------------------------------------
 
-def passthrough_headers(upstream: aiohttp.ClientResponse, names: tuple[str, ...]
-                        ) -> RawHeaders:
-    return [(name.encode(), upstream.headers[name].encode("latin-1"))
-            for name in names if name in upstream.headers]
+def passthrough_headers(upstream: Response, names: tuple[str, ...]) -> RawHeaders:
+    """The router's headers named in ``names`` (lowercase), as they came."""
+    wanted = {name.encode() for name in names}
+    return [(name, value) for name, value in upstream.headers if name in wanted]
 
 
-async def buffered(outcome: Outcome, upstream: aiohttp.ClientResponse, names: tuple[str, ...]
+async def buffered(outcome: Outcome, upstream: Response, names: tuple[str, ...]
                    ) -> tuple[int, bytes, RawHeaders]:
     """The router's whole answer (status, body, headers to pass); 502 when it broke."""
     try:
         async with upstream:
             data = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpClientError, TimeoutError) as exc:
         outcome.note = f"upstream failed: {type(exc).__name__}"
         return 502, error_bytes(502, f"upstream failed: {type(exc).__name__}",
                                 code="upstream_error"), [JSON_CONTENT_TYPE]
@@ -138,11 +137,10 @@ def public_error(outcome: Outcome, status: int, data: bytes) -> bytes:
                        type=error.get("type"))
 
 
-def stream_reply(upstream: aiohttp.ClientResponse, frames: AsyncIterator[bytes],
+def stream_reply(upstream: Response, frames: AsyncIterator[bytes],
                  names: tuple[str, ...]) -> Reply:
     headers = [h for h in passthrough_headers(upstream, names) if h[0] != b"content-type"]
-    headers.append((b"content-type", upstream.headers.get(
-        "content-type", "text/event-stream").encode("latin-1")))
+    headers.append((b"content-type", upstream.header(b"content-type") or b"text/event-stream"))
     headers.append((b"cache-control", b"no-cache"))
     return Reply(upstream.status, headers, stream=frames, upstream=upstream)
 
@@ -180,7 +178,7 @@ async def send_reply(send: Send, reply: Reply, outcome: Outcome) -> None:
         async for chunk in stream:  # the same stream on: its first byte is timed already
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpClientError, TimeoutError) as exc:
         outcome.status = 502
         outcome.note = f"upstream stream broke: {type(exc).__name__}"
         await send({"type": "http.response.body", "more_body": True,

@@ -15,10 +15,9 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from nebula_common.asgi import JSON_CONTENT_TYPE
 from nebula_common.capabilities import Capability
+from nebula_common.http_client import Response
 from nebula_common.sse import sse_event
 
 from . import responses_translate as translate
@@ -170,11 +169,11 @@ async def remember(store: GatewayState, outcome: Outcome, body: dict[str, Any],
         outcome.note = "response not stored: over --response-entry-bytes"
 
 
-async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
+async def native_frames(outcome: Outcome, upstream: Response,
                         body: dict[str, Any], items: list[dict[str, Any]],
                         store: GatewayState, session: str = "") -> AsyncIterator[bytes]:
     """Native Responses SSE: bytes through; the final event is read for store + usage."""
-    async for block in sse_blocks(upstream.content.iter_any()):
+    async for block in sse_blocks(upstream.iter_any()):
         if _COMPLETED in block or _INCOMPLETE in block:
             for frame in frames_of(block):
                 data = frame_data(frame)
@@ -188,7 +187,7 @@ async def native_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
         yield block
 
 
-async def translated_frames(outcome: Outcome, upstream: aiohttp.ClientResponse,
+async def translated_frames(outcome: Outcome, upstream: Response,
                             body: dict[str, Any], items: list[dict[str, Any]],
                             store: GatewayState, session: str = "") -> AsyncIterator[bytes]:
     """Chat completion chunks in, the Responses event sequence out."""

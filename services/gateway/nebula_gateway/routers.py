@@ -1,4 +1,4 @@
-"""The router client pool: one aiohttp session, failover between router URLs.
+"""The router client pool: one keep-alive connection pool, failover between router URLs.
 
 A router that refuses connections is remembered as dead for a few seconds so
 that the next requests go straight to a live one. The next router is tried only
@@ -10,13 +10,15 @@ router would only start the same work again.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+from nebula_common.http_client import HttpClientError, Pool, Response
 
 from . import metrics
 
@@ -38,13 +40,13 @@ already tried to connect to each of them, or already held the request its queue'
 just restarted or reconnected to etcd can briefly see fewer replicas than its peers."""
 
 
-async def worth_another_router(resp: aiohttp.ClientResponse) -> bool:
+async def worth_another_router(resp: Response) -> bool:
     """Would the next router do better than this answer? (Only a 503 is read for it.)"""
     if resp.status != 503:
         return False
     try:
-        body = await resp.read()  # (kept by aiohttp: whoever gets resp reads it again)
-    except (aiohttp.ClientError, TimeoutError):
+        body = await resp.read()  # (kept: whoever gets resp reads it again)
+    except (HttpClientError, TimeoutError):
         return True
     return not any(code in body for code in _REPLICAS_CONSIDERED)
 
@@ -66,24 +68,12 @@ class RouterPool:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.dead_seconds = dead_seconds
-        self._session: aiohttp.ClientSession | None = None
+        # Idle connections live below the routers' own keep-alive (75 s on every server).
+        self.client = Pool(connect_timeout=connect_timeout, keepalive_s=60)
         self.last_ok = 0.0
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
-                                               keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
-                                              sock_read=self.request_timeout),
-                auto_decompress=False,
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.client.close()
 
     def _order(self) -> list[RouterState]:
         now = time.monotonic()
@@ -94,8 +84,12 @@ class RouterPool:
 
     async def request(self, method: str, path: str, *, data: bytes | None = None,
                       headers: Mapping[str, str] | None = None,
-                      timeout: float | None = None) -> aiohttp.ClientResponse:
-        """The first router's answer that another router would not improve on."""
+                      timeout: float | None = None) -> Response:
+        """The first router's answer that another router would not improve on.
+
+        ``timeout`` (seconds for the head) makes a silent router one to fail over from;
+        without it, a router silent for the request timeout is :class:`RouterTimeout`.
+        """
         order = self._order()
         last_error: BaseException | None = None
         for attempt, router in enumerate(order):
@@ -103,17 +97,21 @@ class RouterPool:
                 metrics.ROUTER_FAILOVERS.inc()
             is_last = attempt == len(order) - 1
             try:
-                kwargs: dict[str, Any] = {"data": data, "headers": headers}
-                if timeout is not None:
-                    kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout,
-                                                              connect=self.connect_timeout)
-                resp = await self.session.request(method, router.url + path, **kwargs)
-            except aiohttp.SocketTimeoutError as exc:
-                # the router is alive and working on it (a long generation): another router
-                # would only start the same work again
-                raise RouterTimeout(f"no answer from the router within "
-                                    f"{self.request_timeout:g}s") from exc
-            except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+                async with asyncio.timeout(timeout or self.request_timeout) as waited:
+                    resp = await self.client.request(router.url, method, path, headers or {},
+                                                     data or b"", self.request_timeout)
+            except TimeoutError as exc:
+                if timeout is None and waited.expired():
+                    # the router is alive and working on it (a long generation): another
+                    # router would only start the same work again
+                    raise RouterTimeout(f"no answer from the router within "
+                                        f"{self.request_timeout:g}s") from exc
+                router.dead_until = time.monotonic() + self.dead_seconds
+                last_error = exc
+                log.warning("router unreachable", extra={"router": router.url,
+                                                         "error": "timeout"})
+                continue
+            except (HttpClientError, OSError) as exc:
                 router.dead_until = time.monotonic() + self.dead_seconds
                 last_error = exc
                 log.warning("router unreachable", extra={"router": router.url,
@@ -133,20 +131,22 @@ class RouterPool:
     async def get_json(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
         resp = await self.request("GET", path, timeout=timeout)
         try:
-            async with resp:
-                return resp.status, await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            async with resp, asyncio.timeout(timeout):
+                return resp.status, json.loads(await resp.read())
+        except (HttpClientError, TimeoutError, ValueError) as exc:
             raise RouterUnavailable(f"bad answer to GET {path}: {exc}") from None
 
     async def probe(self) -> bool:
         """Is some router answering ``/healthz``?"""
         for router in self.routers:
             try:
-                async with self.session.get(router.url + "/healthz",
-                                            timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        self.last_ok = time.monotonic()
-                        return True
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                async with asyncio.timeout(2):
+                    resp = await self.client.request(router.url, "GET", "/healthz", {}, b"")
+                    async with resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            self.last_ok = time.monotonic()
+                            return True
+            except (TimeoutError, HttpClientError, OSError):
                 continue
         return False

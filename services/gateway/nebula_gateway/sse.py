@@ -12,8 +12,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol
 
-import aiohttp
-
+from nebula_common.http_client import HttpClientError, Response
 from nebula_common.sse import split_frames
 
 from .outcome import Outcome
@@ -134,15 +133,15 @@ class ChatStreamRelay:
             out += self.translator.feed(parsed)
         return out
 
-    async def frames(self, upstream: aiohttp.ClientResponse, outcome: Outcome
+    async def frames(self, upstream: Response, outcome: Outcome
                      ) -> AsyncIterator[bytes]:
         yield self._encoded(self.translator.start())
         try:
-            async for block in sse_blocks(upstream.content.iter_any()):
+            async for block in sse_blocks(upstream.iter_any()):
                 out = self._events(block)
                 if out:
                     yield self._encoded(out)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpClientError, TimeoutError) as exc:
             outcome.note = f"upstream stream broke: {type(exc).__name__}"
         if not self.ended:
             self.failed = True

@@ -10,7 +10,7 @@ HOP_BY_HOP = frozenset({
     b"upgrade", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
 })
 
-# Request headers the upstream call sets itself (aiohttp computes host and length).
+# Request headers the upstream call sets itself (the client writes host and length).
 REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 REQUEST_DROP_PREFIXES = (b"proxy-", b"x-nebula-")
 """Request headers dropped by name prefix: proxy hop headers, and Nebula's internal ones."""
@@ -45,7 +45,7 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]], *, keep_length: bool
                      ) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers (aiohttp ``raw_headers``) -> ASGI response headers.
+    """Upstream response headers (name, value pairs) -> ASGI response headers.
 
     ``content-length`` is kept only when the body is passed through whole and
     unchanged (``keep_length``); otherwise the server frames the stream itself.

@@ -22,10 +22,8 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
-import aiohttp
 from opentelemetry import propagate, trace
 
 from nebula_common.asgi import (
@@ -40,8 +38,16 @@ from nebula_common.asgi import (
     read_body,
     send_json,
 )
+from nebula_common.http_client import (
+    ConnectError,
+    ConnectTimeout,
+    HttpClientError,
+    Pool,
+    Response,
+)
+from nebula_common.ids import new_request_id
+from nebula_common.logs import AccessLog
 from nebula_common.openai_errors import error_json, sse_error_event
-from nebula_common.read_idle import NOT_WAITING, ReadIdle
 from nebula_common.records import EndpointState
 from nebula_common.retry import backoff_delay
 from nebula_common.sse import FRAME_ENDS, ends_a_frame, split_frames
@@ -67,7 +73,7 @@ from .policy.request import MODEL_UID_HEADER, PRIORITY_HEADER, SESSION_HEADER, T
 from .table import EndpointTable, ModelEntry
 from .upstream import ERROR_HEAD_BYTES, refuses_request
 
-access_log = logging.getLogger("nebula.router.access")
+access_log = AccessLog("nebula.router.access")
 log = logging.getLogger(__name__)
 
 
@@ -173,13 +179,7 @@ class Proxy:
         self.pipeline = pipeline
         self.config = config
         self.tracer = tracer
-        self.session: aiohttp.ClientSession | None = None
-        cfg = config
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.idle_timeout)
-        # A non-streamed answer is silent until it is complete: no idle limit before it.
-        self._answer_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.response_timeout)
+        self.client: Pool | None = None
         self._policy = pipeline.name
         # What to read from each request is what the pipeline's plugins declared.
         self.keys = KeyReader(pipeline.needs, config.prefix_chars)
@@ -187,23 +187,15 @@ class Proxy:
             self.keys.tenant = self.keys.priority = self.keys.more_headers = True
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0,       # no pool cap: the engines queue, not the router
-            keepalive_timeout=self.config.upstream_keepalive_s,  # TCP_NODELAY: aiohttp default
-            ttl_dns_cache=60,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,            # bytes pass through untouched
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=self._stream_timeout,
-            raise_for_status=False,
-        )
+        # No cap on connections per replica: the engines (and the admission queue) queue,
+        # not the pool. Bytes pass through undecoded; nothing is retried inside the client.
+        self.client = Pool(connect_timeout=self.config.connect_timeout,
+                           keepalive_s=self.config.upstream_keepalive_s)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
     def backoff(self, retry_number: int) -> float:
         """Jittered exponential pause before retry ``retry_number`` (1-based)."""
@@ -374,7 +366,7 @@ class Proxy:
 
         headers = request_headers(scope["headers"])
         if not req_id:
-            req_id = uuid.uuid4().hex
+            req_id = new_request_id()
             headers["x-request-id"] = req_id
         out.request_id = req_id
         url_tail = scope["path"]
@@ -458,21 +450,23 @@ class Proxy:
         cand.requests += 1
         span = None
         verdict: bool | None = None  # True success, False failure, None abandoned
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
             if parent is not None:
                 span, headers = self._client_span(parent, cand, headers)
-            assert self.session is not None
+            assert self.client is not None
             cfg = self.config
             try:
                 async with asyncio.timeout(cfg.ttfb_timeout if streamed
                                            else cfg.response_timeout):
-                    resp = await self.session.request(
-                        "POST", cand.base_url + url_tail, data=body, headers=headers,
-                        timeout=self._stream_timeout if streamed else self._answer_timeout)
+                    # A non-streamed answer is silent until it is complete: no idle
+                    # limit before it but the response timeout.
+                    resp = await self.client.request(
+                        cand.base_url, "POST", url_tail, headers, body,
+                        cfg.idle_timeout if streamed else cfg.response_timeout)
                     status = resp.status
                     if status >= 500 or status == 429:
-                        first = await _read_head(resp.content)
+                        first = await _read_head(resp)
                         # An answer that refuses the request itself passes through as it came.
                         if not refuses_request(status, first):
                             text = first[:300].decode("utf-8", "replace")
@@ -481,7 +475,7 @@ class Proxy:
                                 f"answered {status}: {text}", f"a replica answered {status}",
                                 replica_fault=status != 429)
                     else:
-                        first = await resp.content.readany()
+                        first = await resp.readany()
                     if rewriter is not None and (
                             status != 200 or resp.content_type != "text/event-stream"):
                         # An engine that refuses the continuation (no continue_final_message)
@@ -493,8 +487,7 @@ class Proxy:
             except AttemptFailed as failure:
                 verdict = False if failure.replica_fault else None
                 raise
-            except aiohttp.ConnectionTimeoutError:
-                # aiohttp's connect timeout is also a TimeoutError: tell it apart first.
+            except ConnectTimeout:
                 verdict = False
                 raise AttemptFailed("connect", f"cannot connect within {cfg.connect_timeout:g}s",
                                     "could not connect to a replica") from None
@@ -510,11 +503,11 @@ class Proxy:
                 verdict = False
                 message = f"no first byte within {cfg.ttfb_timeout:g}s"
                 raise AttemptFailed("ttfb_timeout", message, message) from None
-            except aiohttp.ClientConnectorError as exc:
+            except ConnectError as exc:
                 verdict = False
                 raise AttemptFailed("connect", f"cannot connect: {exc}",
                                     "could not connect to a replica") from None
-            except aiohttp.ClientError as exc:
+            except HttpClientError as exc:
                 verdict = False
                 raise AttemptFailed("upstream_closed", f"{type(exc).__name__}: {exc}",
                                     "a replica closed the connection before answering") from None
@@ -554,7 +547,7 @@ class Proxy:
         propagate.inject(headers, context=trace.set_span_in_context(span))
         return span, headers
 
-    async def _stream(self, cand: Candidate, resp: aiohttp.ClientResponse, first: bytes,
+    async def _stream(self, cand: Candidate, resp: Response, first: bytes,
                       send: Send, out: _Outcome, rewriter: Rewriter | None = None
                       ) -> bool | None:
         """Send status, headers and body to the client; returns the replica's verdict.
@@ -562,14 +555,13 @@ class Proxy:
         A stream that may be resumed (``out.record`` within its limit) and breaks is not
         ended here: ``out.broken`` says why, and the caller resumes it.
         """
-        content = resp.content
         if rewriter is None:
-            hdrs = response_headers(resp.raw_headers, keep_length=True)
+            hdrs = response_headers(resp.headers, keep_length=True)
             if self.config.replica_header:
                 hdrs.append((b"x-nebula-replica", cand.ref.encode()))
             out.status = resp.status
             sse = out.sse = resp.content_type == "text/event-stream"
-            if content.at_eof() and not (sse and out.record is not None):
+            if resp.at_eof() and not (sse and out.record is not None):
                 await send({"type": "http.response.start", "status": resp.status,
                             "headers": hdrs})
                 out.ttfb = time.perf_counter()
@@ -585,7 +577,6 @@ class Proxy:
         watch = record is not None  # a draining replica hands its streams on
         held = b""  # an SSE frame's start, sent once its end came (see split_frames)
         chunk = first
-        idle = ReadIdle(resp)  # --idle-timeout at one timer per stream, not one per packet
         try:
             while True:
                 if chunk:
@@ -604,12 +595,10 @@ class Proxy:
                         if self._movable(cand, out):
                             out.broken = "replica draining"
                             return None
-                idle.since = idle.now()
-                chunk = await content.readany()
-                idle.since = NOT_WAITING
+                chunk = await resp.readany()  # --idle-timeout bounds each wait
                 if not chunk:
                     break
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpClientError, TimeoutError) as exc:
             # The upstream died after bytes reached the client: no retry is possible.
             m.upstream_errors_c("stream_broken").inc()
             kind = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
@@ -627,8 +616,6 @@ class Proxy:
                 m.STREAM_ERRORS.inc()
                 out.abort = True  # the server drops the connection: the client sees the cut
             return False
-        finally:
-            idle.stop()
         if rewriter is not None and held:
             held = rewriter.feed(held + b"\n\n")
         if record is not None and not (
@@ -804,8 +791,8 @@ class Proxy:
                 span.set_status(trace.StatusCode.ERROR)
             trace_id = format(span.get_span_context().trace_id, "032x")
             span.end()
-        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={
+        if self.config.access_log and access_log.enabled():
+            access_log.write({
                 "request_id": req_id, "trace_id": trace_id, "model": model,
                 "replica": out.replica, "status": status,
                 "latency_ms": round((now - started) * 1000, 2), "ttft_ms": ttft_ms,
@@ -814,7 +801,7 @@ class Proxy:
                 "resumes": out.resumes})
 
 
-async def _read_head(content: aiohttp.StreamReader) -> bytes:
+async def _read_head(content: Response) -> bytes:
     """The first :data:`ERROR_HEAD_BYTES` (or so) of a body; all of a shorter one."""
     head = b""
     while len(head) < ERROR_HEAD_BYTES:

@@ -106,3 +106,47 @@ def test_batched_handler_writes_access_lines_together() -> None:
     assert held == "" and timed == "a\nb\n" and full == "a\nb\nc\nd\ne\n"
     log.info("g")  # outside a loop: written as it comes, and "f" with it
     assert stream.getvalue().endswith("e\nf\ng\n")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_access_log_fast_line_is_the_record_line(fmt: str) -> None:
+    import io
+    import logging
+
+    from nebula_common.logs import AccessLog, BatchedHandler
+
+    fields = {"request_id": "r1", "status": 200, "latency_ms": 1.5, "ttft_ms": None,
+              "api_key": SECRET, "note": f"Bearer {SECRET}", "replicas": ["a", "b"]}
+    formatter = JsonFormatter("router") if fmt == "json" else TextFormatter("router")
+    lines = []
+    for fast in (True, False):
+        stream = io.StringIO()
+        handler = BatchedHandler(stream)
+        handler.setFormatter(formatter)
+        log = logging.getLogger(f"test.access.{fmt}")
+        log.handlers[:] = [handler]
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        if fast:
+            AccessLog(log.name).write(dict(fields))
+        else:
+            log.info("request", extra=dict(fields))
+        handler.flush()
+        lines.append(stream.getvalue())
+    fast_line, record_line = lines
+    assert SECRET not in fast_line
+    if fmt == "json":
+        a, b = json.loads(fast_line), json.loads(record_line)
+        assert abs(a.pop("ts") - b.pop("ts")) < 1 and a == b
+    else:
+        assert fast_line[8:] == record_line[8:]  # past the HH:MM:SS stamp
+
+
+def test_access_log_goes_through_logging_when_captured(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    from nebula_common.logs import AccessLog
+
+    with caplog.at_level("INFO", logger="test.access.captured"):
+        AccessLog("test.access.captured").write({"status": 201})
+    assert [(r.getMessage(), getattr(r, "status", None)) for r in caplog.records] == [
+        ("request", 201)]
