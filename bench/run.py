@@ -489,7 +489,7 @@ def render_doc(info: dict[str, str], args: argparse.Namespace, request_text: str
     misses = [t for t in targets if t.passed is False]
     notes = []
     for t in misses:
-        note = MISS_NOTES.get(t.key.split(":", 1)[0], "")
+        note = MISS_NOTES.get(t.key.split(":", 1)[0].split("@", 1)[0], "")
         notes.append(f"- **{t.target}** — measured {t.measured}. {note}")
     return f"""# Benchmarks
 

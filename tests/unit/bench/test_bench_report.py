@@ -109,6 +109,10 @@ def test_targets_pass_and_miss():
     assert results["both_per_cpu"].verdict == "PASS"          # 2000 / 2 s
     assert results["paced_p99:router"].verdict == "PASS"      # +2.9 %
     assert results["paced_p99:gateway"].verdict == "MISS"     # +14 %
+    assert results["added_p50@17:chat c1"].verdict == "PASS"  # +1.0 ms <= 1 ms
+    assert results["added_p99@17:chat c1"].verdict == "MISS"  # +4.0 ms > 3 ms
+    assert results["paced_p99@17:router"].verdict == "PASS"   # +2.9 % <= 10 %
+    assert results["paced_p99@17:gateway"].verdict == "PASS"  # +14 % <= 20 %
     assert results["prefix_ttft"].verdict == "PASS" and results["prefix_ttft"].measured == "3.00x"
     slow = evaluate_targets(rows, {"round_robin": 150.0, "prefix": 100.0}, chat="chat c1",
                             stream="stream64 c1", paced_wide="paced10ms c1000")
