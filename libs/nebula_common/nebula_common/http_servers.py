@@ -18,6 +18,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
+from .acceptor import Acceptor
 from .asgi import ASGIApp
 from .config import Parser
 from .tasks import cancel_task
@@ -77,11 +78,30 @@ def uvicorn_serving(app: Quart | ASGIApp, sock: socket.socket) -> Serving:
     )
 
     class Server(uvicorn.Server):
+        acceptor: Acceptor | None = None
+
         # uvicorn re-raises SIGTERM after its graceful stop, so the process would die
         # by the signal; a clean stop here exits 0 like every other role.
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn's own start (lifespan, state), but the socket is accepted on by an
+            # Acceptor: uvloop's server takes one connection per loop turn (acceptor.py).
+            await super().startup(sockets=[])
+            if self.started:
+                self.acceptor = Acceptor(sock, self.new_protocol, LISTEN_BACKLOG)
+
+        def new_protocol(self) -> asyncio.Protocol:
+            return self.config.http_protocol_class(  # type: ignore[call-arg]
+                config=self.config, server_state=self.server_state,
+                app_state=self.lifespan.state)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if self.acceptor is not None:
+                self.acceptor.close()
+            await super().shutdown(sockets)
 
     async def serving(stop: asyncio.Event) -> None:
         server = Server(config)
