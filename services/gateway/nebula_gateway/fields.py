@@ -360,7 +360,7 @@ class Field:
 
     def schema(self) -> Schema:
         out = self.spec.schema()
-        if self.null_ok:
+        if self.null_ok or self.unless is not None:  # excused, it may be null (Obj.schema)
             out = or_null(out)
         if self.doc:
             out = {**out, "description": self.doc}
@@ -471,7 +471,7 @@ class Obj(Spec):
         required = [f.name for f in self.required if f.unless is None]
         if required:
             out["required"] = required
-        excused = [{"anyOf": [{"required": [f.name]},
+        excused = [{"anyOf": [_present(f),
                               {"required": [f.unless],
                                "properties": {f.unless: {"type": "array", "minItems": 1}}}]}
                    for f in self.required if f.unless is not None]
@@ -480,6 +480,14 @@ class Obj(Spec):
         elif excused:
             out["allOf"] = excused
         return out
+
+
+def _present(field: Field) -> Schema:
+    """A required field there (and, unless it is nullable, not null): the branch of its
+    ``unless`` rule that needs no excuse."""
+    if field.null_ok:
+        return {"required": [field.name]}
+    return {"required": [field.name], "properties": {field.name: {"not": {"type": "null"}}}}
 
 
 class Tagged(Spec):

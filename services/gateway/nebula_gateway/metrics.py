@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from nebula_common.metric_children import Labelled
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 REQUESTS = Counter("nebula_gateway_requests_total", "Requests answered, by final status",
@@ -46,3 +48,10 @@ USAGE_PENDING = Gauge("nebula_gateway_usage_pending_rows",
                       multiprocess_mode="livesum")
 KEYS_LOADED = Gauge("nebula_gateway_api_keys", "API keys accepted now", ["source"],
                     multiprocess_mode="livemax")
+
+# The per-request children, looked up once per label set.
+requests_c = Labelled(REQUESTS)
+duration_h = Labelled(DURATION)
+ttft_h = Labelled(TTFT)
+prompt_tokens_c = Labelled(PROMPT_TOKENS)
+completion_tokens_c = Labelled(COMPLETION_TOKENS)

@@ -120,13 +120,13 @@ class Outcome:
         if self.holds_slot:
             self.auth.release(self.key)
         metrics.IN_FLIGHT.dec()
-        metrics.REQUESTS.labels(self.endpoint, self.model, str(status)).inc()
-        metrics.DURATION.labels(self.endpoint, self.model).observe(elapsed)
+        metrics.requests_c(self.endpoint, self.model, str(status)).inc()
+        metrics.duration_h(self.endpoint, self.model).observe(elapsed)
         if self.ttft is not None:
-            metrics.TTFT.labels(self.endpoint, self.model).observe(self.ttft)
+            metrics.ttft_h(self.endpoint, self.model).observe(self.ttft)
         if self.prompt_tokens is not None:
-            metrics.PROMPT_TOKENS.labels(self.model, self.key_label).inc(self.prompt_tokens)
-            metrics.COMPLETION_TOKENS.labels(self.model, self.key_label).inc(
+            metrics.prompt_tokens_c(self.model, self.key_label).inc(self.prompt_tokens)
+            metrics.completion_tokens_c(self.model, self.key_label).inc(
                 self.completion_tokens or 0)
         span = self.span
         ctx = span.get_span_context()

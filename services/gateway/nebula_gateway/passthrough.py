@@ -16,7 +16,7 @@ from nebula_common.http_client import Response
 
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
-from .sse import FRAME_END, SseFrames, decoded, frame_data, frames_of, tail_of
+from .sse import FRAME_END, SseFrames, decoded, frame_data
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -62,7 +62,7 @@ async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
         block = frames.push(chunk)
         if not block:
             continue
-        if _USAGE in block and carries_usage(block):
+        if _USAGE in block:
             block, counted = without_usage(outcome, block, drop_usage)
             saw_usage = saw_usage or counted
             if not block:
@@ -75,27 +75,41 @@ async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
         outcome.note = "engine sent no usage chunk"
 
 
-def carries_usage(block: bytes) -> bool:
-    """Whether a block that names ``"usage"`` may hold some: not when each is a null (as
-    engines that follow OpenAI put in every chunk), which would cost a decode per chunk."""
-    return block.count(_USAGE) > block.count(b'"usage":null') + block.count(b'"usage": null')
+def _is_null_at(block: bytes, value: int) -> bool:
+    """Whether the JSON value starting near ``value`` (after ``"usage"``) is ``null``."""
+    return block[value:value + 8].lstrip(b": \t").startswith(b"null")
 
 
 def without_usage(outcome: Outcome, block: bytes, drop_usage: bool) -> tuple[bytes, bool]:
     """A block with its usage counted (True when it had some), its usage-only chunk taken
-    out when the client did not ask for usage."""
+    out when the client did not ask for usage.
+
+    Only the frames that name a non-null ``"usage"`` are looked into (engines that follow
+    OpenAI put ``"usage":null`` in every chunk, and a block can hold a whole answer); every
+    other byte passes as it came.
+    """
     counted = False
     kept: list[bytes] = []
-    for frame in frames_of(block):
-        data = frame_data(frame)
-        if data and _USAGE in data:
-            parsed = decoded(data)
+    done = 0  # block[:done] is decided: copied into kept, or dropped
+    at = block.find(_USAGE)
+    while at >= 0:
+        end = block.find(FRAME_END, at)
+        if end < 0:
+            break  # in the unterminated tail: passed as it is
+        if not _is_null_at(block, at + len(_USAGE)):
+            before = block.rfind(FRAME_END, done, at)
+            start = done if before < 0 else before + 2
+            data = frame_data(block[start:end])
+            parsed = decoded(data) if data and _USAGE in data else None
             if isinstance(parsed, dict) and outcome.usage(parsed.get("usage")):
                 counted = True
                 if drop_usage and not parsed.get("choices"):
-                    continue
-        kept.append(frame + FRAME_END)
-    kept.append(tail_of(block))
+                    kept.append(block[done:start])
+                    done = end + 2
+        at = block.find(_USAGE, end + 2)
+    if not kept:
+        return block, counted
+    kept.append(block[done:])
     return b"".join(kept), counted
 
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from nebula_common.metric_children import Labelled
 from nebula_common.records import EndpointState
 from nebula_common.service import register_collector, unregister_collector
 
 from .policy import Candidate
 
-M = TypeVar("M", bound=MetricWrapperBase)
 Snapshot = Callable[[], tuple[list[Candidate], bool, Callable[[Candidate, float], str]]]
 """Scrape-time view of the table: replicas, etcd connected, outlier state of a replica."""
 
@@ -65,20 +63,6 @@ QUEUE_SHED = Counter("nebula_router_queue_shed_total",
                      "Requests that left the admission queue unserved, by reason: queue_full "
                      "(429), queue_timeout (503), cancelled (the client went away)",
                      ["model", "reason"])
-
-
-class Labelled(Generic[M]):
-    """Caches labelled children: ``labels()`` takes a lock and builds tuples each call."""
-
-    def __init__(self, metric: M):
-        self.metric = metric
-        self.children: dict[tuple[str, ...], M] = {}
-
-    def __call__(self, *values: str) -> M:
-        child = self.children.get(values)
-        if child is None:
-            child = self.children[values] = self.metric.labels(*values)
-        return child
 
 
 requests_c = Labelled(REQUESTS)

@@ -267,6 +267,11 @@ AGREED: list[tuple[str, dict[str, Any], bool]] = [
                                                 "content": "x"}]}, False),
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}],
                               "temperature": 10**400}, False),
+    # a required field excused by its sibling may be null; unexcused, it may not
+    ("/tokenize", {"model": "m", "prompt": None,
+                   "messages": [{"role": "tool", "content": ""}]}, True),
+    ("/tokenize", {"model": "m", "prompt": None}, False),
+    ("/tokenize", {"model": "m", "prompt": None, "messages": []}, False),
 ]
 
 

@@ -22,13 +22,10 @@ from nebula_gateway.state.sqlite import SqliteState
 
 
 class Upstream:
-    """What the handlers read of an aiohttp response: ``content.iter_any()`` or
-    ``content.readany()`` (b"" at the end), and no ``connection`` (no read timeout)."""
-
-    connection = None
+    """What the handlers read of an upstream response: ``iter_any()`` or ``readany()``
+    (b"" at the end)."""
 
     def __init__(self, data: bytes, size: int):
-        self.content = self
         self.chunks = [data[i:i + size] for i in range(0, len(data), size)]
 
     async def iter_any(self) -> AsyncIterator[bytes]:
@@ -40,7 +37,7 @@ class Upstream:
 
 
 def upstream(data: bytes, size: int) -> Any:
-    """The fake, typed as what it stands in for (an aiohttp response)."""
+    """The stand-in, typed as what it stands in for (an http_client Response)."""
     return Upstream(data, size)
 
 
@@ -142,3 +139,20 @@ async def test_router_probe_is_a_supervised_task_stopped_at_shutdown() -> None:
         probe = by_name["router-probe"]
         assert not probe.done()
     assert probe.cancelled() and not tasks.tasks
+
+
+def test_without_usage_reads_only_the_frames_with_a_usage_and_keeps_every_other_byte(
+        ) -> None:
+    from nebula_gateway.passthrough import without_usage
+
+    nulls = [frame({"choices": [{"index": 0, "delta": {"content": w}}], "usage": None})
+             for w in ("a", "b")]
+    with_choices = frame({"choices": [{"index": 0, "delta": {}}], "usage": USAGE})
+    usage_only = frame({"choices": [], "usage": USAGE})
+    block = b"".join([*nulls, with_choices, b": a comment\n\n", usage_only, frame(b"[DONE]")])
+    kept, counted = without_usage(outcome(), block, drop_usage=False)
+    assert counted and kept == block
+    dropped, counted = without_usage(outcome(), block, drop_usage=True)
+    assert counted and dropped == block.replace(usage_only, b"")  # a chunk with choices stays
+    only_nulls = b"".join(nulls)
+    assert without_usage(outcome(), only_nulls, drop_usage=True) == (only_nulls, False)
