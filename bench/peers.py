@@ -117,10 +117,11 @@ def client_model(peer: str, stream: bool) -> str:
     return LITELLM_STREAM_MODEL if peer == LITELLM and stream else MODEL
 
 
-def start_vllm_router(bench: Bench, worker_url: str) -> str:
-    """Start vllm-router in front of ``worker_url``; returns its base URL once healthy."""
+def start_vllm_router(bench: Bench, worker_url: str, name: str = VLLM_ROUTER) -> str:
+    """Start vllm-router (process ``name``) in front of ``worker_url``; returns its base URL
+    once healthy."""
     port = free_port()
-    proc = bench.cluster.spawn(VLLM_ROUTER, vllm_router_argv(
+    proc = bench.cluster.spawn(name, vllm_router_argv(
         peer_binary(VLLM_ROUTER), port, worker_url, free_port()))
     url = f"http://127.0.0.1:{port}"
     bench.wait_http(proc, f"{url}/health", START_TIMEOUT_S)

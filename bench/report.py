@@ -242,8 +242,9 @@ class Ratio:
 
     @property
     def target(self) -> float | None:
-        """Issue 17's bound for this ratio, if it states one (at 64 connections)."""
-        if not self.scenario.endswith("c64"):
+        """Issue 17's bound for this ratio, if it states one (at 64 connections, on the
+        instant stand-in; the paced rows are for reading the per-chunk cost)."""
+        if not self.scenario.endswith("c64") or self.scenario.startswith("paced"):
             return None
         return RATIO_TARGETS.get((hop(self.numerator), self.denominator))
 
@@ -426,13 +427,15 @@ differs; every process runs `--workers 1`.""")
         vr = peer_versions.get("vllm-router", "?")
         ll = peer_versions.get("litellm", "?")
         parts.append(f"""The peers run on the same nginx stand-in, in the same rounds, so each
-ratio below compares runs made back to back on the same machine. They run only the nginx
-scenarios (`chat`, `stream64`). Both come from their own venv (`make peers`:
+ratio below compares runs made back to back on the same machine. LiteLLM runs only the nginx
+scenarios (`chat`, `stream64`); vllm-router runs the paced ones too, as a second instance in
+front of the pacer (it routes by worker, not by model). Both come from their own venv
+(`make peers`:
 `.cache/peers-venv`, pins in `requirements/peers.lock`), configured as their docs say for
 one OpenAI backend (`bench/peers.py`):
 
-- `vllm-router` {vr} (Rust): `vllm-router --worker-urls <nginx> --policy round_robin`, its
-  regular mode. It is charged to the `router` column.
+- `vllm-router` {vr} (Rust): `vllm-router --worker-urls <stand-in> --policy round_robin`,
+  its regular mode. It is charged to the `router` column.
 - `LiteLLM` is `litellm[proxy]` {ll}: `litellm --config config.yaml --num_workers 1`. The
   config has one model, `openai/bench-model` at the stand-in's `api_base`. There is no
   database and no master key; callbacks, spend logs and uvicorn's access log are off, and

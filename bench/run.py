@@ -236,6 +236,7 @@ class Hop:
     stream_model: str = ""  # model name a client sends for the streamed answer, if another
     client: str = ""  # the load generator under --client auto, if not the scenario's own
     drain_s: float = 30.0  # how long the drained client waits for what it started
+    process: str = ""  # the bench process serving it, when not named after the path
 
     def client_for(self, choice: str) -> str:
         return self.client if self.client and choice == "auto" else choice
@@ -340,11 +341,16 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
         gateways.append(Hop(g_name, {m: g_url + chat for m in models},
                             {"router": r_pid, "gateway": g_pid}))
     if args.peers:
-        say("  starting vllm-router and LiteLLM's proxy on the nginx stand-in ...")
+        say("  starting vllm-router (on nginx and on the pacer) and LiteLLM's proxy ...")
         v_url = peers.start_vllm_router(bench, standin.base_url)
+        # vllm-router routes by worker, not by model: a second one fronts the paced streams
+        paced_name = f"{peers.VLLM_ROUTER}-paced"
+        vp_url = peers.start_vllm_router(bench, paced.base_url, name=paced_name)
         l_url = peers.start_litellm(bench, standin.base_url + "/v1")
         routers.append(Hop(peers.VLLM_ROUTER, {MODEL: v_url + chat},
                            {"router": bench.pid(peers.VLLM_ROUTER)}))
+        routers.append(Hop(peers.VLLM_ROUTER, {PACED_MODEL: vp_url + chat},
+                           {"router": bench.pid(paced_name)}, process=paced_name))
         # LiteLLM keeps serving what a client gave up on, and at 64 streams not one ends
         # inside a 5 s wrk window: the drained client counts every request it started
         # (64 streams took 27-31 s on a busy 2-core box, hence the longer drain).
@@ -358,7 +364,8 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
 def stop_extra_hops(bench: Bench, hops: Sequence[Hop]) -> None:
     """Stop every process but the default router and gateway: the rest of the run is theirs."""
     for h in hops:
-        proc = bench.cluster.procs.get(h.path) if h.path not in report.PATHS else None
+        proc = (bench.cluster.procs.get(h.process or h.path) if h.path not in report.PATHS
+                else None)
         if proc is not None and proc.alive():
             proc.stop(grace=5)
 
@@ -433,31 +440,25 @@ def routing_rows(results: Sequence[PolicyResult]) -> list[list[str]]:
 # The numbers behind these are in bench/findings.md (copied into the doc).
 MISS_NOTES = {
     "added_p50": (
-        "Each hop parses HTTP in Python (Hypercorn's h11), runs the handler and makes 4-5 "
-        "write syscalls per request; on 2 cores shared with wrk and the stand-in the hops "
-        "also wait for a core (see `box busy`). What closes it: uvicorn/httptools under both "
-        "hops (finding 1: +55-80 % requests per CPU-second) and fewer writes per request "
-        "(finding 2)."),
+        "Each hop parses HTTP in Python (uvicorn's httptools protocol, the ASGI messages), "
+        "runs the handler and makes two to three syscalls per request; on 2 cores shared with "
+        "the client and the stand-in the hops also wait for a core (see `box busy`)."),
     "added_p99": (
         "The tail on a 2-core box is mostly waiting for a core while four busy processes "
-        "share two (see `box busy` and `spread`); the fixes for p50 shorten every wait. "
-        "Re-run on a quiet machine before reading much into it."),
+        "share two (see `box busy` and `spread`). Re-run on a quiet machine before reading "
+        "much into it."),
     "router_per_cpu": (
-        "Hypercorn's h11 parsing and framing is 30-40 % of the router's CPU in py-spy. The "
-        "router's own `--http-server uvicorn` measured 4,300-5,400 requests per CPU-second "
-        "on the same box (finding 1)."),
+        "What is left per request is mostly the kernel (two socket writes, two reads) and "
+        "uvloop itself; no Python piece is over 3 % (the last findings section)."),
     "both_per_cpu": (
-        "Two Hypercorn servers, two aiohttp clients and two access-log writes per request. "
-        "uvicorn under both hops measured +60-80 % each (finding 1)."),
+        "Two hops, each with its server, client and access log; the gateway also checks "
+        "the body and the key, and counts usage (the last findings section)."),
     "paced_p99": (
-        "1,000 streams x 100 chunks/s is 100,000 chunks/s; the router spends about 24 µs "
-        "(uvicorn) to 47 µs (Hypercorn) of CPU per chunk, i.e. 2.4-4.7 cores, on a 2-core box "
-        "that also runs the client and the engine (finding 3). On top, the first wave of "
-        "1,000 new connections is accepted slowly (finding 6: the listen backlog is now 2048, "
-        "which took the router's p99 from 27 s to about 7 s, but uvloop still accepts one "
-        "connection per loop iteration). What closes it: an accept loop of our own, a "
-        "cheaper per-chunk path (uvicorn), several router processes on one SO_REUSEPORT "
-        "socket on a machine with spare cores, or a compiled data plane for the byte copy."),
+        "1,000 streams x 100 chunks/s is 100,000 chunks/s through each hop, one wake-up, one "
+        "read and one write per chunk; the box is already 75 % busy on the direct path "
+        "(client and stand-in). The accept queue no longer adds seconds (our own accept "
+        "loop, the last findings section); what is left needs cores this machine does not "
+        "have: on one with spare cores, `--workers N` on one SO_REUSEPORT port."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "

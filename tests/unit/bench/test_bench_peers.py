@@ -182,3 +182,13 @@ def test_each_peer_answers_on_the_nginx_stand_in(tmp_path):
         assert "vllm-router, litellm" in said[0]
     finally:
         bench.close()
+
+
+def test_paced_ratios_carry_no_target():
+    from bench.report import Ratio
+    from bench.stats import spread as spread_of
+
+    spread = spread_of([0.3])
+    assert Ratio("paced10ms c64", "router", "vllm-router", spread).target is None
+    assert Ratio("stream64 c64", "router", "vllm-router", spread).target == 0.5
+    assert Ratio("chat c1", "router", "vllm-router", spread).target is None
