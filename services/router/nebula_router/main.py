@@ -68,7 +68,9 @@ def build_parser() -> Parser:
                help="seconds an idle upstream connection stays pooled (keep it under the "
                     "engines' keep-alive timeout)")
     p.add_flag("--eject-after", default=3, type=int,
-               help="consecutive failures that eject a replica (0 disables)")
+               help="consecutive failures that eject a replica (0 disables); a connect "
+                    "timeout on a replica that answered within 10 s is not one (a full "
+                    "accept queue during a connection storm)")
     p.add_flag("--eject-base", default=5.0, type=float,
                help="first ejection period in seconds; doubles on each repeat")
     p.add_flag("--eject-max", default=120.0, type=float, help="longest ejection period")

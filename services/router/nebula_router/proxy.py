@@ -465,6 +465,7 @@ class Proxy:
                         cand.base_url, "POST", url_tail, headers, body,
                         cfg.idle_timeout if streamed else cfg.response_timeout)
                     status = resp.status
+                    cand.answered_at = time.monotonic()
                     if status >= 500 or status == 429:
                         first = await _read_head(resp)
                         # An answer that refuses the request itself passes through as it came.
@@ -488,7 +489,9 @@ class Proxy:
                 verdict = False if failure.replica_fault else None
                 raise
             except ConnectTimeout:
-                verdict = False
+                # During a connection storm a replica still answering is not failing.
+                if outlier.connect_timeout_counts(cand, time.monotonic()):
+                    verdict = False
                 raise AttemptFailed("connect", f"cannot connect within {cfg.connect_timeout:g}s",
                                     "could not connect to a replica") from None
             except TimeoutError:

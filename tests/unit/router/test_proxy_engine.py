@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -224,3 +227,42 @@ async def test_a_crash_500_is_retried_and_counted(engine: Engine, proxy: Proxy) 
     assert answer(await call(proxy, [chat()]))[0] == 502
     assert len(engine.seen) == 2
     assert all(c.failures == 1 for c in proxy.table.replicas.values())
+
+
+def full_accept_queue() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket that never accepts, its queue full: a connect to it times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+    for _ in range(16):  # the kernel queues backlog + 1; then SYNs go unanswered
+        client = socket.socket()
+        client.setblocking(False)
+        held.append(client)
+        client.connect_ex(("127.0.0.1", port))
+        _, writable, _ = select.select([], [client], [], 0.2)
+        if not writable:
+            return server, held
+    raise AssertionError("the accept queue never filled")
+
+
+@pytest.mark.parametrize("answered_ago", [1.0, None])
+async def test_a_connect_timeout_counts_against_a_replica_only_when_it_stopped_answering(
+        answered_ago: float | None) -> None:
+    server, held = full_accept_queue()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    p = make_proxy(Pipeline.build("round_robin"), connect_timeout=0.3, max_retries=0)
+    load(p.table, Endpoint("m1", "m1", "0", "n1", url, "sim"))
+    await p.start()
+    try:
+        (cand,) = p.table.get("m1").candidates  # type: ignore[union-attr]
+        if answered_ago is not None:  # a storm on a replica that answers others
+            cand.answered_at = time.monotonic() - answered_ago
+        sent = await call(p, [chat()])
+        assert sent[0]["status"] == 503  # no replica reachable, whatever the count
+        assert cand.failures == (0 if answered_ago is not None else 1)
+    finally:
+        await p.close()
+        for s in (server, *held):
+            s.close()

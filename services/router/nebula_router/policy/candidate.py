@@ -45,6 +45,8 @@ class Candidate:
     """A half-open probe request is in flight."""
     requests: int = 0
     """Attempts sent to this replica (for /debug/endpoints)."""
+    answered_at: float = 0.0
+    """Monotonic time it last sent this router the head of an answer (0: never)."""
 
     @property
     def ref(self) -> str:

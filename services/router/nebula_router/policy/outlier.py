@@ -18,6 +18,8 @@ class OutlierPolicy:
     """Consecutive failures that eject a replica (0 disables ejection)."""
     base_s: float = 5.0
     max_s: float = 120.0
+    answering_s: float = 10.0
+    """A connect timeout within this long of the replica's last answer is not its failure."""
 
     def available(self, c: Candidate, now: float) -> bool:
         """True when a request may go to ``c`` (closed, or half-open with no probe out)."""
@@ -50,6 +52,17 @@ class OutlierPolicy:
             c.ejected_until = now + period
             return True
         return False
+
+    def connect_timeout_counts(self, c: Candidate, now: float) -> bool:
+        """Does a connect timeout count against ``c``?
+
+        Not while it is answering: a replica that sent an answer's head within
+        :attr:`answering_s` is one whose accept queue is full (a storm of new connections),
+        not one that is gone, and ejecting it would move the storm onto the others. A host
+        that vanished stops answering, so its timeouts count again once that time is over
+        (and a refused connection always counts).
+        """
+        return c.answered_at == 0.0 or now - c.answered_at > self.answering_s
 
     def on_abandon(self, c: Candidate) -> None:
         """The attempt ended with no verdict (client went away): free the probe slot."""

@@ -59,3 +59,12 @@ def test_disabled_ejection() -> None:
     for _ in range(10):
         assert not o.on_failure(c, 0.0)
     assert o.available(c, 0.0)
+
+
+def test_connect_timeouts_count_only_once_the_replica_stopped_answering() -> None:
+    o = OutlierPolicy(answering_s=10)
+    c = Candidate("m", "r0")
+    assert o.connect_timeout_counts(c, 100.0)  # never answered: a timeout is a failure
+    c.answered_at = 95.0
+    assert not o.connect_timeout_counts(c, 100.0)  # answering others: a full accept queue
+    assert o.connect_timeout_counts(c, 105.5)  # silent for longer: gone
