@@ -169,20 +169,28 @@ async def send_reply(send: Send, reply: Reply, outcome: Outcome) -> None:
     await send({"type": "http.response.start", "status": reply.status,
                 "headers": [*reply.headers, request_id]})
     stream = reply.stream
+    upstream = reply.upstream
+    ended = upstream.at_eof if upstream is not None else bool
+    rest: list[bytes] = []  # once the router's answer has ended: the rest, sent with the end
     try:
         async for chunk in stream:
             if chunk:
                 outcome.first_byte()
+                if ended():
+                    rest.append(chunk)
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 break
         async for chunk in stream:  # the same stream on: its first byte is timed already
-            if chunk:
+            if rest:  # nothing left to wait for: the answer's end goes out in one write
+                rest.append(chunk)
+            elif chunk and ended():
+                rest.append(chunk)
+            elif chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (HttpClientError, TimeoutError) as exc:
         outcome.status = 502
         outcome.note = f"upstream stream broke: {type(exc).__name__}"
-        await send({"type": "http.response.body", "more_body": True,
-                    "body": openai_errors.sse_error_event(
-                        502, "the upstream stream broke before it ended",
-                        code="upstream_error")})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        rest.append(openai_errors.sse_error_event(
+            502, "the upstream stream broke before it ended", code="upstream_error"))
+    await send({"type": "http.response.body", "body": b"".join(rest), "more_body": False})

@@ -579,6 +579,7 @@ class Proxy:
         record = out.record if sse else None
         watch = record is not None  # a draining replica hands its streams on
         held = b""  # an SSE frame's start, sent once its end came (see split_frames)
+        tail = b""  # bytes read with the upstream's end: sent with the end, in one write
         chunk = first
         try:
             while True:
@@ -591,6 +592,9 @@ class Proxy:
                         out.last_sent = chunk
                         if record is not None:
                             record.add(chunk)
+                        if resp.at_eof():
+                            tail = chunk
+                            break
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                     if watch and cand.status != EndpointState.READY:
@@ -629,10 +633,12 @@ class Proxy:
             m.upstream_errors_c("stream_broken").inc()
             log.warning("request %s: replica %s ended its stream without [DONE]",
                         out.request_id, cand.ref, extra={"request_id": out.request_id})
+            if tail:  # the resume goes on from what the client has
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
             out.broken = "EOF without [DONE]"
             return False
         out.closing = True
-        await send({"type": "http.response.body", "body": held, "more_body": False})
+        await send({"type": "http.response.body", "body": tail + held, "more_body": False})
         resp.release()
         return True
 
