@@ -156,3 +156,33 @@ def test_without_usage_reads_only_the_frames_with_a_usage_and_keeps_every_other_
     assert counted and dropped == block.replace(usage_only, b"")  # a chunk with choices stays
     only_nulls = b"".join(nulls)
     assert without_usage(outcome(), only_nulls, drop_usage=True) == (only_nulls, False)
+
+
+async def test_a_stream_whose_upstream_ended_goes_out_with_its_end() -> None:
+    from nebula_gateway.reply import Reply, send_reply
+
+    class Ended:
+        def __init__(self) -> None:
+            self.eof = False
+
+        def at_eof(self) -> bool:
+            return self.eof
+
+    upstream = Ended()
+
+    async def blocks() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"  # still streaming: sent as it comes
+        upstream.eof = True
+        yield b"data: 2\n\n"
+        yield b"data: [DONE]\n\n"
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    record = outcome()
+    await send_reply(send, Reply(200, [], stream=blocks(), upstream=upstream), record)  # type: ignore[arg-type]
+    assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
+        (b"data: 1\n\n", True), (b"data: 2\n\ndata: [DONE]\n\n", False)]
+    record.finish(200)

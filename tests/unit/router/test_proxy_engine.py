@@ -266,3 +266,17 @@ async def test_a_connect_timeout_counts_against_a_replica_only_when_it_stopped_a
         await p.close()
         for s in (server, *held):
             s.close()
+
+
+async def test_a_stream_read_whole_ends_in_the_same_message_as_its_last_bytes(
+        engine: Engine, proxy: Proxy) -> None:
+    whole = b'data: {"n": 1}\n\ndata: [DONE]\n\n'
+
+    async def at_once(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=whole, headers={"content-type": "text/event-stream"})
+
+    engine.handler = at_once
+    sent = await call(proxy, [chat(stream=True)])
+    assert sent[0]["status"] == 200
+    # one body message that also ends the response: the server writes chunk and end at once
+    assert [(m["body"], m["more_body"]) for m in sent[1:]] == [(whole, False)]
