@@ -60,9 +60,10 @@ class ReadTimeout(HttpClientError, TimeoutError):
     """One wait for body bytes lasted the read timeout."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Origin:
-    """Where a base URL's connections go (parsed once per base URL)."""
+    """Where a base URL's connections go (parsed once per base URL, and pooled by identity:
+    the pool looks one up per request, and a field-wise hash costs a tuple each time)."""
 
     host: str
     port: int
