@@ -38,7 +38,8 @@ class HeadHoldingTransport:
                 self._flush_handle.cancel()
                 self._flush_handle = None
             self._transport.write(held + data)
-        elif data[:7] == HEAD_START:
+        elif (data.startswith(HEAD_START) if type(data) is bytes  # no slice per chunk
+              else bytes(data[:7]) == HEAD_START):
             self._held = bytes(data)
             self._flush_handle = self._loop.call_soon(self.flush)
         else:
