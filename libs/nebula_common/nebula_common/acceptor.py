@@ -37,7 +37,6 @@ class Acceptor:
         self.loop = asyncio.get_running_loop()
         self.sock = sock
         self.factory = factory
-        self.accepted = 0
         self._tasks: set[asyncio.Task[object]] = set()
         self._paused: asyncio.TimerHandle | None = None
         sock.setblocking(False)
@@ -66,7 +65,6 @@ class Acceptor:
                 raise
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.accepted += 1
             task = self.loop.create_task(self._serve(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -114,11 +114,11 @@ class Response:
         "_idle",
         "_limit",
         "_loop",
+        "_since",
         "_size",
         "_waiter",
         "content_type",
         "headers",
-        "since",
         "status",
     )
 
@@ -138,8 +138,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._limit = read_timeout or 0.0
         self._idle: asyncio.TimerHandle | None = None
-        self.since = NOT_WAITING
-        """When the pending read began waiting (the idle timer's reference)."""
+        self._since = NOT_WAITING  # when the pending read began waiting (for the idle timer)
 
     # -- the consumer's side -------------------------------------------------------------
     def at_eof(self) -> bool:
@@ -193,21 +192,21 @@ class Response:
         waiter = self._waiter = self._loop.create_future()
         if self._limit and self._idle is None:
             self._idle = self._loop.call_later(self._limit, self._check_idle)
-        self.since = self._loop.time()
+        self._since = self._loop.time()
         try:
             await waiter
         finally:
-            self.since = NOT_WAITING
+            self._since = NOT_WAITING
             self._waiter = None
 
     def _check_idle(self) -> None:
-        waited = self._loop.time() - self.since
+        waited = self._loop.time() - self._since
         if waited >= self._limit:
             self._idle = None
             self._fail(ReadTimeout(f"no body bytes for {self._limit:g}s"))
             self._conn.abort()
             return
-        left = self._limit - waited if self.since != NOT_WAITING else self._limit
+        left = self._limit - waited if self._since != NOT_WAITING else self._limit
         self._idle = self._loop.call_later(left, self._check_idle)
 
     def release(self) -> None:
@@ -340,8 +339,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = response = Response(self, read_timeout)
         self._framed = False
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:  # joining would copy a large body once more
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:  # joining would copy a large body once more
+            self.transport.write(head)
             self.transport.write(body)
         return response
 

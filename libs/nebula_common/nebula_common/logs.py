@@ -244,14 +244,18 @@ class AccessLog:
         logger = self.logger
         handlers = logger.handlers
         handler = handlers[0] if len(handlers) == 1 else None
-        formatter = handler.formatter if isinstance(handler, BatchedHandler) else None
-        if handler is None or logger.filters or handler.filters or not isinstance(
-                formatter, JsonFormatter | TextFormatter):
+        if not (isinstance(handler, BatchedHandler) and handler.level <= logging.INFO
+                and not logger.filters and not handler.filters
+                and isinstance(handler.formatter, JsonFormatter | TextFormatter)):
             logger.info(msg, extra=fields)
             return
-        assert isinstance(handler, BatchedHandler)
-        handler.add(formatter.format_fields(time.time(), "info", logger.name, msg,
-                                            scrubbed_fields(fields)))
+        line = handler.formatter.format_fields(time.time(), "info", logger.name, msg,
+                                               scrubbed_fields(fields))
+        handler.acquire()  # as Handler.handle holds it around emit()
+        try:
+            handler.add(line)
+        finally:
+            handler.release()
 
 
 def setup_logging(service: str, level: str = "info", fmt: str = "json") -> None:

@@ -182,9 +182,7 @@ async def send_reply(send: Send, reply: Reply, outcome: Outcome) -> None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 break
         async for chunk in stream:  # the same stream on: its first byte is timed already
-            if rest:  # nothing left to wait for: the answer's end goes out in one write
-                rest.append(chunk)
-            elif chunk and ended():
+            if rest or (chunk and ended()):  # nothing left to wait for: sent with the end
                 rest.append(chunk)
             elif chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -100,18 +100,12 @@ class RouterPool:
                 async with asyncio.timeout(timeout or self.request_timeout) as waited:
                     resp = await self.client.request(router.url, method, path, headers or {},
                                                      data or b"", self.request_timeout)
-            except TimeoutError as exc:
-                if timeout is None and waited.expired():
+            except (TimeoutError, HttpClientError, OSError) as exc:
+                if isinstance(exc, TimeoutError) and timeout is None and waited.expired():
                     # the router is alive and working on it (a long generation): another
                     # router would only start the same work again
                     raise RouterTimeout(f"no answer from the router within "
                                         f"{self.request_timeout:g}s") from exc
-                router.dead_until = time.monotonic() + self.dead_seconds
-                last_error = exc
-                log.warning("router unreachable", extra={"router": router.url,
-                                                         "error": "timeout"})
-                continue
-            except (HttpClientError, OSError) as exc:
                 router.dead_until = time.monotonic() + self.dead_seconds
                 last_error = exc
                 log.warning("router unreachable", extra={"router": router.url,
