@@ -176,6 +176,10 @@ def _bounded_httptools() -> type:
     class BoundedHttpTools(HttpToolsProtocol):
         _head_bytes = 0
         _in_head = True
+        # One keep-alive timer per connection, not one armed and cancelled per request:
+        # it re-arms itself for the rest of the wait when the connection was busy since.
+        _idle_since: float | None = None
+        _idle_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             # head and first body bytes in one write (see coalescing_transport)
@@ -200,5 +204,40 @@ def _bounded_httptools() -> type:
         def on_headers_complete(self) -> None:
             self._in_head = False
             super().on_headers_complete()
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle_since = None  # busy: the timer, if armed, finds out when it fires
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, but for the keep-alive timer (uvicorn arms one per response)
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._idle_since = None
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+                return
+            self._idle_since = self.loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(self.timeout_keep_alive,
+                                                        self._keep_alive_due)
+
+        def _keep_alive_due(self) -> None:
+            self._idle_timer = None
+            if self._idle_since is None:  # serving: the next response arms it again
+                return
+            rest = self._idle_since + self.timeout_keep_alive - self.loop.time()
+            if rest > 0:
+                self._idle_timer = self.loop.call_later(rest, self._keep_alive_due)
+            else:
+                self.timeout_keep_alive_handler()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            super().connection_lost(exc)
 
     return BoundedHttpTools

@@ -46,6 +46,26 @@ def scrub(text: str) -> str:
     return _HF_TOKEN.sub(REDACTED, _SECRET.sub(lambda m: m.group(1) + REDACTED, text))
 
 
+_SHORT = 64
+_scrubbed: dict[str, str] = {}
+
+
+def scrub_value(text: str) -> str:
+    """:func:`scrub` for a log field's value, remembered for short ones.
+
+    An access line's values repeat (model, replica, path, policy reason) and most are not
+    alphanumeric, so each would go through the lower-casing and the search on every request.
+    """
+    if text.isalnum():
+        return text
+    done = _scrubbed.get(text)
+    if done is None:
+        done = scrub(text)
+        if len(text) <= _SHORT and len(_scrubbed) < 4096:  # a flood of odd values is not kept
+            _scrubbed[text] = done
+    return done
+
+
 def secret_name(name: str) -> bool:
     """True when a field, flag (``--api-key``) or variable (``HF_TOKEN``) holds a secret."""
     known = _names.get(name)
@@ -106,13 +126,23 @@ def scrubbed_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Log fields scrubbed: runs for every access-log line, so plain values go shortest."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
+        kind = type(value)
         if secret_name(key):
             out[key] = REDACTED
-        elif type(value) is str:
-            out[key] = scrub(value)
+        elif kind is str:
+            out[key] = scrub_value(value)
+        elif value is None or kind is int or kind is float or kind is bool:
+            out[key] = value
+        elif kind is list and all(type(v) is str and v[:1] != "-" for v in value):
+            out[key] = [scrub_value(v) for v in value]  # words, but not a command line
         else:
             out[key] = clean(value)
     return out
+
+
+_HEAD_KEYS = frozenset({"ts", "level", "service", "worker", "logger", "msg", "exc"})
+# Built once: json.dumps with any argument builds an encoder per call (a line per request).
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -123,6 +153,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
         worker = worker_index()  # one of --workers N: say which
         self.worker = {} if worker is None else {"worker": worker}
+        self.heads: dict[tuple[str, str, str], str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         exc = scrub(self.formatException(record.exc_info)) if record.exc_info else None
@@ -132,6 +163,8 @@ class JsonFormatter(logging.Formatter):
     def format_fields(self, created: float, level: str, name: str, msg: str,
                       fields: dict[str, Any], exc: str | None = None) -> str:
         """The line for a message and its (already scrubbed) fields."""
+        if exc is None and _HEAD_KEYS.isdisjoint(fields):
+            return self._line(created, level, name, msg, fields)
         entry: dict[str, Any] = {
             "ts": round(created, 3),
             "level": level.lower(),
@@ -143,7 +176,21 @@ class JsonFormatter(logging.Formatter):
         entry.update(fields)
         if exc is not None:
             entry["exc"] = exc
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return _encode(entry)
+
+    def _line(self, created: float, level: str, name: str, msg: str,
+              fields: dict[str, Any]) -> str:
+        """The same line, with what follows ``ts`` up to the fields encoded once per
+        (level, logger, message): an access log writes one ``request`` line per request."""
+        key = (level, name, msg)
+        head = self.heads.get(key)
+        if head is None:
+            head = _encode({"level": level.lower(), "service": self.service, **self.worker,
+                            "logger": name, "msg": scrub(msg)})[1:-1]
+            if len(self.heads) < 256:  # messages with values in them are not kept
+                self.heads[key] = head
+        rest = _encode(fields)[1:]  # "...}", or "}" for no fields
+        return f'{{"ts":{round(created, 3)!r},{head}{"," if len(rest) > 1 else ""}{rest}'
 
 
 class TextFormatter(logging.Formatter):

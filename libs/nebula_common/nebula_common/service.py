@@ -9,6 +9,7 @@ worker of ``--workers N`` (:mod:`.workers`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import logging
 import os
@@ -189,6 +190,9 @@ def run_app(
         watcher = None if tasks is None else loop.create_task(_stop_on_failure(tasks, stop))
         if before is not None:
             await before()
+        # What start-up built (app, modules, tables) stays: keep it out of every GC pass.
+        gc.collect()
+        gc.freeze()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:

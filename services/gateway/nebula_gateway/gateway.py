@@ -35,6 +35,7 @@ from nebula_common.asgi import (
     read_body,
 )
 from nebula_common.capabilities import refusal as capability_refusal
+from nebula_common.deadline import Deadline
 from nebula_common.http_client import Response
 from nebula_common.tracing import setup_tracing, tracing_enabled
 
@@ -184,7 +185,7 @@ class Gateway:
         """The whole body within the size and time limits (413, 408), or ClientGone."""
         limit, seconds = self.config.max_body_bytes, self.config.body_timeout
         try:
-            async with asyncio.timeout(seconds):
+            async with Deadline(asyncio.get_running_loop(), seconds):
                 return await read_body(receive, limit,
                                        declared_length(headers.get("content-length")))
         except BodyTooLarge as exc:

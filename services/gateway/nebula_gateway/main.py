@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
 import logging
 import os
@@ -214,9 +213,6 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, str(exc), code=1)
 
     async def started() -> None:
-        # start-up objects (app, modules) never change: keep them out of every GC pass
-        gc.collect()
-        gc.freeze()
         # logged once the socket is bound, so a busy port stays a one-line error
         log.info("gateway listening", extra={
             "listen": args.listen, "routers": config.router_urls,

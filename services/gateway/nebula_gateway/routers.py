@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nebula_common.deadline import Deadline
 from nebula_common.http_client import HttpClientError, Pool, Response
 
 from . import metrics
@@ -97,7 +98,8 @@ class RouterPool:
                 metrics.ROUTER_FAILOVERS.inc()
             is_last = attempt == len(order) - 1
             try:
-                async with asyncio.timeout(timeout or self.request_timeout) as waited:
+                async with Deadline(asyncio.get_running_loop(),
+                                    timeout or self.request_timeout) as waited:
                     resp = await self.client.request(router.url, method, path, headers or {},
                                                      data or b"", self.request_timeout)
             except (TimeoutError, HttpClientError, OSError) as exc:

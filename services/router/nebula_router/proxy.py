@@ -38,6 +38,7 @@ from nebula_common.asgi import (
     read_body,
     send_json,
 )
+from nebula_common.deadline import Deadline
 from nebula_common.http_client import (
     ConnectError,
     ConnectTimeout,
@@ -244,11 +245,12 @@ class Proxy:
         try:
             try:
                 # One deadline: the body's, then (moved once the body is in) the request's.
-                async with asyncio.timeout(cfg.body_timeout or None) as deadline:
+                loop = asyncio.get_running_loop()
+                async with Deadline(loop, cfg.body_timeout or None) as deadline:
                     body = await self._body(receive, send, out, length)
                     if body is None:
                         return
-                    deadline.reschedule(asyncio.get_running_loop().time() + cfg.total_timeout)
+                    deadline.reschedule(loop.time() + cfg.total_timeout)
                     # A disconnect after the response completed cancels nothing.
                     watcher = DisconnectWatcher(receive, ignore=lambda: out.closing)
                     await self._route(scope, body, send, out, span, req_id, keys, uid)
@@ -457,8 +459,8 @@ class Proxy:
             assert self.client is not None
             cfg = self.config
             try:
-                async with asyncio.timeout(cfg.ttfb_timeout if streamed
-                                           else cfg.response_timeout):
+                async with Deadline(asyncio.get_running_loop(),
+                                    cfg.ttfb_timeout if streamed else cfg.response_timeout):
                     # A non-streamed answer is silent until it is complete: no idle
                     # limit before it but the response timeout.
                     resp = await self.client.request(
