@@ -58,6 +58,9 @@ class ModelCatalog:
     async def refresh(self, force: bool = False) -> None:
         """Fetch the list when it is due; raise RouterUnavailable only when no list
         fetched within ``ttl + stale`` seconds is left to serve."""
+        fetched = self._fetched
+        if not force and fetched is not None and self.clock() - fetched < self.ttl:
+            return  # fresh (every request asks): no lock to take
         async with self._lock:
             now = self.clock()
             age = now - self._fetched if self._fetched is not None else float("inf")

@@ -79,6 +79,8 @@ class RouterPool:
     def _order(self) -> list[RouterState]:
         now = time.monotonic()
         alive = [r for r in self.routers if r.dead_until <= now]
+        if len(alive) == len(self.routers):
+            return alive
         dead = sorted((r for r in self.routers if r.dead_until > now),
                       key=lambda r: r.dead_until)
         return alive + dead  # a dead one is still tried last: better than failing outright
