@@ -61,7 +61,8 @@ def scrub_value(text: str) -> str:
     done = _scrubbed.get(text)
     if done is None:
         done = scrub(text)
-        if len(text) <= _SHORT and len(_scrubbed) < 4096:  # a flood of odd values is not kept
+        # Only clean values are kept (a secret is not held on to), and not a flood of them.
+        if done is text and len(text) <= _SHORT and len(_scrubbed) < 4096:
             _scrubbed[text] = done
     return done
 

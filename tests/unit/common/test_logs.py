@@ -150,3 +150,27 @@ def test_access_log_goes_through_logging_when_captured(caplog: pytest.LogCapture
         AccessLog("test.access.captured").write({"status": 201})
     assert [(r.getMessage(), getattr(r, "status", None)) for r in caplog.records] == [
         ("request", 201)]
+
+
+def test_remembered_scrubs_never_keep_or_show_a_secret() -> None:
+    from nebula_common import logs
+
+    for _ in range(2):  # the second time from what the first remembered
+        out = logs.scrubbed_fields({"model": "org/model-1", "note": f"token={SECRET}",
+                                    "argv": ["--api-key", SECRET], "replicas": ["n-1/r0"]})
+        assert out == {"model": "org/model-1", "note": "token=[redacted]",
+                       "argv": ["--api-key", "[redacted]"], "replicas": ["n-1/r0"]}
+    assert "org/model-1" in logs._scrubbed
+    assert not any(SECRET in text for text in logs._scrubbed)
+
+
+def test_json_line_is_the_plain_dump_with_or_without_the_cached_head() -> None:
+    formatter = JsonFormatter("router")
+    for fields in ({"status": 200, "latency_ms": 1.25, "replicas": ["r0"]}, {},
+                   {"msg": "a field named like the head", "status": 500}):
+        for _ in range(2):
+            line = formatter.format_fields(1700000000.1234, "INFO", "nebula.x", "request",
+                                           dict(fields))
+            assert json.loads(line) == {"ts": 1700000000.123, "level": "info",
+                                        "service": "router", "logger": "nebula.x",
+                                        "msg": "request", **fields}
