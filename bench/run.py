@@ -448,16 +448,19 @@ MISS_NOTES = {
         "share two (see `box busy` and `spread`). Re-run on a quiet machine before reading "
         "much into it."),
     "router_per_cpu": (
-        "What is left per request is mostly the kernel (two socket writes, two reads) and "
-        "uvloop itself; no Python piece is over 3 % (the last findings section)."),
+        "About two thirds of a request's CPU is the interpreter and a fifth the kernel "
+        "(perf); the Python is spread over uvicorn's protocol, the HTTP client, the metrics "
+        "and the routing, none a tenth of the hop (findings: 'Per request, the rest of the "
+        "Python')."),
     "both_per_cpu": (
         "Two hops, each with its server, client and access log; the gateway also checks "
-        "the body and the key, and counts usage (the last findings section)."),
+        "the body and the key, and counts usage (findings: 'Per request, the rest of the "
+        "Python')."),
     "paced_p99": (
         "1,000 streams x 100 chunks/s is 100,000 chunks/s through each hop, one wake-up, one "
         "read and one write per chunk; the box is already 75 % busy on the direct path "
         "(client and stand-in). The accept queue no longer adds seconds (our own accept "
-        "loop, the last findings section); what is left needs cores this machine does not "
+        "loop, in the findings below); what is left needs cores this machine does not "
         "have: on one with spare cores, `--workers N` on one SO_REUSEPORT port."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "

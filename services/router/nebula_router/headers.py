@@ -15,6 +15,10 @@ REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 REQUEST_DROP_PREFIXES = (b"proxy-", b"x-nebula-")
 """Request headers dropped by name prefix: proxy hop headers, and Nebula's internal ones."""
 
+# Response headers the router's own server writes: the engine's would come twice (two
+# ``date`` values), and its ``server`` names the engine and its version to every caller.
+RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Extra hop-by-hop names listed in a ``Connection`` header (RFC 9110 7.6.1)."""
@@ -23,10 +27,6 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(tokens)
-
-
-def is_hop_by_hop(name: bytes) -> bool:
-    return name in HOP_BY_HOP or name.startswith(b"proxy-")
 
 
 def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -54,7 +54,7 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], *, keep_length: bool
     extra = _connection_tokens(raw)
     out = []
     for name, value in raw:
-        if is_hop_by_hop(name) or name in extra:
+        if name in RESPONSE_DROP or name.startswith(b"proxy-") or name in extra:
             continue
         if name == b"content-length" and not keep_length:
             continue

@@ -28,9 +28,11 @@ def test_request_headers_drop_nebulas_internal_headers() -> None:
 
 
 def test_response_headers_strip_hop_by_hop_and_keep_length_on_passthrough() -> None:
+    # date and server are the router's server's own: the engine's would come twice
     raw = [(b"Content-Type", b"text/event-stream"), (b"Transfer-Encoding", b"chunked"),
            (b"Connection", b"close"), (b"Keep-Alive", b"x"), (b"Trailer", b"t"),
-           (b"Proxy-Foo", b"1"), (b"Content-Length", b"10"), (b"X-Engine", b"sim")]
+           (b"Proxy-Foo", b"1"), (b"Content-Length", b"10"), (b"X-Engine", b"sim"),
+           (b"Date", b"Tue, 01 Dec 2026 23:00:00 GMT"), (b"Server", b"uvicorn")]
     assert response_headers(raw, keep_length=True) == [
         (b"content-type", b"text/event-stream"), (b"content-length", b"10"),
         (b"x-engine", b"sim")]
