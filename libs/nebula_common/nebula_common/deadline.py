@@ -2,12 +2,12 @@
 
 Every proxied request enters two deadlines on each hop (the body's, moved on to the
 request's, and the upstream answer's). ``asyncio.timeout`` looks the running loop up
-three times (each a ``getpid`` on Python 3.11), and ``reschedule`` cancels its timer and
-arms a new one. :class:`Deadline` is given its loop, arms one timer and, when the
-deadline moves later, lets that timer re-arm itself for the rest once it fires, as the
-HTTP client's idle timer does. The semantics are ``asyncio.timeout``'s: on expiry the
-task is cancelled and the block raises :class:`TimeoutError`, unless somebody else
-cancelled the task too, in which case the ``CancelledError`` goes on.
+three times, and ``reschedule`` cancels its timer and arms a new one. :class:`Deadline`
+is given its loop, arms one timer and, when the deadline moves later, lets that timer
+re-arm itself for the rest once it fires, as the HTTP client's idle timer does. The
+semantics are ``asyncio.timeout``'s: on expiry the task is cancelled and the block raises
+:class:`TimeoutError`, unless somebody else cancelled the task too, in which case the
+``CancelledError`` goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["Deadline"]
 class Deadline:
     """``async with Deadline(loop, seconds):`` — ``None`` seconds: no deadline (yet)."""
 
-    __slots__ = ("_cancelling", "_expired", "_loop", "_task", "_timer", "_when")
+    __slots__ = ("_cancelling", "_done", "_expired", "_loop", "_task", "_timer", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
         self._loop = loop
@@ -29,19 +29,15 @@ class Deadline:
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        self._done = False
         self._cancelling = 0
-
-    @property
-    def when(self) -> float | None:
-        """The loop time it expires at, if any."""
-        return self._when
 
     def expired(self) -> bool:
         return self._expired
 
     def reschedule(self, when: float | None) -> None:
         """Move the deadline to loop time ``when`` (``None``: none)."""
-        if self._task is None:
+        if self._task is None or self._done:
             raise RuntimeError("Deadline.reschedule() outside its block")
         if self._expired:
             raise RuntimeError("Deadline.reschedule() after it expired")
@@ -61,7 +57,7 @@ class Deadline:
     def _fire(self) -> None:
         self._timer = None
         when = self._when
-        if when is None or self._task is None:
+        if when is None or self._task is None or self._done:
             return
         if self._loop.time() < when:  # moved later since this timer was armed
             self._timer = self._loop.call_at(when, self._fire)
@@ -90,4 +86,4 @@ class Deadline:
             # Ours, unless someone else cancelled too: then their CancelledError goes on.
             if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
-        self._when = None  # a deadline that stays in the loop's heap finds nothing to do
+        self._done = True  # the block is over: nothing may cancel its task any more

@@ -116,3 +116,5 @@ async def test_misuse_is_an_error() -> None:
     with pytest.raises(RuntimeError):
         async with deadline:
             pass
+    with pytest.raises(RuntimeError):  # after its block: it would cancel the task later
+        deadline.reschedule(loop.time() + 0.01)
