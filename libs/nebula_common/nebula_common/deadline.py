@@ -57,7 +57,7 @@ class Deadline:
     def _fire(self) -> None:
         self._timer = None
         when = self._when
-        if when is None or self._task is None or self._done:
+        if when is None or self._task is None:  # (armed only inside the block, with a time)
             return
         if self._loop.time() < when:  # moved later since this timer was armed
             self._timer = self._loop.call_at(when, self._fire)

@@ -213,7 +213,6 @@ def _bounded_httptools() -> type:
             self.server_state.total_requests += 1
             if self.transport.is_closing():
                 return
-            self._idle_since = None
             self.flow.resume_reading()
             if self.pipeline:
                 cycle, app = self.pipeline.pop()

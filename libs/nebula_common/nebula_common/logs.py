@@ -101,19 +101,25 @@ def command_line(argv: Sequence[str]) -> str:
     return " ".join(redact_argv(argv))
 
 
+_AS_THEY_ARE = frozenset({int, float, bool})
+
+
 def clean(value: Any, depth: int = 0) -> Any:
     """A log field's value with secrets scrubbed; in mappings, secret keys' values hidden."""
     if type(value) is str:
-        return scrub(value)
+        return scrub_value(value)
     if value is None or isinstance(value, int | float):  # bool is an int
         return value
+    # (lists first: the Mapping test is an ABC's, slower, and a list is never one)
+    if depth < 4 and isinstance(value, list | tuple):
+        if all(type(v) is str for v in value):
+            if any(v[:1] == "-" for v in value):
+                return redact_argv(value)  # a list of words may be a command line
+            return [scrub_value(v) for v in value]  # words with no flag (replica ids)
+        return [clean(v, depth + 1) for v in value]
     if depth < 4 and isinstance(value, Mapping):
         return {k: REDACTED if isinstance(k, str) and secret_name(k) else clean(v, depth + 1)
                 for k, v in value.items()}
-    if depth < 4 and isinstance(value, list | tuple):
-        if all(type(v) is str for v in value):
-            return redact_argv(value)  # a list of words may be a command line
-        return [clean(v, depth + 1) for v in value]
     return scrub(str(value))  # what json's default=str would print, scrubbed
 
 
@@ -127,15 +133,12 @@ def scrubbed_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Log fields scrubbed: runs for every access-log line, so plain values go shortest."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        kind = type(value)
         if secret_name(key):
             out[key] = REDACTED
-        elif kind is str:
+        elif type(value) is str:
             out[key] = scrub_value(value)
-        elif value is None or kind is int or kind is float or kind is bool:
+        elif value is None or type(value) in _AS_THEY_ARE:  # clean()'s own, without its call
             out[key] = value
-        elif kind is list and all(type(v) is str and v[:1] != "-" for v in value):
-            out[key] = [scrub_value(v) for v in value]  # words, but not a command line
         else:
             out[key] = clean(value)
     return out
