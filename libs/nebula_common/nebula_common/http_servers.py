@@ -69,10 +69,12 @@ Serving = Callable[[asyncio.Event], Awaitable[None]]
 def uvicorn_serving(app: Quart | ASGIApp, sock: socket.socket) -> Serving:
     import uvicorn
 
+    from .uvicorn_protocol import LeanHttpTools
+
     config = uvicorn.Config(
         # lifespan on: the gateway's Quart start-up and shut-down hooks (its loops, the key
         # watch, the last usage written) run on every server alike.
-        app, loop="none", http=_bounded_httptools(), lifespan="on", access_log=False,
+        app, loop="none", http=LeanHttpTools, lifespan="on", access_log=False,
         log_config=None, proxy_headers=False, server_header=False, timeout_keep_alive=75,
         timeout_graceful_shutdown=5, backlog=LISTEN_BACKLOG,
     )
@@ -158,85 +160,3 @@ def hypercorn_serving(app: Quart | ASGIApp, sock: socket.socket,
         sock.detach()  # hypercorn closed it
 
     return serving
-
-
-def _bounded_httptools() -> type:
-    """uvicorn's httptools protocol with a bound on the request head, writing each
-    response head together with its body's first bytes.
-
-    httptools keeps a header however long it grows, so a client sending megabytes
-    of header would be held in memory; here the bytes read while the head is not
-    complete are counted, and past :data:`MAX_HEAD_BYTES` (plus at most one read)
-    the client gets 400 and is closed.
-    """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    from .coalescing_transport import HeadHoldingTransport
-
-    class BoundedHttpTools(HttpToolsProtocol):
-        _head_bytes = 0
-        _in_head = True
-        # One keep-alive timer per connection, not one armed and cancelled per request:
-        # it re-arms itself for the rest of the wait when the connection was busy since.
-        _idle_since: float | None = None
-        _idle_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            # head and first body bytes in one write (see coalescing_transport)
-            super().connection_made(cast(asyncio.Transport, HeadHoldingTransport(
-                cast(asyncio.Transport, transport))))
-
-        def data_received(self, data: bytes) -> None:
-            counting = self._in_head
-            if counting:
-                self._head_bytes += len(data)
-            super().data_received(data)
-            # Checked after parsing: a read that ends the head may carry body bytes.
-            if (counting and self._in_head and self._head_bytes > MAX_HEAD_BYTES
-                    and not self.transport.is_closing()):
-                self._in_head = False
-                self.send_400_response("Request head too large.")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_head, self._head_bytes = True, 0
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            super().on_headers_complete()
-
-        def _unset_keepalive_if_required(self) -> None:
-            self._idle_since = None  # busy: the timer, if armed, finds out when it fires
-
-        def on_response_complete(self) -> None:
-            # uvicorn's, but for the keep-alive timer (uvicorn arms one per response)
-            self.server_state.total_requests += 1
-            if self.transport.is_closing():
-                return
-            self.flow.resume_reading()
-            if self.pipeline:
-                cycle, app = self.pipeline.pop()
-                self._start_asgi_task(cycle, app)
-                return
-            self._idle_since = self.loop.time()
-            if self._idle_timer is None:
-                self._idle_timer = self.loop.call_later(self.timeout_keep_alive,
-                                                        self._keep_alive_due)
-
-        def _keep_alive_due(self) -> None:
-            self._idle_timer = None
-            if self._idle_since is None:  # serving: the next response arms it again
-                return
-            rest = self._idle_since + self.timeout_keep_alive - self.loop.time()
-            if rest > 0:
-                self._idle_timer = self.loop.call_later(rest, self._keep_alive_due)
-            else:
-                self.timeout_keep_alive_handler()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            super().connection_lost(exc)
-
-    return BoundedHttpTools

@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from nebula_common.asgi import Receive, Scope, Send
-from nebula_common.http_servers import _bounded_httptools
+from nebula_common.uvicorn_protocol import LeanHttpTools
 
 KEEP_ALIVE_S = 0.3
 REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
@@ -30,7 +30,7 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 async def port() -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(echo, loop="none", http=_bounded_httptools(), lifespan="off",
+    config = uvicorn.Config(echo, loop="none", http=LeanHttpTools, lifespan="off",
                             access_log=False, log_config=None, timeout_keep_alive=KEEP_ALIVE_S)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))

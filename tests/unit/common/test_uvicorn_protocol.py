@@ -1,0 +1,237 @@
+"""LeanHttpTools under a real uvicorn.Server on loopback: what the app sees, what goes on
+the wire, and how many writes it takes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from nebula_common.asgi import Message, Receive, Scope, Send
+from nebula_common.uvicorn_protocol import LeanHttpTools
+
+WRITES: list[bytes] = []  # every transport.write of the server, in order
+SEEN: list[Any] = []  # what the apps record
+RELEASE: list[asyncio.Event] = []  # a stream waits on this before its first chunk
+
+
+class Counting(LeanHttpTools):
+    """The protocol itself, its transport's writes recorded."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        real = transport.write  # type: ignore[attr-defined]
+
+        def write(data: bytes) -> None:
+            WRITES.append(bytes(data))
+            real(data)
+
+        transport.write = write  # type: ignore[attr-defined]
+        super().connection_made(transport)
+
+
+async def read_all(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        body += message["body"]
+        if not message["more_body"]:
+            return body
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    SEEN.append({k: scope[k] for k in ("method", "path", "raw_path", "query_string",
+                                         "http_version")})
+    if path == "/echo":
+        body = await read_all(receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"Content-Length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/stream":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await RELEASE[-1].wait()
+        for word in (b"one", b"two"):
+            await send({"type": "http.response.body", "body": word, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif path == "/watch":  # the body, then a receive that must end with the client
+        await read_all(receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        SEEN.append(await asyncio.wait_for(receive(), 10))
+    elif path == "/two-watchers":  # two receive() calls wait at once; one is cancelled
+        await read_all(receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        first = asyncio.ensure_future(receive())
+        second = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        first.cancel()
+        SEEN.append(await asyncio.wait_for(second, 10))
+    elif path == "/fail":
+        raise ValueError("the app broke")
+    elif path == "/bad-header":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-evil", b"a\r\nset-cookie: b")]})
+    elif path == "/too-long":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        try:
+            await send({"type": "http.response.body", "body": b"three"})
+        except RuntimeError as exc:
+            SEEN.append(str(exc))
+            raise
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    WRITES.clear()
+    SEEN.clear()
+    RELEASE[:] = [asyncio.Event()]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, loop="none", http=Counting, lifespan="off",
+                            access_log=False, log_config=None, server_header=False)
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_an_answer_leaves_in_one_write_head_and_body(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n\r\nhello")
+    head, body = await response(reader)
+    assert body == b"hello"
+    assert head.startswith(b"HTTP/1.1 200 OK\r\ndate: ")
+    assert b"content-length: 5\r\n" in head  # names go out lower-cased
+    assert WRITES == [head + body]
+    assert SEEN == [{"method": "POST", "path": "/echo", "raw_path": b"/echo",
+                     "query_string": b"", "http_version": "1.1"}]
+    writer.close()
+
+
+async def test_a_stream_head_leaves_before_its_first_chunk(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # chunks not released
+    assert b"transfer-encoding: chunked\r\n" in head
+    RELEASE[-1].set()
+    rest = b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+    assert await asyncio.wait_for(reader.readexactly(len(rest)), 5) == rest
+    assert WRITES == [head, b"3\r\none\r\n", b"3\r\ntwo\r\n", b"0\r\n\r\n"]
+    writer.close()
+
+
+async def test_query_percent_and_absolute_targets_are_parsed(port: int) -> None:
+    reader, writer = await connect(port)
+    for target in (b"/echo?a=1", b"/ec%68o", b"http://t/echo?b=2"):
+        writer.write(b"POST " + target + b" HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n")
+        await response(reader)
+    assert [(s["path"], s["raw_path"], s["query_string"]) for s in SEEN] == [
+        ("/echo", b"/echo", b"a=1"), ("/echo", b"/ec%68o", b""), ("/echo", b"/echo", b"b=2")]
+    writer.close()
+
+
+async def test_a_body_in_parts_after_100_continue(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n"
+                 b"expect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+        b"HTTP/1.1 100 Continue\r\n\r\n")
+    writer.write(b"hello")
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the two halves arrive as two reads
+    writer.write(b"world")
+    assert (await response(reader))[1] == b"helloworld"
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"".join(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\n%d" % i
+                          for i in range(3)))
+    assert [(await response(reader))[1] for _ in range(3)] == [b"0", b"1", b"2"]
+    writer.close()
+
+
+async def test_head_requests_get_the_head_only(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"HEAD /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+    RELEASE[-1].set()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nok")
+    assert (await response(reader))[1] == b"ok"  # no body bytes came between
+    writer.close()
+
+
+async def test_the_disconnect_watch_ends_when_the_client_goes(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"POST /watch HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\nx")
+    await asyncio.wait_for(reader.readuntil(b"1\r\nx\r\n"), 5)
+    writer.close()
+    for _ in range(500):
+        if len(SEEN) == 2:
+            break
+        await asyncio.sleep(0.01)
+    message: Message = SEEN[1]
+    assert message == {"type": "http.disconnect"}
+
+
+async def test_a_cancelled_receive_leaves_the_other_waiting(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"POST /two-watchers HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\nx")
+    await asyncio.wait_for(reader.readuntil(b"1\r\nx\r\n"), 5)
+    writer.close()
+    for _ in range(500):
+        if len(SEEN) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert SEEN[1] == {"type": "http.disconnect"}
+
+
+async def test_an_app_that_fails_before_answering_gets_500_and_close(port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"GET /fail HTTP/1.1\r\nhost: t\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # read() to EOF: closed after it
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\ndate: ")
+    assert data.endswith(b"connection: close\r\n\r\nInternal Server Error")
+    writer.close()
+
+
+@pytest.mark.parametrize("path", ["/bad-header", "/too-long"])
+async def test_a_response_that_cannot_go_on_the_wire_closes_the_connection(
+        port: int, path: str) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nhost: t\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert b"set-cookie" not in data and b"three" not in data
+    if path == "/too-long":
+        assert SEEN[-1] == "Response content longer than Content-Length"
+    writer.close()
