@@ -398,6 +398,105 @@ def evaluate_targets(rows: Sequence[Row], ttft_means: dict[str, float],
     return results
 
 
+# -- CPU per forwarded chunk -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkCost:
+    """One process's CPU per forwarded chunk on one path, round by round."""
+
+    path: str
+    proc: str  # "router" or "gateway": whose CPU
+    micros: Spread
+
+
+CHUNK_TARGET = 0.5
+"""Issue 17: the CPU per forwarded chunk at least halved on both hops. Hypercorn was the
+server when the issue was filed; its rows in the same run stand for that baseline (they
+also carry every later change to the proxy code, so the bound is the harder one)."""
+
+
+def chunk_procs(path: str) -> list[str]:
+    """The processes whose per-chunk cost a path shows (the peers: the hop they stand in)."""
+    if path in PEER_HOPS:
+        return [PEER_HOPS[path]]
+    return {"router": ["router"], "gateway": ["gateway", "router"]}.get(hop(path), [])
+
+
+def per_chunk_costs(samples: Iterable[Sample], long: str, short: str, extra_chunks: int
+                    ) -> list[ChunkCost]:
+    """CPU microseconds per forwarded chunk, from two paced scenarios that differ only in
+    the chunks per stream: per round, (CPU per request of ``long``) - (CPU per request of
+    ``short``), over the ``extra_chunks`` between them. What a request costs once (its
+    head, routing, access line) is in both and cancels."""
+    samples = list(samples)
+    runs = {(s.scenario, s.path, s.round): s for s in samples}
+    paths = sorted(dict.fromkeys(s.path for s in samples if s.scenario == long),
+                   key=_path_order)
+    out: list[ChunkCost] = []
+    for path in paths:
+        for proc in chunk_procs(path):
+            values = []
+            for (scenario, p, rnd), a in runs.items():
+                b = runs.get((short, path, rnd))
+                if (scenario != long or p != path or b is None or not a.requests
+                        or not b.requests or proc not in a.cpu_s or proc not in b.cpu_s):
+                    continue
+                values.append(1e6 * (a.cpu_s[proc] / a.requests - b.cpu_s[proc] / b.requests)
+                              / extra_chunks)
+            if values:
+                out.append(ChunkCost(path, proc, spread(values)))
+    return out
+
+
+CHUNK_HEADERS = ("path", "CPU of", "us per chunk", "min..max", "rounds", "/ hypercorn's",
+                 "/ vllm-router's")
+
+
+def _chunk_of(costs: Sequence[ChunkCost], path: str, proc: str) -> float:
+    for c in costs:
+        if c.path == path and c.proc == proc:
+            return c.micros.median
+    return math.nan
+
+
+def _over(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if math.isfinite(value) and math.isfinite(base) and base > 0 \
+        else "-"
+
+
+def chunk_table_rows(costs: Sequence[ChunkCost], default_server: str = "") -> list[list[str]]:
+    rows = []
+    for c in costs:
+        base = hop(c.path)
+        hypercorn = (_chunk_of(costs, server_path(base, "hypercorn"), c.proc)
+                     if c.path not in PEER_HOPS else math.nan)
+        rows.append([path_label(c.path, default_server), c.proc, fmt(c.micros.median, 1),
+                     f"{fmt(c.micros.low, 1)}..{fmt(c.micros.high, 1)}", str(c.micros.n),
+                     _over(c.micros.median, hypercorn) if c.path != server_path(
+                         base, "hypercorn") else "-",
+                     _over(c.micros.median, _chunk_of(costs, "vllm-router", "router"))
+                     if c.proc == "router" and c.path != "vllm-router" else "-"])
+    return rows
+
+
+def chunk_targets(costs: Sequence[ChunkCost]) -> list[TargetResult]:
+    """Issue 17's per-chunk bound on each hop of the configured server, where Hypercorn ran
+    beside it."""
+    results = []
+    for path in ("router", "gateway"):
+        value = _chunk_of(costs, path, path)
+        base = _chunk_of(costs, server_path(path, "hypercorn"), path)
+        ratio = value / base if math.isfinite(value) and math.isfinite(base) and base else math.nan
+        shown = "-" if math.isnan(ratio) else (
+            f"{ratio:.2f}x ({fmt(value, 1)} vs {fmt(base, 1)} us)")
+        results.append(TargetResult(
+            f"chunk_cost:{path}",
+            f"CPU per forwarded chunk <= {CHUNK_TARGET:g}x Hypercorn's, same run "
+            f"({path} process; issue 17)", shown, _check(ratio, ratio <= CHUNK_TARGET)))
+    return results
+
+
 # -- page text: the side-by-side section -------------------------------------------------------
 
 

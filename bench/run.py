@@ -53,6 +53,10 @@ from .stats import (
 )
 
 PACED_MODEL = "bench-paced"
+PACED_SHORT_MODEL = "bench-paced16"
+PACED_CHUNKS, PACED_SHORT_CHUNKS = 64, 16
+"""The paced streams' lengths: the CPU per forwarded chunk is the difference of the two
+scenarios' CPU per request over the 48 chunks between them (report.per_chunk_costs)."""
 PREFIX_MODEL = "bench-prefix"
 POLICIES = ("round_robin", "least_load", "prefix")
 DOC = REPO / "docs" / "benchmarks.md"
@@ -79,6 +83,7 @@ class Scenario:
 CHAT_C1, CHAT_C64 = "chat c1", "chat c64"
 STREAM_C1, STREAM_C64 = "stream64 c1", "stream64 c64"
 PACED_C64, PACED_C1000 = "paced10ms c64", "paced10ms c1000"
+PACED_SHORT_C64 = "paced10ms/16 c64"
 
 SCENARIOS = (
     Scenario(CHAT_C1, MODEL, False, 1),
@@ -86,6 +91,7 @@ SCENARIOS = (
     Scenario(STREAM_C1, MODEL, True, 1),
     Scenario(STREAM_C64, MODEL, True, 64),
     Scenario(PACED_C64, PACED_MODEL, True, 64),
+    Scenario(PACED_SHORT_C64, PACED_SHORT_MODEL, True, 64),
     Scenario(PACED_C1000, PACED_MODEL, True, 1000),
 )
 
@@ -193,7 +199,7 @@ def client_for(scenario: Scenario, choice: str) -> str:
     """``auto``: wrk for the instant nginx answers, the drained raw client for paced streams."""
     if choice != "auto":
         return choice
-    return "raw" if scenario.model == PACED_MODEL else "wrk"
+    return "raw" if scenario.model in (PACED_MODEL, PACED_SHORT_MODEL) else "wrk"
 
 
 def load_once(url: str, scenario: Scenario, duration_s: float, client: str,
@@ -309,7 +315,8 @@ def check_paths(hops: Sequence[Hop], say: Callable[[str], None]) -> None:
 
 
 def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[str],
-               standin: Replica, paced: Replica, say: Callable[[str], None]) -> list[Hop]:
+               standin: Replica, paced: dict[str, Replica], say: Callable[[str], None]
+               ) -> list[Hop]:
     """direct, router and gateway+router (the configured server, already running), the same
     under each other ``--servers`` value, and the peers with ``--peers``.
 
@@ -317,9 +324,10 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
     :func:`stop_extra_hops` relies on.
     """
     chat = "/v1/chat/completions"
-    models = (MODEL, PACED_MODEL)
+    models = (MODEL, *paced)
     router, gateway = bench.pid("router"), bench.pid("gateway")
-    direct = Hop("direct", {MODEL: standin.base_url + chat, PACED_MODEL: paced.base_url + chat},
+    direct = Hop("direct", {MODEL: standin.base_url + chat,
+                            **{m: r.base_url + chat for m, r in paced.items()}},
                  {"router": router, "gateway": gateway})
     routers = [Hop("router", {m: bench.router_url + chat for m in models}, {"router": router})]
     gateways = [Hop("gateway", {m: bench.gateway_url + chat for m in models},
@@ -343,14 +351,15 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
     if args.peers:
         say("  starting vllm-router (on nginx and on the pacer) and LiteLLM's proxy ...")
         v_url = peers.start_vllm_router(bench, standin.base_url)
-        # vllm-router routes by worker, not by model: a second one fronts the paced streams
-        paced_name = f"{peers.VLLM_ROUTER}-paced"
-        vp_url = peers.start_vllm_router(bench, paced.base_url, name=paced_name)
-        l_url = peers.start_litellm(bench, standin.base_url + "/v1")
         routers.append(Hop(peers.VLLM_ROUTER, {MODEL: v_url + chat},
                            {"router": bench.pid(peers.VLLM_ROUTER)}))
-        routers.append(Hop(peers.VLLM_ROUTER, {PACED_MODEL: vp_url + chat},
-                           {"router": bench.pid(paced_name)}, process=paced_name))
+        # vllm-router routes by worker, not by model: one more fronts each paced stand-in
+        for model, replica in paced.items():
+            name = f"{peers.VLLM_ROUTER}-{model}"
+            url = peers.start_vllm_router(bench, replica.base_url, name=name)
+            routers.append(Hop(peers.VLLM_ROUTER, {model: url + chat},
+                               {"router": bench.pid(name)}, process=name))
+        l_url = peers.start_litellm(bench, standin.base_url + "/v1")
         # LiteLLM keeps serving what a client gave up on, and at 64 streams not one ends
         # inside a 5 s wrk window: the drained client counts every request it started
         # (64 streams took 27-31 s on a busy 2-core box, hence the longer drain).
@@ -359,6 +368,22 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
                             stream_model=peers.LITELLM_STREAM_MODEL, client="raw",
                             drain_s=120.0))
     return [direct, *routers, *gateways]
+
+
+def start_paced(bench: Bench, engine: str) -> tuple[dict[str, Replica], dict[str, str]]:
+    """The two paced stand-ins (64 and 16 chunks), and each model's engine process name."""
+    paced: dict[str, Replica] = {}
+    engines = {MODEL: "nginx"}
+    for model, chunks in ((PACED_MODEL, PACED_CHUNKS), (PACED_SHORT_MODEL, PACED_SHORT_CHUNKS)):
+        name = f"{engine}-{model}"
+        if engine == "sim":
+            paced[model] = bench.start_sim(name, model, "r0", [
+                "--itl-ms", "10", "--output-tokens", str(chunks), "--ttft-ms", "0",
+                "--prefix-cache-blocks", "0"])
+        else:
+            paced[model] = bench.start_pacer(name, model, interval_ms=10, chunks=chunks)
+        engines[model] = name
+    return paced, engines
 
 
 def stop_extra_hops(bench: Bench, hops: Sequence[Hop]) -> None:
@@ -462,6 +487,11 @@ MISS_NOTES = {
         "(client and stand-in). The accept queue no longer adds seconds (our own accept "
         "loop, in the findings below); what is left needs cores this machine does not "
         "have: on one with spare cores, `--workers N` on one SO_REUSEPORT port."),
+    "chunk_cost": (
+        "Per chunk each hop still has one wake-up of the request's task, one read and one "
+        "write: about a third of it is the kernel's (the two system calls and the "
+        "loopback) and a fifth uvloop's; the Python left is the ASGI message and the "
+        "frame check (findings: 'The HTTP server, per chunk')."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "
@@ -474,7 +504,7 @@ FINDINGS = Path(__file__).resolve().parent / "findings.md"
 def render_doc(info: dict[str, str], args: argparse.Namespace, request_text: str,
                routing_text: str, targets: Sequence[report.TargetResult],
                workload: Workload, cache_blocks: int, prefill_ms: float,
-               ratio_text: str = "") -> str:
+               ratio_text: str = "", chunk_text: str = "") -> str:
     extra_args = "".join(f", {name} flags `{value}`" for name, value in (
         ("router", args.router_args), ("gateway", args.gateway_args)) if value)
     paced_note = (
@@ -554,6 +584,8 @@ Scenarios:
   630 ms). nginx cannot space the chunks of one response, so this stand-in is
   `bench/pacer.py`, a raw uvloop protocol that writes every open stream's next chunk
   from one shared 10 ms timer ({paced_note}).
+- `paced10ms/16 cN`: the same with 16 chunks, from a second stand-in; it is there for the
+  CPU per forwarded chunk below.
 
 nginx picks the streamed or the non-streamed answer by the `User-Agent` header
 (`nebula-bench-stream`), because that header crosses both hops unchanged; the body is
@@ -568,6 +600,20 @@ only records requests that complete inside its window; with answers of 0.6 s and
 1,000 connections that leaves out a third or more of the requests, the slowest ones by
 construction, so its percentiles would describe the survivors. req/s of the paced rows
 is every completed request over the whole run, drain included.
+
+### CPU per forwarded chunk
+
+Each process's CPU per request in `{PACED_C64}` less its CPU per request in
+`{PACED_SHORT_C64}`, over the {PACED_CHUNKS - PACED_SHORT_CHUNKS} chunks between them, round
+by round (the two ran in the same round): what a request costs once (its head, the
+routing, the access line) is in both and cancels, and what is left is the cost of one
+chunk through that hop: one wake-up, one read and one write.
+`/ hypercorn's` is against the same process under `--http-server hypercorn` in this run,
+the server the router and the gateway ran when issue 17 asked for this cost halved.
+
+```
+{chunk_text or "(not measured: this run had no paced scenarios)"}
+```
 
 ## Side by side: the HTTP servers and the peers
 
@@ -627,17 +673,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"starting etcd, nginx, {args.paced_engine}, router, gateway under {run_dir} ...")
         bench.start_etcd()
         standin = bench.start_nginx(MODEL)
-        if args.paced_engine == "sim":
-            paced = bench.start_sim("sim-paced", PACED_MODEL, "r0",
-                                    ["--itl-ms", "10", "--output-tokens", "64", "--ttft-ms", "0",
-                                     "--prefix-cache-blocks", "0"])
-        else:
-            paced = bench.start_pacer("pacer", PACED_MODEL, interval_ms=10, chunks=64)
+        paced, engines = start_paced(bench, args.paced_engine)
         bench.register(MODEL, "vllm", [standin])
-        bench.register(PACED_MODEL, paced.engine, [paced])
+        for model, replica in paced.items():
+            bench.register(model, replica.engine, [replica])
         bench.start_router(shlex.split(args.router_args))
-        bench.wait_routable(MODEL, 1)
-        bench.wait_routable(PACED_MODEL, 1)
+        for model in (MODEL, *paced):
+            bench.wait_routable(model, 1)
         gateway_flags = shlex.split(args.gateway_args) + (
             keyed_gateway_args(run_dir) if args.api_key else [])
         bench.start_gateway(gateway_flags)
@@ -645,8 +687,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_paths(hops, say)
         if scenarios:
             say("request path (wrk):")
-            engines = {MODEL: "nginx",
-                       PACED_MODEL: "sim-paced" if args.paced_engine == "sim" else "pacer"}
             samples = run_request_path(bench, hops, engines, scenarios, args, say,
                                        shown_server)
         stop_extra_hops(bench, hops)
@@ -672,11 +712,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     routing_text = report.text_table(ROUTING_HEADERS, routing_rows(routing))
     targets = report.evaluate_targets(rows, {r.policy: r.ttft_ms["mean"] for r in routing},
                                       chat=CHAT_C1, stream=STREAM_C1, paced_wide=PACED_C1000)
+    chunk_costs = report.per_chunk_costs(samples, PACED_C64, PACED_SHORT_C64,
+                                         PACED_CHUNKS - PACED_SHORT_CHUNKS)
+    chunk_text = (report.text_table(report.CHUNK_HEADERS,
+                                    report.chunk_table_rows(chunk_costs, shown_server))
+                  if chunk_costs else "")
+    targets += report.chunk_targets(chunk_costs)
     say("")
     say(request_text)
     if ratio_text:
         say("")
         say(ratio_text)
+    if chunk_text:
+        say("")
+        say(chunk_text)
     say("")
     say(routing_text)
     say("")
@@ -690,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_doc:
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(render_doc(info, args, request_text, routing_text, targets,
-                                       workload, cache_blocks, prefill_ms, ratio_text))
+                                       workload, cache_blocks, prefill_ms, ratio_text,
+                                       chunk_text))
         say(f"wrote {args.doc}")
     return 0
 

@@ -1,0 +1,65 @@
+"""CPU per forwarded chunk from the long and the short paced streams (bench/report.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.report import Sample, chunk_table_rows, chunk_targets, per_chunk_costs
+
+LONG, SHORT = "paced10ms c64", "paced10ms/16 c64"
+
+
+def run(scenario: str, path: str, rnd: int, requests: int, **cpu: float) -> Sample:
+    return Sample(scenario, path, rnd, requests, 5.0, 600.0, 650.0, 0, dict(cpu))
+
+
+def rounds(path: str, per_chunk: dict[str, list[float]], once: float = 300.0) -> list[Sample]:
+    """Samples whose processes spend ``once`` us per request plus the given us per chunk
+    (one value per round), 100 requests of 64 and of 16 chunks."""
+    out = []
+    for rnd in range(len(next(iter(per_chunk.values())))):
+        for scenario, chunks in ((LONG, 64), (SHORT, 16)):
+            cpu = {p: 100 * (once + chunks * v[rnd]) / 1e6 for p, v in per_chunk.items()}
+            out.append(run(scenario, path, rnd, 100, **cpu))
+    return out
+
+
+def test_the_per_request_part_cancels_and_each_round_counts() -> None:
+    samples = (rounds("router", {"router": [20.0, 24.0, 22.0]}, once=900)
+               + rounds("gateway", {"router": [20.0] * 3, "gateway": [30.0] * 3})
+               + [run(LONG, "direct", r, 100) for r in range(3)])
+    costs = {(c.path, c.proc): c.micros for c in per_chunk_costs(samples, LONG, SHORT, 48)}
+    assert set(costs) == {("router", "router"), ("gateway", "gateway"), ("gateway", "router")}
+    assert costs[("router", "router")].median == pytest.approx(22.0)
+    assert (costs[("router", "router")].low, costs[("router", "router")].high) == (
+        pytest.approx(20.0), pytest.approx(24.0))
+    assert costs[("gateway", "gateway")].median == pytest.approx(30.0)
+
+
+def test_a_round_without_its_short_run_is_left_out() -> None:
+    samples = rounds("router", {"router": [20.0, 40.0]})
+    samples = [s for s in samples if not (s.round == 1 and s.scenario == SHORT)]
+    [cost] = per_chunk_costs(samples, LONG, SHORT, 48)
+    assert cost.micros.n == 1 and cost.micros.median == pytest.approx(20.0)
+
+
+def test_hypercorn_sets_the_bound_on_each_hop() -> None:
+    samples = (rounds("router", {"router": [18.0]}) + rounds("router@hypercorn", {"router": [40.0]})
+               + rounds("gateway", {"router": [19.0], "gateway": [30.0]})
+               + rounds("gateway@hypercorn", {"router": [40.0], "gateway": [50.0]})
+               + rounds("vllm-router", {"router": [10.0]}))
+    costs = per_chunk_costs(samples, LONG, SHORT, 48)
+    router, gateway = chunk_targets(costs)
+    assert router.passed is True and router.measured.startswith("0.45x (18.0 vs 40.0 us)")
+    assert gateway.passed is False and gateway.measured.startswith("0.60x")
+    rows = {(r[0], r[1]): r for r in chunk_table_rows(costs, "uvicorn")}
+    assert rows[("router (uvicorn)", "router")][5:] == ["0.45x", "1.80x"]
+    assert rows[("router (hypercorn)", "router")][5] == "-"  # not against itself
+    assert rows[("gateway+router (uvicorn)", "gateway")][5:] == ["0.60x", "-"]
+    assert rows[("vllm-router", "router")][5:] == ["-", "-"]
+
+
+def test_without_hypercorn_or_paced_runs_there_is_no_verdict() -> None:
+    assert [t.passed for t in chunk_targets(per_chunk_costs(
+        rounds("router", {"router": [20.0]}), LONG, SHORT, 48))] == [None, None]
+    assert per_chunk_costs([run(LONG, "router", 0, 100, router=1.0)], LONG, SHORT, 48) == []
