@@ -4,14 +4,13 @@ for the rest of the wait, closes an idle connection on time and never a busy one
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 
 from nebula_common.asgi import Receive, Scope, Send
 from nebula_common.uvicorn_protocol import LeanHttpTools
+from tests.support.uvicorn_server import serving
 
 KEEP_ALIVE_S = 0.3
 REQUEST = b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\nhi"
@@ -28,20 +27,8 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(echo, loop="none", http=LeanHttpTools, lifespan="off",
-                            access_log=False, log_config=None, timeout_keep_alive=KEEP_ALIVE_S)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(echo, LeanHttpTools, timeout_keep_alive=KEEP_ALIVE_S) as bound:
+        yield bound
 
 
 async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:

@@ -4,15 +4,14 @@ the wire, and how many writes it takes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from nebula_common.asgi import Message, Receive, Scope, Send
 from nebula_common.uvicorn_protocol import LeanHttpTools
+from tests.support.uvicorn_server import serving
 
 WRITES: list[bytes] = []  # every transport.write of the server, in order
 SEEN: list[Any] = []  # what the apps record
@@ -97,20 +96,8 @@ async def port() -> AsyncIterator[int]:
     WRITES.clear()
     SEEN.clear()
     RELEASE[:] = [asyncio.Event()]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, loop="none", http=Counting, lifespan="off",
-                            access_log=False, log_config=None, server_header=False)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(app, Counting, server_header=False) as bound:
+        yield bound
 
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -191,9 +178,13 @@ async def test_head_requests_get_the_head_only(port: int) -> None:
     writer.close()
 
 
-async def test_the_disconnect_watch_ends_when_the_client_goes(port: int) -> None:
+@pytest.mark.parametrize("path", ["/watch", "/two-watchers"])
+async def test_the_disconnect_watch_ends_when_the_client_goes(port: int, path: str) -> None:
+    """/two-watchers: two receive() calls wait at once and one is cancelled; the other
+    still hears of the disconnect."""
     reader, writer = await connect(port)
-    writer.write(b"POST /watch HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\nx")
+    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nhost: t\r\ncontent-length: 1"
+                 b"\r\n\r\nx")
     await asyncio.wait_for(reader.readuntil(b"1\r\nx\r\n"), 5)
     writer.close()
     for _ in range(500):
@@ -202,18 +193,6 @@ async def test_the_disconnect_watch_ends_when_the_client_goes(port: int) -> None
         await asyncio.sleep(0.01)
     message: Message = SEEN[1]
     assert message == {"type": "http.disconnect"}
-
-
-async def test_a_cancelled_receive_leaves_the_other_waiting(port: int) -> None:
-    reader, writer = await connect(port)
-    writer.write(b"POST /two-watchers HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\nx")
-    await asyncio.wait_for(reader.readuntil(b"1\r\nx\r\n"), 5)
-    writer.close()
-    for _ in range(500):
-        if len(SEEN) == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert SEEN[1] == {"type": "http.disconnect"}
 
 
 async def test_an_app_that_fails_before_answering_gets_500_and_close(port: int) -> None:
