@@ -60,6 +60,7 @@ class Sample:
     errors: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds
     machine_busy: float = math.nan  # share of all CPUs busy during the run (0..1)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # the load client's, if any
 
     @property
     def rps(self) -> float:

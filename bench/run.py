@@ -253,46 +253,74 @@ class Hop:
         return scenario
 
 
+def scenario_groups(scenarios: Sequence[Scenario]) -> list[list[Scenario]]:
+    """The scenarios in the order they run, each in its group: the short paced streams run
+    with the long ones, round by round and hop by hop, because the CPU per chunk is their
+    difference and must not take in the machine's drift between minutes."""
+    names = {s.name: s for s in scenarios}
+    paired = PACED_C64 in names and PACED_SHORT_C64 in names
+    groups = []
+    for s in scenarios:
+        if paired and s.name == PACED_SHORT_C64:
+            continue
+        groups.append([s, names[PACED_SHORT_C64]] if paired and s.name == PACED_C64 else [s])
+    return groups
+
+
 def run_request_path(bench: Bench, hops: Sequence[Hop], engines: dict[str, str],
                      scenarios: Sequence[Scenario], args: argparse.Namespace,
                      say: Callable[[str], None], default: str = "") -> list[report.Sample]:
-    """Every scenario: warm-up, then ``rounds`` x (every hop that serves it) back to back."""
+    """Every group of scenarios: warm-up, then ``rounds`` x (every hop that serves it) back
+    to back."""
     samples: list[report.Sample] = []
-    for scenario in scenarios:
-        mine = [h for h in hops if scenario.model in h.urls]
-        # Warm-up opens the pools and runs every code path; at most 64 connections, so
-        # that a 1,000-connection scenario does not pay its accept stall twice.
-        warm = dataclasses.replace(scenario, connections=min(scenario.connections, 64))
-        for h in mine:
-            load_once(h.urls[scenario.model], h.scenario_for(warm), args.warmup,
-                      h.client_for(args.client), bench.run_dir, h.drain_s)
+    for group in scenario_groups(scenarios):
+        for scenario in group:
+            # Warm-up opens the pools and runs every code path; at most 64 connections, so
+            # that a 1,000-connection scenario does not pay its accept stall twice.
+            warm = dataclasses.replace(scenario, connections=min(scenario.connections, 64))
+            for h in hops:
+                if scenario.model in h.urls:
+                    load_once(h.urls[scenario.model], h.scenario_for(warm), args.warmup,
+                              h.client_for(args.client), bench.run_dir, h.drain_s)
         for rnd in range(args.rounds):
-            for h in mine:
-                procs = {**h.pids, "engine": bench.pid(engines[scenario.model])}
-                before = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
-                box_before = machine_cpu_totals()
-                result = load_once(h.urls[scenario.model], h.scenario_for(scenario),
-                                   args.duration, h.client_for(args.client), bench.run_dir,
-                                   h.drain_s)
-                box_after = machine_cpu_totals()
-                after = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
-                # A hop without a process for a figure (LiteLLM has no router) costs it 0.
-                cpu = {name: 0.0 for name in report.NEBULA_PROCS}
-                cpu.update({name: ticks_to_seconds(after[name] - before[name], CLK_TCK)
-                            for name in procs})
-                sample = report.Sample(scenario.name, h.path, rnd, result.requests,
-                                       result.duration_s, result.p50_ms, result.p99_ms,
-                                       result.errors, cpu, busy_share(box_before, box_after))
-                samples.append(sample)
-                kinds = result.detail.get("errors", {}) if result.errors else {}
-                say(f"  {scenario.name:16} {report.path_label(h.path, default):26} "
-                    f"round {rnd + 1}: "
-                    f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:8.2f} ms  "
-                    f"p99 {sample.p99_ms:8.2f} ms  errors {sample.errors}  "
-                    f"cpu router {cpu['router']:.2f}s gateway {cpu['gateway']:.2f}s "
-                    f"engine {cpu['engine']:.2f}s  box busy {sample.machine_busy * 100:.0f}%"
-                    + (f"  error kinds {kinds}" if kinds else ""))
+            for h in hops:
+                for scenario in group:
+                    if scenario.model in h.urls:
+                        sample = measure(bench, h, scenario, rnd, engines, args)
+                        samples.append(sample)
+                        say(sample_line(sample, default))
     return samples
+
+
+def measure(bench: Bench, h: Hop, scenario: Scenario, rnd: int, engines: dict[str, str],
+            args: argparse.Namespace) -> report.Sample:
+    """One load run of ``scenario`` on hop ``h``, with the CPU its processes used."""
+    procs = {**h.pids, "engine": bench.pid(engines[scenario.model])}
+    before = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
+    box_before = machine_cpu_totals()
+    result = load_once(h.urls[scenario.model], h.scenario_for(scenario), args.duration,
+                       h.client_for(args.client), bench.run_dir, h.drain_s)
+    box_after = machine_cpu_totals()
+    after = {name: group_cpu_ticks(pid) for name, pid in procs.items()}
+    # A hop without a process for a figure (LiteLLM has no router) costs it 0.
+    cpu = {name: 0.0 for name in report.NEBULA_PROCS}
+    cpu.update({name: ticks_to_seconds(after[name] - before[name], CLK_TCK)
+                for name in procs})
+    kinds = result.detail.get("errors", {}) if result.errors else {}
+    return report.Sample(scenario.name, h.path, rnd, result.requests, result.duration_s,
+                         result.p50_ms, result.p99_ms, result.errors, cpu,
+                         busy_share(box_before, box_after), kinds)
+
+
+def sample_line(sample: report.Sample, default: str) -> str:
+    cpu = sample.cpu_s
+    return (f"  {sample.scenario:16} {report.path_label(sample.path, default):26} "
+            f"round {sample.round + 1}: "
+            f"{sample.rps:8.0f} req/s  p50 {sample.p50_ms:8.2f} ms  "
+            f"p99 {sample.p99_ms:8.2f} ms  errors {sample.errors}  "
+            f"cpu router {cpu['router']:.2f}s gateway {cpu['gateway']:.2f}s "
+            f"engine {cpu['engine']:.2f}s  box busy {sample.machine_busy * 100:.0f}%"
+            + (f"  error kinds {sample.error_kinds}" if sample.error_kinds else ""))
 
 
 def check_paths(hops: Sequence[Hop], say: Callable[[str], None]) -> None:
@@ -349,7 +377,7 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
         gateways.append(Hop(g_name, {m: g_url + chat for m in models},
                             {"router": r_pid, "gateway": g_pid}))
     if args.peers:
-        say("  starting vllm-router (on nginx and on the pacer) and LiteLLM's proxy ...")
+        say("  starting vllm-router (on nginx and on each pacer) and LiteLLM's proxy ...")
         v_url = peers.start_vllm_router(bench, standin.base_url)
         routers.append(Hop(peers.VLLM_ROUTER, {MODEL: v_url + chat},
                            {"router": bench.pid(peers.VLLM_ROUTER)}))
@@ -605,7 +633,8 @@ is every completed request over the whole run, drain included.
 
 Each process's CPU per request in `{PACED_C64}` less its CPU per request in
 `{PACED_SHORT_C64}`, over the {PACED_CHUNKS - PACED_SHORT_CHUNKS} chunks between them, round
-by round (the two ran in the same round): what a request costs once (its head, the
+by round (in each round the two ran back to back on each path, so both saw the same
+minute of the machine): what a request costs once (its head, the
 routing, the access line) is in both and cancels, and what is left is the cost of one
 chunk through that hop: one wake-up, one read and one write.
 `/ hypercorn's` is against the same process under `--http-server hypercorn` in this run,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.report import Sample, chunk_table_rows, chunk_targets, per_chunk_costs
+from bench.run import SCENARIOS, scenario_groups
 
 LONG, SHORT = "paced10ms c64", "paced10ms/16 c64"
 
@@ -63,3 +64,12 @@ def test_without_hypercorn_or_paced_runs_there_is_no_verdict() -> None:
     assert [t.passed for t in chunk_targets(per_chunk_costs(
         rounds("router", {"router": [20.0]}), LONG, SHORT, 48))] == [None, None]
     assert per_chunk_costs([run(LONG, "router", 0, 100, router=1.0)], LONG, SHORT, 48) == []
+
+
+def test_the_short_paced_streams_run_with_the_long_ones() -> None:
+    names = [[s.name for s in g] for g in scenario_groups(SCENARIOS)]
+    assert ["paced10ms c64", "paced10ms/16 c64"] in names
+    assert [n for g in names for n in g] == [
+        "chat c1", "chat c64", "stream64 c1", "stream64 c64", LONG, SHORT, "paced10ms c1000"]
+    alone = [s for s in SCENARIOS if s.name != LONG]  # without its partner: on its own
+    assert [[s.name for s in g] for g in scenario_groups(alone)] == [[s.name] for s in alone]
