@@ -430,18 +430,16 @@ def per_chunk_costs(samples: Iterable[Sample], long: str, short: str, extra_chun
     the chunks per stream: per round, (CPU per request of ``long``) - (CPU per request of
     ``short``), over the ``extra_chunks`` between them. What a request costs once (its
     head, routing, access line) is in both and cancels."""
-    samples = list(samples)
-    runs = {(s.scenario, s.path, s.round): s for s in samples}
-    paths = sorted(dict.fromkeys(s.path for s in samples if s.scenario == long),
-                   key=_path_order)
+    longs = [s for s in samples if s.scenario == long]
+    shorts = {(s.path, s.round): s for s in samples if s.scenario == short}
     out: list[ChunkCost] = []
-    for path in paths:
+    for path in sorted(dict.fromkeys(s.path for s in longs), key=_path_order):
         for proc in chunk_procs(path):
             values = []
-            for (scenario, p, rnd), a in runs.items():
-                b = runs.get((short, path, rnd))
-                if (scenario != long or p != path or b is None or not a.requests
-                        or not b.requests or proc not in a.cpu_s or proc not in b.cpu_s):
+            for a in longs:
+                b = shorts.get((path, a.round))
+                if (a.path != path or b is None or not a.requests or not b.requests
+                        or proc not in a.cpu_s or proc not in b.cpu_s):
                     continue
                 values.append(1e6 * (a.cpu_s[proc] / a.requests - b.cpu_s[proc] / b.requests)
                               / extra_chunks)
@@ -461,9 +459,14 @@ def _chunk_of(costs: Sequence[ChunkCost], path: str, proc: str) -> float:
     return math.nan
 
 
+def _ratio(value: float, base: float) -> float:
+    """value / base, NaN when either was not measured."""
+    return value / base if math.isfinite(value) and math.isfinite(base) and base > 0 else math.nan
+
+
 def _over(value: float, base: float) -> str:
-    return f"{value / base:.2f}x" if math.isfinite(value) and math.isfinite(base) and base > 0 \
-        else "-"
+    ratio = _ratio(value, base)
+    return "-" if math.isnan(ratio) else f"{ratio:.2f}x"
 
 
 def chunk_table_rows(costs: Sequence[ChunkCost], default_server: str = "") -> list[list[str]]:
@@ -488,7 +491,7 @@ def chunk_targets(costs: Sequence[ChunkCost]) -> list[TargetResult]:
     for path in ("router", "gateway"):
         value = _chunk_of(costs, path, path)
         base = _chunk_of(costs, server_path(path, "hypercorn"), path)
-        ratio = value / base if math.isfinite(value) and math.isfinite(base) and base else math.nan
+        ratio = _ratio(value, base)
         shown = "-" if math.isnan(ratio) else (
             f"{ratio:.2f}x ({fmt(value, 1)} vs {fmt(base, 1)} us)")
         results.append(TargetResult(

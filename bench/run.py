@@ -55,8 +55,10 @@ from .stats import (
 PACED_MODEL = "bench-paced"
 PACED_SHORT_MODEL = "bench-paced16"
 PACED_CHUNKS, PACED_SHORT_CHUNKS = 64, 16
-"""The paced streams' lengths: the CPU per forwarded chunk is the difference of the two
-scenarios' CPU per request over the 48 chunks between them (report.per_chunk_costs)."""
+PACED_STREAMS = {PACED_MODEL: PACED_CHUNKS, PACED_SHORT_MODEL: PACED_SHORT_CHUNKS}
+"""The paced stand-ins' models and chunks per stream: the CPU per forwarded chunk is the
+difference of the two scenarios' CPU per request over the 48 chunks between them
+(report.per_chunk_costs)."""
 PREFIX_MODEL = "bench-prefix"
 POLICIES = ("round_robin", "least_load", "prefix")
 DOC = REPO / "docs" / "benchmarks.md"
@@ -199,7 +201,7 @@ def client_for(scenario: Scenario, choice: str) -> str:
     """``auto``: wrk for the instant nginx answers, the drained raw client for paced streams."""
     if choice != "auto":
         return choice
-    return "raw" if scenario.model in (PACED_MODEL, PACED_SHORT_MODEL) else "wrk"
+    return "raw" if scenario.model in PACED_STREAMS else "wrk"
 
 
 def load_once(url: str, scenario: Scenario, duration_s: float, client: str,
@@ -402,7 +404,7 @@ def start_paced(bench: Bench, engine: str) -> tuple[dict[str, Replica], dict[str
     """The two paced stand-ins (64 and 16 chunks), and each model's engine process name."""
     paced: dict[str, Replica] = {}
     engines = {MODEL: "nginx"}
-    for model, chunks in ((PACED_MODEL, PACED_CHUNKS), (PACED_SHORT_MODEL, PACED_SHORT_CHUNKS)):
+    for model, chunks in PACED_STREAMS.items():
         name = f"{engine}-{model}"
         if engine == "sim":
             paced[model] = bench.start_sim(name, model, "r0", [

@@ -151,8 +151,7 @@ class Cycle:
         self.keep_alive = False
         protocol = self.protocol
         transport = protocol.transport
-        transport.write(STATUS_LINE[500] + protocol.server_headers.render(
-            protocol.server_state.default_headers) + _SERVER_ERROR)
+        transport.write(STATUS_LINE[500] + protocol.server_head_lines() + _SERVER_ERROR)
         transport.close()
         self.wake()
         self.on_response()
@@ -210,8 +209,7 @@ class Cycle:
         headers = list(headers)
         check_headers(headers)
         protocol = self.protocol
-        content = [STATUS_LINE[status],
-                   protocol.server_headers.render(protocol.server_state.default_headers)]
+        content = [STATUS_LINE[status], protocol.server_head_lines()]
         closing = False
         for name, value in headers:
             name = name.lower()
@@ -301,6 +299,10 @@ class LeanHttpTools(HttpToolsProtocol):
             "scheme": self.scheme, "root_path": self.root_path,
         }
 
+    def server_head_lines(self) -> bytes:
+        """The server's own header lines (``date``), as every response starts them."""
+        return self.server_headers.render(self.server_state.default_headers)
+
     def data_received(self, data: bytes) -> None:
         counting = self._in_head
         if counting:
@@ -356,17 +358,19 @@ class LeanHttpTools(HttpToolsProtocol):
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, app))  # type: ignore[arg-type]
 
+    def _body_unwanted(self) -> bool:
+        """Body bytes with no app to read them: its answer is complete, or the connection
+        is becoming a WebSocket."""
+        return self.cycle.response_complete or (self.parser.should_upgrade()
+                                                and self._should_upgrade())
+
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
-            return
-        cycle.add_body(body)
+        if not self._body_unwanted():
+            self.cycle.add_body(body)
 
     def on_message_complete(self) -> None:
-        cycle = self.cycle
-        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
-            return
-        cycle.end_body()
+        if not self._body_unwanted():
+            self.cycle.end_body()
 
     def _unset_keepalive_if_required(self) -> None:
         self._idle_since = None  # busy: the timer, if armed, finds out when it fires
