@@ -111,6 +111,15 @@ class Bench:
         self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         return Replica(model, "vllm", "r0", port)
 
+    def start_relay(self, name: str, upstream: Replica) -> str:
+        """The byte relay (:mod:`bench.relay`) in front of ``upstream``; its base URL."""
+        port = free_port()
+        proc = self.cluster.spawn(name, [sys.executable, "-m", "bench.relay", "--port", str(port),
+                                         "--upstream-port", str(upstream.port)])
+        url = f"http://127.0.0.1:{port}"
+        self.wait_http(proc, f"{url}/health")  # answered by the upstream, through the relay
+        return url
+
     def start_router(self, args: Sequence[str] = (), name: str = "router") -> str:
         """(Re)start router ``name``; the one named ``router`` is :attr:`router_url`."""
         old = self.cluster.procs.get(name)

@@ -18,8 +18,10 @@ PATH_LABELS = {"direct": "direct", "router": "router", "gateway": "gateway+route
 NEBULA_PROCS = ("router", "gateway")
 # The peers (bench/peers.py), each labelled and charged as the hop it stands in for:
 # vllm-router's CPU is the "router" figure, LiteLLM's the "gateway" (and "both") one.
-PEER_LABELS = {"vllm-router": "vllm-router", "litellm": "LiteLLM"}
-PEER_HOPS = {"vllm-router": "router", "litellm": "gateway"}
+# The byte relay (bench/relay.py), the per-chunk table's floor, is charged as a router too.
+RELAY = "relay"
+PEER_LABELS = {"vllm-router": "vllm-router", "litellm": "LiteLLM", RELAY: "byte relay (floor)"}
+PEER_HOPS = {"vllm-router": "router", "litellm": "gateway", RELAY: "router"}
 SERVER_SEP = "@"  # "router@granian": the router (and gateway) run with --http-server granian
 
 
@@ -449,7 +451,7 @@ def per_chunk_costs(samples: Iterable[Sample], long: str, short: str, extra_chun
 
 
 CHUNK_HEADERS = ("path", "CPU of", "us per chunk", "min..max", "rounds", "/ hypercorn's",
-                 "/ vllm-router's")
+                 "/ vllm-router's", "us over the floor")
 
 
 def _chunk_of(costs: Sequence[ChunkCost], path: str, proc: str) -> float:
@@ -470,6 +472,9 @@ def _over(value: float, base: float) -> str:
 
 
 def chunk_table_rows(costs: Sequence[ChunkCost], default_server: str = "") -> list[list[str]]:
+    """One row per path and process; "over the floor" is what it spends per chunk beyond
+    the byte relay's read, write and loop turn, measured in the same rounds."""
+    floor = _chunk_of(costs, RELAY, "router")
     rows = []
     for c in costs:
         base = hop(c.path)
@@ -480,7 +485,9 @@ def chunk_table_rows(costs: Sequence[ChunkCost], default_server: str = "") -> li
                      _over(c.micros.median, hypercorn) if c.path != server_path(
                          base, "hypercorn") else "-",
                      _over(c.micros.median, _chunk_of(costs, "vllm-router", "router"))
-                     if c.proc == "router" and c.path != "vllm-router" else "-"])
+                     if c.proc == "router" and c.path != "vllm-router" else "-",
+                     fmt(c.micros.median - floor, 1, signed=True)
+                     if c.path != RELAY and math.isfinite(floor) else "-"])
     return rows
 
 

@@ -378,6 +378,12 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
         routers.append(Hop(r_name, {m: r_url + chat for m in models}, {"router": r_pid}))
         gateways.append(Hop(g_name, {m: g_url + chat for m in models},
                             {"router": r_pid, "gateway": g_pid}))
+    # The floor of the per-chunk table: a byte relay before each paced stand-in.
+    for model, replica in paced.items():
+        name = f"{report.RELAY}-{model}"
+        url = bench.start_relay(name, replica)
+        routers.append(Hop(report.RELAY, {model: url + chat}, {"router": bench.pid(name)},
+                           process=name))
     if args.peers:
         say("  starting vllm-router (on nginx and on each pacer) and LiteLLM's proxy ...")
         v_url = peers.start_vllm_router(bench, standin.base_url)
@@ -519,10 +525,10 @@ MISS_NOTES = {
         "have: on one with spare cores, `--workers N` on one SO_REUSEPORT port."),
     "chunk_cost": (
         "Per chunk each hop still has one wake-up of the request's task, one read and one "
-        "write: about a third of it is the kernel's (the two system calls and the "
-        "loopback), a few percent uvloop's, and the rest Python: the reader's wake-up, "
-        "the ASGI message, the frame check (findings: 'Our own request cycle under "
-        "uvicorn, and the CPU per chunk measured')."),
+        "write, and those alone cost the byte relay (a protocol that parses nothing) "
+        "about as much as the bound allows: see `us over the floor` in the per-chunk "
+        "table. What is left above it is Python: the reader's wake-up, the ASGI message, "
+        "the frame check (findings: 'The floor: a byte relay measured beside the hops')."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "
@@ -642,6 +648,11 @@ routing, the access line) is in both and cancels, and what is left is the cost o
 chunk through that hop: one wake-up, one read and one write.
 `/ hypercorn's` is against the same process under `--http-server hypercorn` in this run,
 the server the router and the gateway ran when issue 17 asked for this cost halved.
+`byte relay (floor)` is `bench/relay.py` before each paced stand-in, measured the same way
+in the same rounds: a uvloop protocol that hands every read to the other side's write and
+parses nothing, so its cost is the read, the write and the loop turn that any Python proxy
+on uvloop pays per chunk on this machine; `us over the floor` is what each process spends
+per chunk beyond it.
 
 ```
 {chunk_text or "(not measured: this run had no paced scenarios)"}

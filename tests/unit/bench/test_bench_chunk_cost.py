@@ -54,10 +54,23 @@ def test_hypercorn_sets_the_bound_on_each_hop() -> None:
     assert router.passed is True and router.measured.startswith("0.45x (18.0 vs 40.0 us)")
     assert gateway.passed is False and gateway.measured.startswith("0.60x")
     rows = {(r[0], r[1]): r for r in chunk_table_rows(costs, "uvicorn")}
-    assert rows[("router (uvicorn)", "router")][5:] == ["0.45x", "1.80x"]
+    assert rows[("router (uvicorn)", "router")][5:] == ["0.45x", "1.80x", "-"]
     assert rows[("router (hypercorn)", "router")][5] == "-"  # not against itself
-    assert rows[("gateway+router (uvicorn)", "gateway")][5:] == ["0.60x", "-"]
-    assert rows[("vllm-router", "router")][5:] == ["-", "-"]
+    assert rows[("gateway+router (uvicorn)", "gateway")][5:] == ["0.60x", "-", "-"]
+    assert rows[("vllm-router", "router")][5:] == ["-", "-", "-"]
+
+
+def test_every_path_reads_against_the_byte_relay_of_the_same_rounds() -> None:
+    samples = (rounds("router", {"router": [24.0, 26.0, 25.0]})
+               + rounds("gateway", {"router": [20.0] * 3, "gateway": [21.0] * 3})
+               + rounds("vllm-router", {"router": [17.0] * 3})
+               + rounds("relay", {"router": [16.0, 20.0, 18.0]}))
+    rows = {(r[0], r[1]): r for r in chunk_table_rows(per_chunk_costs(samples, LONG, SHORT, 48))}
+    assert rows[("router", "router")][2] == "25.0" and rows[("router", "router")][7] == "+7.0"
+    assert rows[("gateway+router", "gateway")][7] == "+3.0"
+    assert rows[("vllm-router", "router")][7] == "-1.0"  # Rust, under the Python floor
+    relay = rows[("byte relay (floor)", "router")]
+    assert relay[2:5] == ["18.0", "16.0..20.0", "3"] and relay[6:] == ["1.06x", "-"]
 
 
 def test_without_hypercorn_or_paced_runs_there_is_no_verdict() -> None:
