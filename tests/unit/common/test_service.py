@@ -52,3 +52,29 @@ def test_fatal_task_crash_runs_after_and_exits_1_with_one_line(server: str) -> N
                     "RuntimeError: lease keeper gave up: no etcd"), result.stderr
     # The restartable loop crashed several times meanwhile without stopping anything.
     assert result.stderr.count("task demo/flaky crashed") >= 2, result.stderr
+
+
+SETTLED = textwrap.dedent("""
+    import asyncio, gc, os, signal
+    from quart import Quart
+    from nebula_common.service import run_app
+
+    async def before() -> None:
+        asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+
+    async def after() -> None:
+        print(gc.get_threshold(), gc.get_freeze_count() > 0, flush=True)
+
+    run_app(Quart("demo"), listen="127.0.0.1:0", prog="demo-role", before=before,
+            after=after, server="uvicorn")
+""")
+
+
+def test_a_serving_role_freezes_its_start_up_heap_and_collects_young_objects_rarely() -> None:
+    from nebula_common.service import GC_THRESHOLDS
+
+    result = subprocess.run([sys.executable, "-c", SETTLED], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{GC_THRESHOLDS} True"]
+    assert GC_THRESHOLDS[0] > 700  # Python's default: a pass every few requests
