@@ -158,8 +158,18 @@ class Conn(asyncio.Protocol):
 async def serve(host: str, port: int, model: str, count: int, interval_s: float) -> None:
     pacer = Pacer(model, count, interval_s)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Conn(pacer), host, port, backlog=4096)
+    server = await loop.create_server(lambda: Conn(pacer), host, port, backlog=BACKLOG)
+    await serve_until_signalled(server)
+
+
+BACKLOG = 4096
+"""Listen backlog of the bench's own servers: 1,000 clients connect at once."""
+
+
+async def serve_until_signalled(server: asyncio.Server) -> None:
+    """Serve until SIGTERM or SIGINT (the bench stops its processes by pid with SIGTERM)."""
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with server:

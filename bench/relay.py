@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from collections.abc import Sequence
 
 import uvloop
+
+from .pacer import BACKLOG, serve_until_signalled
 
 
 class _Side(asyncio.Protocol):
@@ -97,16 +98,12 @@ class _Client(_Side):
         super().connection_lost(exc)
 
 
-async def serve(port: int, upstream_host: str, upstream_port: int, host: str = "127.0.0.1",
-                stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
-    """Relay ``host:port`` to ``upstream_host:upstream_port`` until ``stop`` is set."""
+async def start(port: int, upstream_host: str, upstream_port: int,
+                host: str = "127.0.0.1") -> asyncio.Server:
+    """A relay of ``host:port`` to ``upstream_host:upstream_port``, serving."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(upstream_host, upstream_port), host, port)
-    stop = stop or asyncio.Event()
-    if ready is not None:
-        ready.set()
-    async with server:
-        await stop.wait()
+    return await loop.create_server(lambda: _Client(upstream_host, upstream_port), host, port,
+                                    backlog=BACKLOG)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -118,11 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(args.port, args.upstream_host, args.upstream_port, args.host, stop)
+        await serve_until_signalled(await start(args.port, args.upstream_host,
+                                                args.upstream_port, args.host))
 
     uvloop.run(run())
 

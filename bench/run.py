@@ -522,7 +522,8 @@ MISS_NOTES = {
         "read and one write per chunk; the box is already 75 % busy on the direct path "
         "(client and stand-in). The accept queue no longer adds seconds (our own accept "
         "loop, in the findings below); what is left needs cores this machine does not "
-        "have: on one with spare cores, `--workers N` on one SO_REUSEPORT port."),
+        "have: the byte relay, which parses nothing, misses this bound too (its row at "
+        "c1000). On a machine with spare cores: `--workers N` on one SO_REUSEPORT port."),
     "chunk_cost": (
         "Per chunk each hop still has one wake-up of the request's task, one read and one "
         "write, and those alone cost the byte relay (a protocol that parses nothing) "

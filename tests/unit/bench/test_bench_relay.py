@@ -9,25 +9,18 @@ import sys
 
 import aiohttp
 
-from bench.relay import serve
+from bench.relay import start
 from devtools.cluster import REPO, free_port, http_get, wait_for
 
 
 async def _relayed(upstream_port: int, body: bytes) -> list[tuple[int, bytes]]:
     """Two requests on one keep-alive connection through a relay in this loop."""
-    port, stop, ready = free_port(), asyncio.Event(), asyncio.Event()
-    relay = asyncio.create_task(serve(port, "127.0.0.1", upstream_port, stop=stop, ready=ready))
-    await asyncio.wait_for(ready.wait(), 10)
+    port = free_port()
     out = []
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(2):
-                async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                  data=body) as r:
-                    out.append((r.status, await r.read()))
-    finally:
-        stop.set()
-        await asyncio.wait_for(relay, 10)
+    async with await start(port, "127.0.0.1", upstream_port), aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=body) as r:
+                out.append((r.status, await r.read()))
     return out
 
 
@@ -57,18 +50,12 @@ def test_the_relay_passes_a_paced_stream_byte_for_byte_both_ways() -> None:
 
 def test_a_client_of_a_relay_with_no_upstream_sees_its_connection_end() -> None:
     async def run() -> bytes:
-        port, stop, ready = free_port(), asyncio.Event(), asyncio.Event()
-        relay = asyncio.create_task(serve(port, "127.0.0.1", free_port(), stop=stop,
-                                          ready=ready))
-        await asyncio.wait_for(ready.wait(), 10)
-        try:
+        port = free_port()
+        async with await start(port, "127.0.0.1", free_port()):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
             data = await asyncio.wait_for(reader.read(), 10)  # b"" once closed
             writer.close()
             return data
-        finally:
-            stop.set()
-            await asyncio.wait_for(relay, 10)
 
     assert asyncio.run(run()) == b""
