@@ -526,9 +526,9 @@ MISS_NOTES = {
         "c1000). On a machine with spare cores: `--workers N` on one SO_REUSEPORT port."),
     "chunk_cost": (
         "Per chunk each hop still has one wake-up of the request's task, one read and one "
-        "write, and those alone cost the byte relay (a protocol that parses nothing) "
-        "about as much as the bound allows: see `us over the floor` in the per-chunk "
-        "table. What is left above it is Python: the reader's wake-up, the ASGI message, "
+        "write; what those cost alone is the byte relay's row (a protocol that parses "
+        "nothing), and on this 2-core VM it is more than half the bound. What each hop spends "
+        "above it (`us over the floor`) is Python: the reader's wake-up, the ASGI message, "
         "the frame check (findings: 'The floor: a byte relay measured beside the hops')."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
