@@ -304,15 +304,23 @@ class LeanHttpTools(HttpToolsProtocol):
         return self.server_headers.render(self.server_state.default_headers)
 
     def data_received(self, data: bytes) -> None:
-        counting = self._in_head
-        if counting:
+        # A read that crosses the bound while a head is open is parsed up to the bound
+        # first: a whole request in one read (a huge header, then its body) must not be
+        # parsed, dispatched and answered before the bound is looked at.
+        while self._in_head and len(data) > MAX_HEAD_BYTES - self._head_bytes:
+            room = max(MAX_HEAD_BYTES - self._head_bytes, 0)
+            self._head_bytes = MAX_HEAD_BYTES
+            super().data_received(data[:room])
+            if self.transport.is_closing():
+                return
+            if self._in_head:  # the bound reached and the head still open
+                self._in_head = False
+                self.send_400_response("Request head too large.")
+                return
+            data = data[room:]
+        if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        # Checked after parsing: a read that ends the head may carry body bytes.
-        if (counting and self._in_head and self._head_bytes > MAX_HEAD_BYTES
-                and not self.transport.is_closing()):
-            self._in_head = False
-            self.send_400_response("Request head too large.")
 
     def on_message_begin(self) -> None:
         self._in_head, self._head_bytes = True, 0

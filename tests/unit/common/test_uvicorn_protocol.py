@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from nebula_common.asgi import Message, Receive, Scope, Send
+from nebula_common.http_servers import MAX_HEAD_BYTES
 from nebula_common.uvicorn_protocol import LeanHttpTools
 from tests.support.uvicorn_server import serving
 
@@ -156,6 +157,29 @@ async def test_a_body_in_parts_after_100_continue(port: int) -> None:
     await asyncio.sleep(0.05)  # the two halves arrive as two reads
     writer.write(b"world")
     assert (await response(reader))[1] == b"helloworld"
+    writer.close()
+
+
+async def test_a_head_over_the_bound_is_refused_even_with_its_body_in_the_same_write(
+        port: int) -> None:
+    reader, writer = await connect(port)
+    huge = b"x-huge: " + b"a" * (MAX_HEAD_BYTES + 100_000) + b"\r\n"
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\n" + huge
+                 + b"content-length: 5\r\n\r\nhello")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert SEEN == []  # the app never saw it
+    writer.close()
+
+
+async def test_a_head_under_the_bound_with_a_large_body_in_one_write_is_served(
+        port: int) -> None:
+    reader, writer = await connect(port)
+    body = b"b" * (4 * MAX_HEAD_BYTES)
+    fill = b"x-fill: " + b"f" * (MAX_HEAD_BYTES - 200) + b"\r\n"  # the head just under it
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: t\r\n" + fill
+                 + b"content-length: %d\r\n\r\n" % len(body) + body)
+    assert (await response(reader))[1] == body
     writer.close()
 
 
