@@ -313,7 +313,7 @@ class LeanHttpTools(HttpToolsProtocol):
             super().data_received(data[:room])
             if self.transport.is_closing():
                 return
-            if self._in_head:  # the bound reached and the head still open
+            if self._head_open():  # the bound reached and the head still open
                 self._in_head = False
                 self.send_400_response("Request head too large.")
                 return
@@ -321,6 +321,10 @@ class LeanHttpTools(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
+
+    def _head_open(self) -> bool:
+        """Whether a request head is being parsed (read anew: the parser's callbacks set it)."""
+        return self._in_head
 
     def on_message_begin(self) -> None:
         self._in_head, self._head_bytes = True, 0
