@@ -26,6 +26,8 @@ HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: n
         b"transfer-encoding: chunked\r\n\r\n")
 HEALTH = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 MAX_HEAD = 64 * 1024
+BACKLOG = 4096
+"""Listen backlog of the bench's own servers: 1,000 clients connect at once."""
 
 
 def chunk(data: bytes) -> bytes:
@@ -160,10 +162,6 @@ async def serve(host: str, port: int, model: str, count: int, interval_s: float)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(pacer), host, port, backlog=BACKLOG)
     await serve_until_signalled(server)
-
-
-BACKLOG = 4096
-"""Listen backlog of the bench's own servers: 1,000 clients connect at once."""
 
 
 async def serve_until_signalled(server: asyncio.Server) -> None:

@@ -28,39 +28,45 @@ class _Side(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
-        self.early: list[bytes] = []  # what the client sent before the upstream connected
+        self.early: list[bytes] = []  # what arrived before the two sides were paired
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
+    def _other(self) -> asyncio.Transport | None:
+        """The other side's transport, while there is one."""
+        return self.peer.transport if self.peer is not None else None
+
     def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)
+        other = self._other()
+        if other is not None:
+            other.write(data)
         else:
             self.early.append(data)
 
     def eof_received(self) -> bool | None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
+        other = self._other()
+        if other is not None and other.can_write_eof():
+            other.write_eof()
             return True  # half-closed: the other direction may still carry bytes
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.close()
+        other = self._other()
+        if other is not None:
+            other.close()
 
     # A side whose writes back up stops the other side's reads, and starts them again.
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        other = self._other()
+        if other is not None:
+            other.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        other = self._other()
+        if other is not None:
+            other.resume_reading()
 
 
 class _Client(_Side):

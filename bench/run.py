@@ -348,7 +348,8 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
                standin: Replica, paced: dict[str, Replica], say: Callable[[str], None]
                ) -> list[Hop]:
     """direct, router and gateway+router (the configured server, already running), the same
-    under each other ``--servers`` value, and the peers with ``--peers``.
+    under each other ``--servers`` value, a byte relay before each paced stand-in (the
+    per-chunk floor) and the peers with ``--peers``.
 
     Each extra process is named after its path (``router@granian``, ``litellm``), which
     :func:`stop_extra_hops` relies on.

@@ -308,7 +308,7 @@ class LeanHttpTools(HttpToolsProtocol):
         # first: a whole request in one read (a huge header, then its body) must not be
         # parsed, dispatched and answered before the bound is looked at.
         while self._in_head and len(data) > MAX_HEAD_BYTES - self._head_bytes:
-            room = max(MAX_HEAD_BYTES - self._head_bytes, 0)
+            room = MAX_HEAD_BYTES - self._head_bytes  # (never below 0: counted to the bound)
             self._head_bytes = MAX_HEAD_BYTES
             super().data_received(data[:room])
             if self.transport.is_closing():
