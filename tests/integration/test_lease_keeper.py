@@ -38,7 +38,8 @@ class FaultyStore(EtcdStore):
         self._since_grant = 0
         return lease
 
-    async def call(self, op: Callable[[Any], Awaitable[T]], attempts: int = 0) -> T:
+    async def call(self, op: Callable[[Any], Awaitable[T]], attempts: int = 0,
+                   per_try: float | None = None) -> T:
         if self.grants > 1:  # a re-grant (the first grant is the keeper's start)
             self._since_grant += 1
             if self._since_grant == self.fail_nth:
@@ -48,7 +49,24 @@ class FaultyStore(EtcdStore):
                 hold, self.hold = self.hold, None
                 self.holding.set()
                 await hold.wait()
-        return await super().call(op, attempts)
+        return await super().call(op, attempts, per_try)
+
+
+class StuckWrites(EtcdStore):
+    """A real store whose owned writes wait, once ``release`` is set, until it fires: a
+    write sent to a member whose leader was just killed hangs for the client's timeout on
+    each endpoint in turn."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        super().__init__(config)
+        self.release: asyncio.Event | None = None
+        self.waiting = 0
+
+    async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
+        if self.release is not None:
+            self.waiting += 1
+            await self.release.wait()
+        return await super().put_owned(key, value, lease, previous)
 
 
 def faulty(cluster: Cluster) -> FaultyStore:
@@ -173,6 +191,36 @@ async def test_keys_still_under_the_lost_lease_move_at_once(cluster: Cluster) ->
     assert await values(other, "/moved/") == {"/moved/endpoint": (b"e", keeper.lease_id)}
     assert await keeper.delete("/moved/endpoint")
     assert await values(other, "/moved/") == {}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_write_stuck_past_the_ttl_does_not_let_the_lease_expire(
+        cluster: Cluster) -> None:
+    """The refreshes go on while a write waits: they used to queue behind it (the
+    keepalive retried pending writes under the write lock), so after an etcd leader kill
+    a node's keys expired with its engines serving, and routers dropped them."""
+    store = StuckWrites(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2))
+    other = store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    assert await keeper.put("/stuck/endpoint", b"ready")
+    lease = keeper.lease_id
+    store.release = release = asyncio.Event()
+    writing = asyncio.create_task(keeper.put("/stuck/stats", b"1"))
+    await until(lambda: store.waiting == 1, timeout=5)
+    loop = asyncio.get_running_loop()
+    held_until = loop.time() + 3 * keeper.ttl  # the write is held for three TTLs
+    while loop.time() < held_until:
+        assert await values(other, "/stuck/") == {"/stuck/endpoint": (b"ready", lease)}
+        await asyncio.sleep(0.2)
+    assert keeper.regrants == 0 and keeper.alive and keeper.lease_id == lease
+    release.set()
+    store.release = None
+    assert await asyncio.wait_for(writing, 10)
+    assert await values(other, "/stuck/") == {"/stuck/endpoint": (b"ready", lease),
+                                              "/stuck/stats": (b"1", lease)}
     await keeper.stop()
     await store.close()
     await other.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -41,6 +43,23 @@ async def test_cas_and_failover_to_a_live_endpoint(cluster: Cluster) -> None:
     assert not await store.put_if_revision("/t/k", b"3", kv.mod_revision), "stale revision"
     assert (await store.get("/t/k")).value == b"2"
     await store.close()
+
+
+async def test_a_try_on_a_silent_endpoint_is_cut_at_per_try_and_the_next_one_answers(
+        cluster: Cluster) -> None:
+    """A member that takes the connection and never answers (partitioned mid-way, or
+    without a leader) holds a call for the client's whole timeout; ``per_try`` cuts it
+    there and the call goes on to the next endpoint."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # never accepts
+        host, port = silent.getsockname()[:2]
+        store = EtcdStore(EtcdConfig(endpoints=(f"{host}:{port}", cluster.etcd_endpoint),
+                                     timeout=30))
+        started = time.monotonic()
+        status = await store.call(lambda c: c.status(), per_try=0.5)
+        took = time.monotonic() - started
+        assert status is not None and store.endpoint == cluster.etcd_endpoint
+        assert took < 5, f"{took:.1f}s: the silent endpoint held the call"
+        await store.close()
 
 
 async def test_unreachable_etcd_is_a_clear_error() -> None:

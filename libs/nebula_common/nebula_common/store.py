@@ -276,18 +276,24 @@ class EtcdStore:
         """True when the last call to etcd succeeded."""
         return self.last_ok > 0 and not self.last_error
 
-    async def call(self, op: Callable[[aetcd.Client], Awaitable[T]], attempts: int = 0) -> T:
+    async def call(self, op: Callable[[aetcd.Client], Awaitable[T]], attempts: int = 0,
+                   per_try: float | None = None) -> T:
         """Run ``op`` against the current endpoint, rotating endpoints on connection errors.
 
         ``attempts`` defaults to one try per endpoint, so a single call fails fast
         (the caller decides whether to retry); auth and request errors are raised as is.
+        ``per_try`` bounds each try below the client's own timeout: a try that runs out
+        counts as a connection error, so the next one goes to the next endpoint.
         """
         tries = attempts or len(self.config.endpoints)
         last: BaseException | None = None
         for _ in range(tries):
             client = await self._current()
             try:
-                result = await op(client)
+                if per_try is None:
+                    result = await op(client)
+                else:
+                    result = await asyncio.wait_for(op(client), per_try)
             except asyncio.CancelledError as exc:
                 if not _rpc_cancelled_under_us():
                     raise
@@ -440,9 +446,9 @@ class EtcdStore:
         lease = await self.call(lambda c: c.lease(ttl))
         return int(lease.id)
 
-    async def refresh(self, lease_id: int) -> int:
+    async def refresh(self, lease_id: int, per_try: float | None = None) -> int:
         """Refresh a lease; returns its remaining TTL (<= 0 when etcd no longer has it)."""
-        reply = await self.call(lambda c: c.refresh_lease(lease_id))
+        reply = await self.call(lambda c: c.refresh_lease(lease_id), per_try=per_try)
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke(self, lease_id: int) -> None:
@@ -745,7 +751,10 @@ class LeaseKeeper:
 
     The keepalive runs in ``tasks`` as a task that must not die: a role passes
     its own set and exits when the set's ``failed`` fires, instead of living on
-    while its keys expire.
+    while its keys expire. It only refreshes, each try bounded by the refresh
+    interval; what it finds to do (retry writes, re-grant, register) runs beside
+    it, one job at a time, so a write stuck on a member that lost its leader
+    cannot hold the refreshes back until the lease expires.
     """
 
     store: EtcdStore
@@ -761,6 +770,8 @@ class LeaseKeeper:
     on_regrant: list[Callable[[], Any]] = field(default_factory=list)
     tasks: TaskSet = field(default_factory=lambda: TaskSet("lease"))
     _task: asyncio.Task[None] | None = None
+    _job: asyncio.Task[None] | None = None
+    """The write work the keepalive started (a flush, a re-grant, a registration)."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _lost: dict[str, bytes] | None = None
     """What the lost lease held, until its registration under the new one is complete."""
@@ -859,28 +870,56 @@ class LeaseKeeper:
 
     async def _keepalive(self) -> None:
         interval = max(self.ttl / 3.0, 0.2)
+        wait, failures = interval, 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            lease = self.lease_id
             try:
-                remaining = await self.store.refresh(self.lease_id)
-                if remaining <= 0:
-                    self.alive = False
-                    await self._regrant()
-                elif self._lost is not None:
-                    await self._register()  # the last attempt failed half-way
-                else:
-                    self.alive = True
-                await self.flush()
+                # Each try is bounded by the interval (the client's timeout can be the
+                # whole TTL): one that hangs on a member without a leader moves on.
+                remaining = await self.store.refresh(lease, per_try=interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.alive = False
+                # the lease is running out: try again soon, backing off to the interval
+                wait = min(interval, 0.25 * 2 ** min(failures, 8))
+                failures += 1
                 log.debug("lease keepalive failed: %s", exc)
+                continue
+            wait, failures = interval, 0
+            if lease != self.lease_id:
+                continue  # answered for a lease a re-grant has replaced meanwhile
+            if remaining <= 0:
+                self.alive = False
+                self._start_job(self._regrant)
+            elif self._lost is not None:
+                self._start_job(self._register)  # the last attempt failed half-way
+            else:
+                self.alive = True
+                if self.pending:
+                    self._start_job(self.flush)
+
+    def _start_job(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` beside the keepalive unless the last one is still running (the
+        next tick looks again); an etcd failure in it is retried on a later tick."""
+        if self._job is None or self._job.done():
+            self._job = self.tasks.spawn(self._quietly(job), "lease-writes")
+
+    async def _quietly(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.alive = False
+            log.debug("lease re-registration failed: %s", exc)
 
     async def stop(self, revoke: bool = True) -> None:
         """Stop refreshing; with ``revoke`` every leased key disappears at once."""
         await cancel_task(self._task)
-        self._task = None
+        await cancel_task(self._job)
+        self._task = self._job = None
         if revoke and self.lease_id:
             try:
                 await self.store.revoke(self.lease_id)
