@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _DECODER = json.JSONDecoder()
 _USAGE = b'"usage"'
+_NULL_USAGE = b'"usage":null'
+_NULL_USAGE_SPACED = b'"usage": null'  # json.dumps' default separators
 
 
 async def handle(gateway: Gateway, path: str, headers: Mapping[str, str], raw: bytes,
@@ -88,6 +90,8 @@ def without_usage(outcome: Outcome, block: bytes, drop_usage: bool) -> tuple[byt
     OpenAI put ``"usage":null`` in every chunk, and a block can hold a whole answer); every
     other byte passes as it came.
     """
+    if block.count(_USAGE) == block.count(_NULL_USAGE) + block.count(_NULL_USAGE_SPACED):
+        return block, False  # every one is null: three scans in C instead of a frame walk
     counted = False
     kept: list[bytes] = []
     done = 0  # block[:done] is decided: copied into kept, or dropped

@@ -156,6 +156,14 @@ def test_without_usage_reads_only_the_frames_with_a_usage_and_keeps_every_other_
     assert counted and dropped == block.replace(usage_only, b"")  # a chunk with choices stays
     only_nulls = b"".join(nulls)
     assert without_usage(outcome(), only_nulls, drop_usage=True) == (only_nulls, False)
+    compact = frame(b'{"choices":[],"usage":null}')  # as engines that follow OpenAI send it
+    odd = frame(b'{"choices":[],"usage" : null}')  # another spacing: walked, still null
+    for nothing in (compact * 3 + only_nulls, odd + compact):
+        assert without_usage(outcome(), nothing, drop_usage=True) == (nothing, False)
+    # one real usage among nulls of both spacings is still counted, and dropped
+    mixed = compact + nulls[0] + usage_only + compact
+    assert without_usage(outcome(), mixed, drop_usage=True) == (
+        mixed.replace(usage_only, b""), True)
 
 
 async def test_a_stream_whose_upstream_ended_goes_out_with_its_end() -> None:
