@@ -51,9 +51,7 @@ build_base() {
   if have "$tag"; then echo "$tag"; return; fi
   tarball=$CACHE/$hash.tar
   if [ ! -f "$tarball" ]; then
-    command -v debootstrap >/dev/null || {
-      apt-get update -qq >/dev/null
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+    command -v debootstrap >/dev/null || deploy/docker/apt-install.sh debootstrap
     mkdir -p "$CACHE"
     root=$(mktemp -d "$CACHE/root.XXXXXX")
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$BASE_SUITE" "$root" "$(apt_mirror)" \
