@@ -2,12 +2,14 @@
 
 SIGSTOP freezes etcd the way a black-holed connection does: the TCP connections
 stay open and nothing answers. The router's table is then stale; /readyz must say
-so (503 with the reason) within the bound, and be ready again after SIGCONT.
+so (503 with the reason: a silent watch, or a lease refresh that ran out) within the
+bound, and be ready again after SIGCONT.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -37,7 +39,10 @@ def test_readyz_turns_503_while_etcd_is_frozen_and_recovers(cluster: Cluster) ->
                              WATCH_STALL_S + 10, "/readyz 503 while etcd is frozen")
         took = time.monotonic() - frozen_at
         assert took <= WATCH_STALL_S + 2 * PROGRESS_INTERVAL_S + 1, took
-        assert "stale" in detail, detail
+        # Whichever notices first says why: a watch silent past its bound, or the lease's
+        # refresh cut at its bound (then the endpoint and the error are named).
+        assert "stale" in detail or re.search(r"etcd unreachable.*\(127\.0\.0\.1:\d+: \w+",
+                                              detail), detail
         assert http_get(f"{url}/healthz")[0] == 200, "alive, only not ready"
     finally:
         os.kill(etcd, signal.SIGCONT)

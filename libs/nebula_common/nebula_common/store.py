@@ -305,7 +305,7 @@ class EtcdStore:
                 raise
             except (*CONNECTION_ERRORS, etcd_errors.ClientError) as exc:
                 last = exc
-                self.last_error = f"{self.endpoint}: {exc or type(exc).__name__}"
+                self.last_error = f"{self.endpoint}: {str(exc) or type(exc).__name__}"
                 await self._rotate(client)
                 continue
             self.last_ok = time.monotonic()
@@ -518,7 +518,7 @@ class WatchStream:
             await asyncio.wait_for(self._call.write(request), timeout)
         except Exception as exc:
             raise WatchBroken(f"cannot write to the watch stream: "
-                              f"{exc or type(exc).__name__}") from None
+                              f"{str(exc) or type(exc).__name__}") from None
 
     async def next(self, timeout: float) -> Any | None:
         """The next response with events or progress; None when ``timeout`` passes first.

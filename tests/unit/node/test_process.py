@@ -98,6 +98,11 @@ async def test_reap_stale_engines_kills_left_behind_group(tmp_path: Path):
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", FAMILY,
                                                 start_new_session=True,
                                                 stdout=asyncio.subprocess.DEVNULL)
+    # A group of our own whose leader lives and runs something else (the pid was reused):
+    # never the test's own group, whose leader may have exited (a leaderless group is
+    # reaped, and that would end the test run).
+    bystander = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", start_new_session=True)
     try:
         assert await _wait(lambda: len(group_members(proc.pid)) == 2)
         (tmp_path / "engines").mkdir()
@@ -106,17 +111,18 @@ async def test_reap_stale_engines_kills_left_behind_group(tmp_path: Path):
                                         "cmd": [sys.executable, "-c", FAMILY]}))
         # A pid file naming a live group that runs something else is left alone.
         other = tmp_path / "engines" / "x__r0.pid"
-        other.write_text(json.dumps({"pgid": os.getpgid(0), "pid": os.getpgid(0), "port": 1,
+        other.write_text(json.dumps({"pgid": bystander.pid, "pid": bystander.pid, "port": 1,
                                      "cmd": ["/bin/not-this"]}))
         reaped = await reap_stale_engines(tmp_path, grace=5)
         assert reaped == ["m__r0"]
         assert group_members(proc.pid) == []
         assert not pid_file.exists() and not other.exists()
-        assert group_members(os.getpgid(0))  # we are still alive
+        assert group_members(bystander.pid) == [bystander.pid]  # left alone
     finally:
-        if group_members(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        for group in (proc, bystander):
+            if group_members(group.pid):
+                os.killpg(group.pid, signal.SIGKILL)
+            await group.wait()
 
 
 @pytest.mark.parametrize("leader_dead", [True])
