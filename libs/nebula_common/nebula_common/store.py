@@ -290,10 +290,10 @@ class EtcdStore:
         for _ in range(tries):
             client = await self._current()
             try:
-                if per_try is None:
+                # In this task, not wait_for's: a cancel of the caller is never swallowed,
+                # and a gRPC cancel reads as one (see _rpc_cancelled_under_us).
+                async with asyncio.timeout(per_try):
                     result = await op(client)
-                else:
-                    result = await asyncio.wait_for(op(client), per_try)
             except asyncio.CancelledError as exc:
                 if not _rpc_cancelled_under_us():
                     raise
@@ -311,7 +311,8 @@ class EtcdStore:
             self.last_ok = time.monotonic()
             self.last_error = ""
             return result
-        raise StoreUnavailable(f"etcd unreachable at {','.join(self.config.endpoints)}: {last}")
+        why = (str(last) or type(last).__name__) if last is not None else "no try"
+        raise StoreUnavailable(f"etcd unreachable at {','.join(self.config.endpoints)}: {why}")
 
     async def wait_until_ready(self, deadline_s: float = 30.0) -> None:
         """Block until etcd answers, or raise :class:`StoreUnavailable` after ``deadline_s``."""
@@ -446,9 +447,10 @@ class EtcdStore:
         lease = await self.call(lambda c: c.lease(ttl))
         return int(lease.id)
 
-    async def refresh(self, lease_id: int, per_try: float | None = None) -> int:
+    async def refresh(self, lease_id: int, per_try: float | None = None, attempts: int = 0
+                      ) -> int:
         """Refresh a lease; returns its remaining TTL (<= 0 when etcd no longer has it)."""
-        reply = await self.call(lambda c: c.refresh_lease(lease_id), per_try=per_try)
+        reply = await self.call(lambda c: c.refresh_lease(lease_id), attempts, per_try)
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke(self, lease_id: int) -> None:
@@ -869,15 +871,21 @@ class LeaseKeeper:
                 await result
 
     async def _keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
         interval = max(self.ttl / 3.0, 0.2)
         wait, failures = interval, 0
+        refreshed = loop.time()  # when etcd last extended the lease (the grant, at start)
         while True:
             await asyncio.sleep(wait)
             lease = self.lease_id
+            # One endpoint per try. The first is cut at the interval (the client's timeout
+            # can be the whole TTL): one that hangs on a member without a leader moves on
+            # to the next. A retry may take what is left of the TTL: a leader slow for
+            # every member still answers in time.
+            bound = interval if failures == 0 else max(interval, refreshed + self.ttl
+                                                       - loop.time())
             try:
-                # Each try is bounded by the interval (the client's timeout can be the
-                # whole TTL): one that hangs on a member without a leader moves on.
-                remaining = await self.store.refresh(lease, per_try=interval)
+                remaining = await self.store.refresh(lease, per_try=bound, attempts=1)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -893,12 +901,14 @@ class LeaseKeeper:
             if remaining <= 0:
                 self.alive = False
                 self._start_job(self._regrant)
-            elif self._lost is not None:
-                self._start_job(self._register)  # the last attempt failed half-way
             else:
-                self.alive = True
-                if self.pending:
-                    self._start_job(self.flush)
+                refreshed = loop.time()
+                if self._lost is not None:
+                    self._start_job(self._register)  # the last attempt failed half-way
+                else:
+                    self.alive = True
+                    if self.pending:
+                        self._start_job(self.flush)
 
     def _start_job(self, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job`` beside the keepalive unless the last one is still running (the
