@@ -29,10 +29,15 @@ class FaultyStore(EtcdStore):
         self.fail_nth = 0
         self.hold: asyncio.Event | None = None
         self.holding = asyncio.Event()
+        self.hold_grant: asyncio.Event | None = None
         self.grants = 0
         self._since_grant = 0
 
     async def grant(self, ttl: int) -> int:
+        if self.hold_grant is not None and self.grants:
+            hold, self.hold_grant = self.hold_grant, None
+            self.holding.set()
+            await hold.wait()
         lease = await super().grant(ttl)
         self.grants += 1
         self._since_grant = 0
@@ -124,6 +129,30 @@ async def test_delete_racing_a_regrant_is_not_put_back(cluster: Cluster) -> None
     await asyncio.wait_for(deleting, 10)
     await until(lambda: keeper.alive and keeper.regrants == 1, timeout=10)
     assert await values(other, "/race/") == {"/race/kept": (b"k", keeper.lease_id)}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_write_waiting_out_the_regrant_is_not_undone_by_the_registration(
+        cluster: Cluster) -> None:
+    """A write that queued behind the re-grant lands under the new lease; the registration
+    that follows must not put the lost lease's older value back, nor a deleted key."""
+    store, other = faulty(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    await keeper.put("/gap/stats", b"old")
+    await keeper.put("/gap/gone", b"g")
+    store.hold_grant = release = asyncio.Event()
+    await lose_lease(other, keeper)
+    await asyncio.wait_for(store.holding.wait(), 10)  # the re-grant holds the write lock
+    newer = asyncio.create_task(keeper.put("/gap/stats", b"new"))
+    removed = asyncio.create_task(keeper.delete("/gap/gone"))
+    await asyncio.wait([newer, removed], timeout=0.5)  # bounded: they queue on the lock
+    release.set()
+    await asyncio.wait_for(asyncio.gather(newer, removed), 10)
+    await until(lambda: keeper.alive and keeper.regrants == 1, timeout=10)
+    assert await values(other, "/gap/") == {"/gap/stats": (b"new", keeper.lease_id)}
     await keeper.stop()
     await store.close()
     await other.close()

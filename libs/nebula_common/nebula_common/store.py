@@ -834,6 +834,10 @@ class LeaseKeeper:
             del self.pending[key]
             if value is not None:
                 self.held[key] = value
+            if self._lost is not None:
+                # Written since the lease was lost: a registration still to run must not
+                # put the lost lease's older value back (or a deleted key again).
+                self._lost.pop(key, None)
         return landed
 
     async def _regrant(self) -> None:
@@ -858,7 +862,7 @@ class LeaseKeeper:
         """Put under the new lease what ``registration`` says now; raises if etcd fails."""
         async with self._lock:
             lost = self._lost or {}
-            wanted = dict(await self.registration(lost)) if self.registration else lost
+            wanted = dict(await self.registration(lost) if self.registration else lost)
             for key, value in wanted.items():
                 await self._write(key, (value, False))
             self._lost = None
