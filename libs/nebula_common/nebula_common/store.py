@@ -45,6 +45,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from .errors import error_text
+from .retry import backoff_delay
 from .tasks import TaskSet, cancel_task
 
 log = logging.getLogger(__name__)
@@ -305,13 +307,13 @@ class EtcdStore:
                 raise
             except (*CONNECTION_ERRORS, etcd_errors.ClientError) as exc:
                 last = exc
-                self.last_error = f"{self.endpoint}: {str(exc) or type(exc).__name__}"
+                self.last_error = f"{self.endpoint}: {error_text(exc)}"
                 await self._rotate(client)
                 continue
             self.last_ok = time.monotonic()
             self.last_error = ""
             return result
-        why = (str(last) or type(last).__name__) if last is not None else "no try"
+        why = error_text(last) if last is not None else "no try"
         raise StoreUnavailable(f"etcd unreachable at {','.join(self.config.endpoints)}: {why}")
 
     async def wait_until_ready(self, deadline_s: float = 30.0) -> None:
@@ -520,7 +522,7 @@ class WatchStream:
             await asyncio.wait_for(self._call.write(request), timeout)
         except Exception as exc:
             raise WatchBroken(f"cannot write to the watch stream: "
-                              f"{str(exc) or type(exc).__name__}") from None
+                              f"{error_text(exc)}") from None
 
     async def next(self, timeout: float) -> Any | None:
         """The next response with events or progress; None when ``timeout`` passes first.
@@ -753,10 +755,10 @@ class LeaseKeeper:
 
     The keepalive runs in ``tasks`` as a task that must not die: a role passes
     its own set and exits when the set's ``failed`` fires, instead of living on
-    while its keys expire. It only refreshes, each try bounded by the refresh
-    interval; what it finds to do (retry writes, re-grant, register) runs beside
-    it, one job at a time, so a write stuck on a member that lost its leader
-    cannot hold the refreshes back until the lease expires.
+    while its keys expire. It only refreshes, each try bounded (see _keepalive);
+    what it finds to do (retry writes, re-grant, register) runs beside it, one
+    job at a time, so a write stuck on a member that lost its leader cannot hold
+    the refreshes back until the lease expires.
     """
 
     store: EtcdStore
@@ -895,8 +897,8 @@ class LeaseKeeper:
             except Exception as exc:
                 self.alive = False
                 # the lease is running out: try again soon, backing off to the interval
-                wait = min(interval, 0.25 * 2 ** min(failures, 8))
                 failures += 1
+                wait = backoff_delay(failures, initial=0.25, maximum=interval)
                 log.debug("lease keepalive failed: %s", exc)
                 continue
             wait, failures = interval, 0
@@ -927,7 +929,7 @@ class LeaseKeeper:
             raise
         except Exception as exc:
             self.alive = False
-            log.debug("lease re-registration failed: %s", exc)
+            log.debug("lease write job failed (retried on a later tick): %s", exc)
 
     async def stop(self, revoke: bool = True) -> None:
         """Stop refreshing; with ``revoke`` every leased key disappears at once."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nebula_common.deadline import Deadline
+from nebula_common.errors import error_text
 from nebula_common.http_client import HttpClientError, Pool, Response
 
 from . import metrics
@@ -113,7 +114,7 @@ class RouterPool:
                 router.dead_until = time.monotonic() + self.dead_seconds
                 last_error = exc
                 log.warning("router unreachable", extra={"router": router.url,
-                                                         "error": str(exc) or type(exc).__name__})
+                                                         "error": error_text(exc)})
                 continue
             self.last_ok = time.monotonic()
             router.dead_until = 0.0

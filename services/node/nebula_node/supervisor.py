@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from nebula_common.errors import error_text
 from nebula_common.logs import command_line, scrub
 from nebula_common.records import Endpoint, EndpointState, EndpointStats
 from nebula_common.retry import backoff_delay
@@ -155,7 +156,7 @@ class ReplicaSupervisor:
             except Exception as exc:  # EngineFailure, or a bug/OS error: same recovery path
                 if not isinstance(exc, EngineFailure):
                     log.exception("replica %s/%s: unexpected error", *self.spec.key)
-                self.last_error = str(exc) or type(exc).__name__
+                self.last_error = error_text(exc)
                 await self._deregister_and_kill(str(exc))
                 stable_for = time.monotonic() - self.ready_since if self.ready_since else 0.0
                 if stable_for >= settings.stable_after:

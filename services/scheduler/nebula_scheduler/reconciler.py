@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from nebula_common.errors import error_text
 from nebula_common.keys import Keys
 from nebula_common.records import PlacementPlan, decode_or_skip, ready_replicas
 from nebula_common.store import EtcdStore, Fence, FenceLost, PrefixMirror
@@ -349,7 +350,7 @@ class Reconciler:
             return None
         except Exception as exc:  # etcd trouble: the next pass retries
             metrics.RECONCILES.labels("error").inc()
-            self.last_error = str(exc) or type(exc).__name__
+            self.last_error = error_text(exc)
             log.warning("reconcile failed: %s", self.last_error)
             return None
         finally:
