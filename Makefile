@@ -64,22 +64,19 @@ llamacpp: $(VENV)/.llamacpp
 prometheus:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  $(STEP) "installing Debian's prometheus (promtool)" --log $(LOGS)/apt-prometheus.log -- \
-	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	           apt-get install -y -qq --no-install-recommends prometheus'
+	  devtools/apt-install.sh prometheus
 
 # Debian's redis-server: the shared gateway state's tests start their own on a free port.
 redis:
 	@command -v redis-server >/dev/null || \
 	  $(STEP) "installing Debian's redis-server" --log $(LOGS)/apt-redis.log -- \
-	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	           apt-get install -y -qq --no-install-recommends redis-server'
+	  devtools/apt-install.sh redis-server
 
 # wrk drives make bench; nginx is its fixed-reply stand-in engine (and tests/unit/bench runs it).
 bench-tools:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 	  $(STEP) "installing Debian's wrk and nginx-light" --log $(LOGS)/apt-bench-tools.log -- \
-	  bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	           apt-get install -y -qq --no-install-recommends wrk nginx-light'
+	  devtools/apt-install.sh wrk nginx-light
 
 # The peers make bench-peers measures (vllm-router, LiteLLM's proxy) in a venv of their own, so
 # their pins never meet the main venv's; about a minute, again only when the lock changes.

@@ -55,7 +55,7 @@ else
   [ "$(id -u)" = 0 ] || die "no Docker engine answers and starting one needs root; start Docker and retry"
   if ! command -v dockerd >/dev/null; then
     say "installing Debian's docker.io ..."
-    deploy/docker/apt-install.sh docker.io
+    devtools/apt-install.sh docker.io
   fi
   if start_dockerd overlay2; then
     driver=overlay2

@@ -51,7 +51,7 @@ build_base() {
   if have "$tag"; then echo "$tag"; return; fi
   tarball=$CACHE/$hash.tar
   if [ ! -f "$tarball" ]; then
-    command -v debootstrap >/dev/null || deploy/docker/apt-install.sh debootstrap
+    command -v debootstrap >/dev/null || devtools/apt-install.sh debootstrap
     mkdir -p "$CACHE"
     root=$(mktemp -d "$CACHE/root.XXXXXX")
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$BASE_SUITE" "$root" "$(apt_mirror)" \

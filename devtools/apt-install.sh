@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/docker/apt-install.sh PACKAGE...: Debian packages installed quietly (apt's chatter,
+# devtools/apt-install.sh PACKAGE...: Debian packages installed quietly (apt's chatter,
 # such as debconf's note that apt-utils is missing, is nothing a user can act on); when the
 # install fails, what apt said last goes to stderr and the exit status is apt's.
 set -euo pipefail
