@@ -64,8 +64,9 @@ async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
         block = frames.push(chunk)
         if not block:
             continue
-        if _USAGE in block:
-            block, counted = without_usage(outcome, block, drop_usage)
+        last = block.rfind(_USAGE)  # (from the end: where the usage chunk is)
+        if last >= 0:
+            block, counted = without_usage(outcome, block, drop_usage, last)
             saw_usage = saw_usage or counted
             if not block:
                 continue
@@ -82,35 +83,55 @@ def _is_null_at(block: bytes, value: int) -> bool:
     return block[value:value + 8].lstrip(b": \t").startswith(b"null")
 
 
-def without_usage(outcome: Outcome, block: bytes, drop_usage: bool) -> tuple[bytes, bool]:
-    """A block with its usage counted (True when it had some), its usage-only chunk taken
-    out when the client did not ask for usage.
+def _only_null_usage(block: bytes, stop: int) -> bool:
+    """Whether every ``"usage"`` in ``block[:stop]`` is null (three scans in C)."""
+    return block.count(_USAGE, 0, stop) == (block.count(_NULL_USAGE, 0, stop)
+                                            + block.count(_NULL_USAGE_SPACED, 0, stop))
 
-    Only the frames that name a non-null ``"usage"`` are looked into (engines that follow
-    OpenAI put ``"usage":null`` in every chunk, and a block can hold a whole answer); every
-    other byte passes as it came.
+
+def without_usage(outcome: Outcome, block: bytes, drop_usage: bool,
+                  last: int | None = None) -> tuple[bytes, bool]:
+    """A block with its usage counted (True when it had some), its usage-only chunk taken
+    out when the client did not ask for usage. ``last``: where its last ``"usage"`` is.
+
+    Only the frames that name a non-null ``"usage"`` are decoded; every other byte passes
+    as it came. The walk goes from the block's end, where engines put the usage chunk, so a
+    block that holds a whole answer is scanned once, not once per test: at the first null
+    usage (engines that follow OpenAI put ``"usage":null`` in every chunk) three counts in
+    C say whether all before it are null too, and the walk stops there.
     """
-    if block.count(_USAGE) == block.count(_NULL_USAGE) + block.count(_NULL_USAGE_SPACED):
-        return block, False  # every one is null: three scans in C instead of a frame walk
+    at = block.rfind(_USAGE) if last is None else last
+    if at < 0:
+        return block, False
+    nulls_looked = block.startswith(_NULL_USAGE, at) or _is_null_at(block, at + len(_USAGE))
+    if nulls_looked and _only_null_usage(block, len(block)):
+        return block, False  # a chunk's null (or a block of them): nothing to walk
+    found: list[tuple[int, int, dict[str, Any]]] = []  # (start, end, chunk), last first
+    while at >= 0:
+        before = block.rfind(FRAME_END, 0, at)
+        start = 0 if before < 0 else before + 2
+        end = block.find(FRAME_END, at)
+        if end < 0:
+            pass  # in the unterminated tail: passed as it is
+        elif not _is_null_at(block, at + len(_USAGE)):
+            data = frame_data(block[start:end])
+            parsed = decoded(data) if data and _USAGE in data else None
+            if isinstance(parsed, dict):
+                found.append((start, end + 2, parsed))
+        elif not nulls_looked:
+            nulls_looked = True
+            if _only_null_usage(block, end):
+                break
+        at = block.rfind(_USAGE, 0, start)
     counted = False
     kept: list[bytes] = []
     done = 0  # block[:done] is decided: copied into kept, or dropped
-    at = block.find(_USAGE)
-    while at >= 0:
-        end = block.find(FRAME_END, at)
-        if end < 0:
-            break  # in the unterminated tail: passed as it is
-        if not _is_null_at(block, at + len(_USAGE)):
-            before = block.rfind(FRAME_END, done, at)
-            start = done if before < 0 else before + 2
-            data = frame_data(block[start:end])
-            parsed = decoded(data) if data and _USAGE in data else None
-            if isinstance(parsed, dict) and outcome.usage(parsed.get("usage")):
-                counted = True
-                if drop_usage and not parsed.get("choices"):
-                    kept.append(block[done:start])
-                    done = end + 2
-        at = block.find(_USAGE, end + 2)
+    for start, end, parsed in reversed(found):  # in stream order: the last usage counts
+        if outcome.usage(parsed.get("usage")):
+            counted = True
+            if drop_usage and not parsed.get("choices"):
+                kept.append(block[done:start])
+                done = end
     if not kept:
         return block, counted
     kept.append(block[done:])

@@ -164,6 +164,21 @@ def test_without_usage_reads_only_the_frames_with_a_usage_and_keeps_every_other_
     mixed = compact + nulls[0] + usage_only + compact
     assert without_usage(outcome(), mixed, drop_usage=True) == (
         mixed.replace(usage_only, b""), True)
+    # two usages: the later one counts, as in the stream's order; both usage-only chunks go
+    later = frame({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}})
+    record = outcome()
+    assert without_usage(record, usage_only + compact + later, drop_usage=True) == (
+        compact, True)
+    assert (record.prompt_tokens, record.completion_tokens) == (9, 4)
+    # a whole answer in one block: every chunk's null, then the usage chunk, then [DONE]
+    answer = compact * 64 + usage_only + frame(b"[DONE]")
+    record = outcome()
+    assert without_usage(record, answer, drop_usage=True) == (
+        compact * 64 + frame(b"[DONE]"), True)
+    assert (record.prompt_tokens, record.completion_tokens) == (7, 3)
+    # a frame not yet ended passes as it is, whatever it names
+    cut = b'data: {"choices":[],"usage":{"prompt_tokens"'
+    assert without_usage(outcome(), usage_only + cut, drop_usage=True) == (cut, True)
 
 
 async def test_a_stream_whose_upstream_ended_goes_out_with_its_end() -> None:
