@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nebula_common.http_client import Response
+from nebula_common.sse import FRAME_ENDS
 
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
@@ -89,6 +90,16 @@ def _only_null_usage(block: bytes, stop: int) -> bool:
                                             + block.count(_NULL_USAGE_SPACED, 0, stop))
 
 
+def _frame_end_of(block: bytes) -> bytes:
+    """The blank line a block's frames end with (its own last one: a block from
+    :class:`SseFrames` ends on a frame end), so an engine that frames with ``\\r\\n\\r\\n``
+    has its usage counted too."""
+    for sep in FRAME_ENDS:
+        if block.endswith(sep):
+            return sep
+    return FRAME_END
+
+
 def without_usage(outcome: Outcome, block: bytes, drop_usage: bool,
                   last: int | None = None) -> tuple[bytes, bool]:
     """A block with its usage counted (True when it had some), its usage-only chunk taken
@@ -106,18 +117,19 @@ def without_usage(outcome: Outcome, block: bytes, drop_usage: bool,
     nulls_looked = block.startswith(_NULL_USAGE, at) or _is_null_at(block, at + len(_USAGE))
     if nulls_looked and _only_null_usage(block, len(block)):
         return block, False  # a chunk's null (or a block of them): nothing to walk
+    sep = _frame_end_of(block)
     found: list[tuple[int, int, dict[str, Any]]] = []  # (start, end, chunk), last first
     while at >= 0:
-        before = block.rfind(FRAME_END, 0, at)
-        start = 0 if before < 0 else before + 2
-        end = block.find(FRAME_END, at)
+        before = block.rfind(sep, 0, at)
+        start = 0 if before < 0 else before + len(sep)
+        end = block.find(sep, at)
         if end < 0:
             pass  # in the unterminated tail: passed as it is
         elif not _is_null_at(block, at + len(_USAGE)):
             data = frame_data(block[start:end])
             parsed = decoded(data) if data and _USAGE in data else None
             if isinstance(parsed, dict):
-                found.append((start, end + 2, parsed))
+                found.append((start, end + len(sep), parsed))
         elif not nulls_looked:
             nulls_looked = True
             if _only_null_usage(block, end):

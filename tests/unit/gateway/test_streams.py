@@ -176,6 +176,14 @@ def test_without_usage_reads_only_the_frames_with_a_usage_and_keeps_every_other_
     assert without_usage(record, answer, drop_usage=True) == (
         compact * 64 + frame(b"[DONE]"), True)
     assert (record.prompt_tokens, record.completion_tokens) == (7, 3)
+    # an engine that frames with CRLF (or CR) has its usage counted and dropped too
+    for style in (b"\r\n\r\n", b"\r\r"):
+        def styled(f: bytes, style: bytes = style) -> bytes:
+            return f.replace(b"\n\n", style)
+        record = outcome()
+        assert without_usage(record, styled(answer), drop_usage=True) == (
+            styled(compact * 64 + frame(b"[DONE]")), True)
+        assert (record.prompt_tokens, record.completion_tokens) == (7, 3)
     # a frame not yet ended passes as it is, whatever it names
     cut = b'data: {"choices":[],"usage":{"prompt_tokens"'
     assert without_usage(outcome(), usage_only + cut, drop_usage=True) == (cut, True)
