@@ -29,6 +29,15 @@ def frame_end(data: bytes) -> int:
     return end
 
 
+def frame_end_of(block: bytes) -> bytes:
+    """The blank line ``block`` ends with (``\\n\\n`` when it ends on none): a block cut by
+    :func:`split_frames` ends on a frame end, in the style its stream frames with."""
+    for sep in FRAME_ENDS:
+        if block.endswith(sep):
+            return sep
+    return FRAME_ENDS[0]
+
+
 def split_frames(data: bytes) -> tuple[bytes, bytes]:
     """``data`` -> (the complete frames, to send now; the start of the next, to hold back).
 

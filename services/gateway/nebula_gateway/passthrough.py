@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nebula_common.http_client import Response
-from nebula_common.sse import FRAME_ENDS
+from nebula_common.sse import frame_end_of
 
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
-from .sse import FRAME_END, SseFrames, decoded, frame_data
+from .sse import SseFrames, decoded, frame_data
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -90,16 +90,6 @@ def _only_null_usage(block: bytes, stop: int) -> bool:
                                             + block.count(_NULL_USAGE_SPACED, 0, stop))
 
 
-def _frame_end_of(block: bytes) -> bytes:
-    """The blank line a block's frames end with (its own last one: a block from
-    :class:`SseFrames` ends on a frame end), so an engine that frames with ``\\r\\n\\r\\n``
-    has its usage counted too."""
-    for sep in FRAME_ENDS:
-        if block.endswith(sep):
-            return sep
-    return FRAME_END
-
-
 def without_usage(outcome: Outcome, block: bytes, drop_usage: bool,
                   last: int | None = None) -> tuple[bytes, bool]:
     """A block with its usage counted (True when it had some), its usage-only chunk taken
@@ -117,7 +107,7 @@ def without_usage(outcome: Outcome, block: bytes, drop_usage: bool,
     nulls_looked = block.startswith(_NULL_USAGE, at) or _is_null_at(block, at + len(_USAGE))
     if nulls_looked and _only_null_usage(block, len(block)):
         return block, False  # a chunk's null (or a block of them): nothing to walk
-    sep = _frame_end_of(block)
+    sep = frame_end_of(block)
     found: list[tuple[int, int, dict[str, Any]]] = []  # (start, end, chunk), last first
     while at >= 0:
         before = block.rfind(sep, 0, at)

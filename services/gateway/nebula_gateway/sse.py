@@ -13,11 +13,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from nebula_common.http_client import HttpClientError, Response
-from nebula_common.sse import split_frames
+from nebula_common.sse import frame_end, frame_end_of, split_frames
 
 from .outcome import Outcome
-
-FRAME_END = b"\n\n"
 
 
 class SseFrames:
@@ -58,18 +56,19 @@ async def sse_blocks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 
 def frames_of(block: bytes) -> list[bytes]:
-    """The whole frames of a block, each without its ``\\n\\n``."""
-    return block.split(FRAME_END)[:-1]
+    """The whole frames of a block, each without its blank line (in the block's own style:
+    an engine may frame with ``\\r\\n\\r\\n``)."""
+    return block.split(frame_end_of(block))[:-1]
 
 
 def tail_of(block: bytes) -> bytes:
     """What follows the last whole frame of a block (the stream's unterminated end)."""
-    return block[block.rfind(FRAME_END) + 2:] if FRAME_END in block else block
+    return block[frame_end(block):]
 
 
 def frame_data(frame: bytes) -> bytes | None:
     """The ``data:`` payload of one SSE frame (joined when on several lines)."""
-    lines = [line[5:].lstrip() for line in frame.split(b"\n") if line.startswith(b"data:")]
+    lines = [line[5:].lstrip() for line in frame.splitlines() if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
 
 

@@ -16,7 +16,7 @@ from nebula_gateway.config import GatewayConfig
 from nebula_gateway.outcome import Outcome
 from nebula_gateway.passthrough import pass_frames
 from nebula_gateway.responses import native_frames, translated_frames
-from nebula_gateway.sse import frames_of, sse_blocks, tail_of
+from nebula_gateway.sse import frame_data, frames_of, sse_blocks, tail_of
 from nebula_gateway.state import ResponseLimits
 from nebula_gateway.state.sqlite import SqliteState
 
@@ -217,3 +217,13 @@ async def test_a_stream_whose_upstream_ended_goes_out_with_its_end() -> None:
     assert [(m["body"], m["more_body"]) for m in sent[1:]] == [
         (b"data: 1\n\n", True), (b"data: 2\n\ndata: [DONE]\n\n", False)]
     record.finish(200)
+
+
+@pytest.mark.parametrize("style", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_frames_are_read_in_the_stream_s_own_line_ending_style(style: bytes) -> None:
+    lines = {b"\n\n": b"\n", b"\r\n\r\n": b"\r\n", b"\r\r": b"\r"}[style]
+    block = (b"event: a" + lines + b'data: {"x":1}' + style + b'data: {"y":2}' + style)
+    frames = frames_of(block)
+    assert len(frames) == 2
+    assert [json.loads(frame_data(f) or b"") for f in frames] == [{"x": 1}, {"y": 2}]
+    assert tail_of(block + b"data: {") == b"data: {"
