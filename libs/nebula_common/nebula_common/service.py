@@ -38,6 +38,7 @@ from .http_servers import (
     hypercorn_serving,
     uvicorn_serving,
 )
+from .metric_children import flush_metrics
 from .tasks import TaskSet, cancel_task
 from .workers import MULTIPROC_ENV, worker_index
 
@@ -90,6 +91,7 @@ def add_basic_routes(app: Quart, ready: Callable[[], tuple[bool, str]] | None = 
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        flush_metrics()  # the request path's batched updates (metric_children)
         return Response(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from nebula_common.metric_children import Labelled
+from nebula_common.metric_children import Batched
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -50,8 +50,10 @@ KEYS_LOADED = Gauge("nebula_gateway_api_keys", "API keys accepted now", ["source
                     multiprocess_mode="livemax")
 
 # The per-request children, looked up once per label set.
-requests_c = Labelled(REQUESTS)
-duration_h = Labelled(DURATION)
-ttft_h = Labelled(TTFT)
-prompt_tokens_c = Labelled(PROMPT_TOKENS)
-completion_tokens_c = Labelled(COMPLETION_TOKENS)
+# Every request's: applied in batches (metric_children). The rest as they come.
+requests_c = Batched(REQUESTS)
+duration_h = Batched(DURATION)
+ttft_h = Batched(TTFT)
+prompt_tokens_c = Batched(PROMPT_TOKENS)
+completion_tokens_c = Batched(COMPLETION_TOKENS)
+in_flight_g = Batched(IN_FLIGHT)()

@@ -61,7 +61,7 @@ class Outcome:
     """A priority class the gateway sets itself over the key's (a batch's lines: ``batch``)."""
 
     def __post_init__(self) -> None:
-        metrics.IN_FLIGHT.inc()
+        metrics.in_flight_g.inc()
 
     @classmethod
     def begin(cls, endpoint: str, method: str, headers: Mapping[str, str], *,
@@ -119,7 +119,7 @@ class Outcome:
         elapsed = time.perf_counter() - self.start
         if self.holds_slot:
             self.auth.release(self.key)
-        metrics.IN_FLIGHT.dec()
+        metrics.in_flight_g.dec()
         metrics.requests_c(self.endpoint, self.model, str(status)).inc()
         metrics.duration_h(self.endpoint, self.model).observe(elapsed)
         if self.ttft is not None:

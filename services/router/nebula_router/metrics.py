@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from nebula_common.metric_children import Labelled
+from nebula_common.metric_children import Batched, Labelled
 from nebula_common.records import EndpointState
 from nebula_common.service import register_collector, unregister_collector
 
@@ -65,12 +65,13 @@ QUEUE_SHED = Counter("nebula_router_queue_shed_total",
                      ["model", "reason"])
 
 
-requests_c = Labelled(REQUESTS)
-duration_h = Labelled(DURATION)
-ttfb_h = Labelled(TTFB)
+# Once or more per request: applied in batches (metric_children). The rest as they come.
+requests_c = Batched(REQUESTS)
+duration_h = Batched(DURATION)
+ttfb_h = Batched(TTFB)
+decisions_c = Batched(DECISIONS)
 retries_c = Labelled(RETRIES)
 ejections_c = Labelled(EJECTIONS)
-decisions_c = Labelled(DECISIONS)
 upstream_errors_c = Labelled(UPSTREAM_ERRORS)
 resumes_c = Labelled(STREAM_RESUMES)
 queue_length_g = Labelled(QUEUE_LENGTH)

@@ -174,3 +174,32 @@ def test_json_line_is_the_plain_dump_with_or_without_the_cached_head() -> None:
             assert json.loads(line) == {"ts": 1700000000.123, "level": "info",
                                         "service": "router", "logger": "nebula.x",
                                         "msg": "request", **fields}
+
+
+def test_an_access_line_that_cannot_be_formatted_loses_no_other_line() -> None:
+    """Access lines are formatted with their batch: one bad value costs its own line only."""
+    import io
+    import logging
+
+    from nebula_common.logs import AccessLog, BatchedHandler
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError(f"no text for Bearer {SECRET}")
+
+    stream = io.StringIO()
+    handler = BatchedHandler(stream)
+    handler.setFormatter(JsonFormatter("router"))
+    log = logging.getLogger("test.access.unprintable")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    access = AccessLog(log.name)
+    access.write({"request_id": "r1", "status": 200})
+    access.write({"request_id": "r2", "odd": Unprintable()})
+    access.write({"request_id": "r3", "status": 500})
+    handler.flush()
+    first, bad, last = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["request_id"], first["status"], last["request_id"]) == ("r1", 200, "r3")
+    assert bad["level"] == "error" and bad["msg"] == "access line not formatted"
+    assert "RuntimeError" in bad["error"] and SECRET not in stream.getvalue()
