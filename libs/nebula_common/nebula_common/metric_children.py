@@ -35,13 +35,16 @@ class Labelled(Generic[M]):
 
     def __init__(self, metric: M):
         self.metric = metric
-        self.children: dict[tuple[str, ...], M] = {}
+        self.children: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> M:
         child = self.children.get(values)
         if child is None:
-            child = self.children[values] = self.metric.labels(*values)
-        return child
+            child = self.children[values] = self._child(values)
+        return child  # type: ignore[no-any-return]
+
+    def _child(self, values: tuple[str, ...]) -> Any:
+        return self.metric.labels(*values)
 
 
 class MetricBatch:
@@ -148,7 +151,7 @@ class BatchedChild:
         BATCH.observe(self.child, value)
 
 
-class Batched(Generic[M]):
+class Batched(Labelled[M]):
     """:class:`Labelled` whose children's updates are applied in batches (:data:`BATCH`).
 
     For the request path's counters, gauges and histograms; without labels, call it with
@@ -156,13 +159,8 @@ class Batched(Generic[M]):
     first.
     """
 
-    def __init__(self, metric: M):
-        self.metric = metric
-        self.children: dict[tuple[str, ...], BatchedChild] = {}
+    def __call__(self, *values: str) -> BatchedChild:  # type: ignore[override]
+        return super().__call__(*values)  # type: ignore[return-value]
 
-    def __call__(self, *values: str) -> BatchedChild:
-        child = self.children.get(values)
-        if child is None:
-            metric = self.metric.labels(*values) if values else self.metric
-            child = self.children[values] = BatchedChild(metric)
-        return child
+    def _child(self, values: tuple[str, ...]) -> BatchedChild:
+        return BatchedChild(self.metric.labels(*values) if values else self.metric)

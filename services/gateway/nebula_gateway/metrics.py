@@ -49,8 +49,8 @@ USAGE_PENDING = Gauge("nebula_gateway_usage_pending_rows",
 KEYS_LOADED = Gauge("nebula_gateway_api_keys", "API keys accepted now", ["source"],
                     multiprocess_mode="livemax")
 
-# The per-request children, looked up once per label set.
-# Every request's: applied in batches (metric_children). The rest as they come.
+# Every request's children, looked up once per label set and updated in batches
+# (metric_children). The other metrics are updated as they come.
 requests_c = Batched(REQUESTS)
 duration_h = Batched(DURATION)
 ttft_h = Batched(TTFT)
