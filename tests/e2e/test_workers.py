@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from devtools.cluster import BIN, Cluster, free_port, http_get, wait_for
+from nebula_common.metric_children import FLUSH_S
 from tests.e2e.test_router_faults import (
     post,  # one request on a new connection: the kernel picks the worker
 )
@@ -122,7 +123,11 @@ def test_metrics_are_summed_over_workers(env: dict) -> None:
     start = total()
     for _ in range(20):
         assert post(router, chat())[0] == 200
-    # every scrape, whichever worker answers it, counts the requests of all of them
+    # A worker applies its request counts within FLUSH_S (metric_children), the answering
+    # one before it renders. Once the sum holds them all, every scrape, whichever worker
+    # answers it, counts the requests of all of them.
+    wait_for(lambda: total() - start == 20, 20 * FLUSH_S, "every worker's counts in the sum",
+             0.01)
     assert [total() - start for _ in range(6)] == [20.0] * 6
 
 
