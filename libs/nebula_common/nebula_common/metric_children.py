@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client.metrics import MetricWrapperBase
 
 M = TypeVar("M", bound=MetricWrapperBase)
+C = TypeVar("C")
 
 FLUSH_S = 0.05
 """How long a batched update waits at most (a scrape applies it at once)."""
@@ -26,24 +27,31 @@ MAX_PENDING = 4096
 """Observations held at most; the next one applies the batch."""
 
 
-class Labelled(Generic[M]):
+class _Children(Generic[M, C]):
+    """A metric's children of type ``C``, made once per label set by :meth:`_child`."""
+
+    def __init__(self, metric: M):
+        self.metric = metric
+        self.children: dict[tuple[str, ...], C] = {}
+
+    def __call__(self, *values: str) -> C:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self._child(values)
+        return child
+
+    def _child(self, values: tuple[str, ...]) -> C:
+        raise NotImplementedError
+
+
+class Labelled(_Children[M, M]):
     """Caches labelled children: ``labels()`` takes a lock and builds tuples each call.
 
     For label values from bounded sets only (models, statuses, key names), and for
     metrics whose children are never removed.
     """
 
-    def __init__(self, metric: M):
-        self.metric = metric
-        self.children: dict[tuple[str, ...], Any] = {}
-
-    def __call__(self, *values: str) -> M:
-        child = self.children.get(values)
-        if child is None:
-            child = self.children[values] = self._child(values)
-        return child  # type: ignore[no-any-return]
-
-    def _child(self, values: tuple[str, ...]) -> Any:
+    def _child(self, values: tuple[str, ...]) -> M:
         return self.metric.labels(*values)
 
 
@@ -151,16 +159,13 @@ class BatchedChild:
         BATCH.observe(self.child, value)
 
 
-class Batched(Labelled[M]):
+class Batched(_Children[M, BatchedChild]):
     """:class:`Labelled` whose children's updates are applied in batches (:data:`BATCH`).
 
     For the request path's counters, gauges and histograms; without labels, call it with
     no values. A reader of the values in the same process calls :func:`flush_metrics`
     first.
     """
-
-    def __call__(self, *values: str) -> BatchedChild:  # type: ignore[override]
-        return super().__call__(*values)  # type: ignore[return-value]
 
     def _child(self, values: tuple[str, ...]) -> BatchedChild:
         return BatchedChild(self.metric.labels(*values) if values else self.metric)
