@@ -88,6 +88,48 @@ async def test_lost_lease_is_regranted_and_keys_put_again(cluster: Cluster) -> N
     await other.close()
 
 
+async def test_a_lease_outlives_an_etcd_outage_longer_than_its_ttl(cluster: Cluster) -> None:
+    """etcd restores its leases on restart with their whole TTL: a keeper that dials again
+    at once keeps its lease. gRPC's default reconnect backoff (1 s x 1.6 per failure,
+    shared by every channel of the process) had it refused for up to 5 s after etcd was
+    back, past a 3 s TTL: nodes re-registered and the scheduler moved their replicas.
+    The watches share the channel, as in the scheduler (its seven mirrors and its lease):
+    their failing re-watches are what drove the shared backoff up."""
+    store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,)))  # the roles' timeout
+    keeper = LeaseKeeper(store, ttl=3)
+    await keeper.start()
+    mirrors = [PrefixMirror(store, f"/outage/w{i}/", f"w{i}") for i in range(7)]
+    for mirror in mirrors:
+        mirror.start()
+    await asyncio.wait_for(asyncio.gather(*(m.synced.wait() for m in mirrors)), 10)
+    await keeper.put("/outage/node", b"n1")
+    lease = keeper.lease_id
+    cluster.procs["etcd"].stop()
+    await until(lambda: not keeper.alive, timeout=10)
+    await asyncio.sleep(20)  # the outage itself: long enough for gRPC's backoff to grow
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(cluster.start_etcd)  # the keeper goes on meanwhile
+    back = loop.time()
+    other = store_for(cluster)
+    await until(lambda: keeper.alive, timeout=3 * keeper.ttl)
+    # A refresh every second at most (the keepalive's interval), each dialling again after
+    # at most gRPC's capped backoff: 2 s, plus slack. Without the cap: 0.3 to 5 s.
+    took = loop.time() - back
+    assert took < 2.5, f"the lease was refreshed {took:.1f}s after etcd answered again"
+    held_until = loop.time() + 2 * keeper.ttl  # a lease etcd had dropped would show by now
+    while loop.time() < held_until:
+        kv = await other.get("/outage/node")
+        assert kv is not None and kv.lease == lease, "the key lost its lease after the outage"
+        await asyncio.sleep(0.2)
+    assert keeper.regrants == 0 and keeper.lease_id == lease
+    await until(lambda: all(m.healthy for m in mirrors), timeout=10)
+    for mirror in mirrors:
+        await mirror.stop()
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
 async def test_mirror_resumes_after_etcd_restart(cluster: Cluster) -> None:
     store = store_for(cluster)
     mirror = PrefixMirror(store, "/m/")
