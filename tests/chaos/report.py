@@ -22,7 +22,7 @@ END = "<!-- chaos-table:end -->"
 ORDER = ("baseline", "kill_engine", "kill_node", "kill_node_agent", "etcd_outage", "kill_router",
          "disconnect_200", "rolling_drain", "engine_hang")
 DETAIL_KEYS = ("endpoint_gone_s", "replicas_moved_s", "engine_groups_killed", "engines_orphaned",
-               "node_restarted_s", "outage_s", "routers_reported_outage_s",
+               "node_restarted_s", "outage_s", "routers_reported_outage_s", "node_lease_regrants",
                "router_down_s", "gateway_failovers", "clients_dropped", "engine_cancelled",
                "idle_after_s", "drain_step_s", "ttfb_timeouts", "slowest_success_s")
 

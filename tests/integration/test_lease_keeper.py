@@ -21,7 +21,8 @@ T = TypeVar("T")
 class FaultyStore(EtcdStore):
     """A real store; after each lease grant, call number ``fail_nth`` fails, or the first waits.
 
-    A failing call raises StoreUnavailable, as a call does when etcd went away.
+    A failing call raises StoreUnavailable, as a call does when etcd went away; so does
+    every lease refresh while ``fail_refresh`` is set.
     """
 
     def __init__(self, config: EtcdConfig) -> None:
@@ -32,6 +33,15 @@ class FaultyStore(EtcdStore):
         self.hold_grant: asyncio.Event | None = None
         self.grants = 0
         self._since_grant = 0
+        self.fail_refresh = False
+        self.refresh_failures = 0
+
+    async def refresh(self, lease_id: int, per_try: float | None = None, attempts: int = 0
+                      ) -> int:
+        if self.fail_refresh:
+            self.refresh_failures += 1
+            raise StoreUnavailable("injected: etcd unreachable for the refresh")
+        return await super().refresh(lease_id, per_try, attempts)
 
     async def grant(self, ttl: int) -> int:
         if self.hold_grant is not None and self.grants:
@@ -250,6 +260,62 @@ async def test_a_write_stuck_past_the_ttl_does_not_let_the_lease_expire(
     assert await asyncio.wait_for(writing, 10)
     assert await values(other, "/stuck/") == {"/stuck/endpoint": (b"ready", lease),
                                               "/stuck/stats": (b"1", lease)}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_registration_completing_after_a_failed_refresh_is_not_alive(
+        cluster: Cluster) -> None:
+    """The keys went back under the new lease, but etcd stopped answering the refreshes
+    meanwhile: the lease is in doubt, so ``alive`` (a node's /readyz, ``nebula_node_etcd_up``)
+    stays False until a refresh succeeds again; it used to read True until the next tick."""
+    store, other = faulty(cluster), store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    await keeper.put("/doubt/node", b"n")
+    store.hold = release = asyncio.Event()  # the registration's first put waits
+    await lose_lease(other, keeper)
+    await asyncio.wait_for(store.holding.wait(), 10)
+    store.fail_refresh = True
+    await until(lambda: store.refresh_failures >= 1, timeout=5)
+    release.set()
+    await until(lambda: keeper.regrants == 1 and keeper._lost is None, timeout=5)
+    loop = asyncio.get_running_loop()
+    doubtful_until = loop.time() + 2 * keeper.ttl / 3  # two keepalive ticks, all failing
+    while loop.time() < doubtful_until:
+        assert not keeper.alive, "alive while every refresh fails"
+        await asyncio.sleep(0.05)
+    store.fail_refresh = False
+    await until(lambda: keeper.alive, timeout=5)
+    assert await values(other, "/doubt/") == {"/doubt/node": (b"n", keeper.lease_id)}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_lost_lease_does_not_wait_for_a_hung_retry_of_a_write(
+        cluster: Cluster) -> None:
+    """A write that did not land is retried beside the keepalive; when that retry hangs (a
+    member that lost its leader holds it for the client's timeout on every endpoint) and
+    the lease is lost meanwhile, the re-grant cancels the retry instead of queueing behind
+    it, and the registration puts the retried value under the new lease."""
+    store, other = StuckWrites(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2)), \
+        store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    assert await keeper.put("/hung/endpoint", b"ready")
+    theirs = await other.grant(30)
+    await other.put("/hung/stats", b"theirs", lease=theirs)
+    assert not await keeper.put("/hung/stats", b"ours"), "refused: another lease holds it"
+    store.release = asyncio.Event()  # never set: the next retry hangs for good
+    await other.revoke(theirs)
+    await until(lambda: store.waiting == 1, timeout=5)
+    store.release = None  # every later write goes through
+    await lose_lease(other, keeper)
+    await until(lambda: keeper.regrants == 1 and keeper.alive, timeout=3 * keeper.ttl)
+    assert await values(other, "/hung/") == {"/hung/endpoint": (b"ready", keeper.lease_id),
+                                             "/hung/stats": (b"ours", keeper.lease_id)}
     await keeper.stop()
     await store.close()
     await other.close()

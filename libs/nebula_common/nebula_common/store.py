@@ -38,6 +38,7 @@ import aetcd.transactions
 import aetcd.utils
 import grpc
 from aetcd import rpc
+from prometheus_client import Counter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -52,6 +53,10 @@ from .tasks import TaskSet, cancel_task
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+LEASE_REGRANTS = Counter("nebula_common_etcd_lease_regrants_total",
+                         "etcd leases this process found gone and granted again: each one "
+                         "means its leased keys were missing from etcd for a while.")
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     etcd_errors.ConnectionFailedError,
@@ -776,7 +781,8 @@ class LeaseKeeper:
     while its keys expire. It only refreshes, each try bounded (see _keepalive);
     what it finds to do (retry writes, re-grant, register) runs beside it, one
     job at a time, so a write stuck on a member that lost its leader cannot hold
-    the refreshes back until the lease expires.
+    the refreshes back until the lease expires; a re-grant cancels a retry of
+    writes that hangs, rather than wait for it with the keys gone.
     """
 
     store: EtcdStore
@@ -794,6 +800,9 @@ class LeaseKeeper:
     _task: asyncio.Task[None] | None = None
     _job: asyncio.Task[None] | None = None
     """The write work the keepalive started (a flush, a re-grant, a registration)."""
+    _job_is_flush: bool = False
+    _refresh_failed: bool = False
+    """The last refresh failed (etcd away): a registration that completes now is not alive."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _lost: dict[str, bytes] | None = None
     """What the lost lease held, until its registration under the new one is complete."""
@@ -875,7 +884,9 @@ class LeaseKeeper:
             self._lost = last
             self._previous = self.lease_id
             self.lease_id, self.held, self.pending = lease, {}, {}
+            self._refresh_failed = False
         self.regrants += 1
+        LEASE_REGRANTS.inc()
         await self._register()
 
     async def _register(self) -> None:
@@ -886,7 +897,9 @@ class LeaseKeeper:
             for key, value in wanted.items():
                 await self._write(key, (value, False))
             self._lost = None
-        self.alive = True
+        # A refresh that failed while the keys went back leaves the lease in doubt: alive
+        # again only once a refresh succeeds (the keepalive sets it).
+        self.alive = not self._refresh_failed
         log.warning("etcd lease was lost; re-granted lease %x and registered %d of %d keys "
                     "from the current state", self.lease_id, len(wanted), len(lost))
         for listener in self.on_regrant:
@@ -913,7 +926,7 @@ class LeaseKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.alive = False
+                self.alive, self._refresh_failed = False, True
                 # the lease is running out: try again soon, backing off to the interval
                 failures += 1
                 wait = backoff_delay(failures, initial=0.25, maximum=interval)
@@ -922,9 +935,10 @@ class LeaseKeeper:
             wait, failures = interval, 0
             if lease != self.lease_id:
                 continue  # answered for a lease a re-grant has replaced meanwhile
+            self._refresh_failed = False
             if remaining <= 0:
                 self.alive = False
-                self._start_job(self._regrant)
+                self._start_job(self._regrant, preempt_flush=True)
             else:
                 refreshed = loop.time()
                 if self._lost is not None:
@@ -934,11 +948,22 @@ class LeaseKeeper:
                     if self.pending:
                         self._start_job(self.flush)
 
-    def _start_job(self, job: Callable[[], Awaitable[None]]) -> None:
+    def _start_job(self, job: Callable[[], Awaitable[None]], *,
+                   preempt_flush: bool = False) -> None:
         """Run ``job`` beside the keepalive unless the last one is still running (the
-        next tick looks again); an etcd failure in it is retried on a later tick."""
-        if self._job is None or self._job.done():
-            self._job = self.tasks.spawn(self._quietly(job), "lease-writes")
+        next tick looks again); an etcd failure in it is retried on a later tick.
+
+        ``preempt_flush`` cancels a retry of pending writes still running: one can hang
+        for the client's timeout on every endpoint, and a lost lease must not wait for
+        it. Nothing is lost: a write that had not landed is still pending, and the
+        re-grant carries every pending value over to the new lease's registration.
+        """
+        if self._job is not None and not self._job.done():
+            if not (preempt_flush and self._job_is_flush):
+                return
+            self._job.cancel()  # it releases the write lock, which the re-grant waits for
+        self._job_is_flush = job == self.flush
+        self._job = self.tasks.spawn(self._quietly(job), "lease-writes")
 
     async def _quietly(self, job: Callable[[], Awaitable[None]]) -> None:
         try:
