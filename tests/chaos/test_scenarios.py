@@ -236,10 +236,12 @@ def node_url(chaos: ChaosCluster, node_id: str) -> str:
 
 
 def lease_regrants(chaos: ChaosCluster) -> dict[str, int]:
-    """Each node's ``nebula_common_etcd_lease_regrants_total`` (a node that does not answer: 0)."""
-    return {n: int(router_counter_at(node_url(chaos, n),
-                                     "nebula_common_etcd_lease_regrants_total") or 0)
-            for n in NODE_IDS}
+    """Each node's ``nebula_node_lease_regrants_total``; a node must answer with it."""
+    counts = {n: router_counter_at(node_url(chaos, n), "nebula_node_lease_regrants_total")
+              for n in NODE_IDS}
+    missing = [n for n, count in counts.items() if count is None]
+    assert not missing, f"nodes whose /metrics did not answer with their lease re-grants: {missing}"
+    return {n: int(count or 0) for n, count in counts.items()}
 
 
 def node_diagnostics(chaos: ChaosCluster) -> dict[str, Any]:

@@ -269,9 +269,10 @@ async def test_a_registration_completing_after_a_failed_refresh_is_not_alive(
         cluster: Cluster) -> None:
     """The keys went back under the new lease, but etcd stopped answering the refreshes
     meanwhile: the lease is in doubt, so ``alive`` (a node's /readyz, ``nebula_node_etcd_up``)
-    stays False until a refresh succeeds again; it used to read True until the next tick."""
+    stays False until a refresh succeeds again; it used to read True until the next tick.
+    The new lease outlives the test's window (TTL 4 s): no second re-grant hides the path."""
     store, other = faulty(cluster), store_for(cluster)
-    keeper = LeaseKeeper(store, ttl=2)
+    keeper = LeaseKeeper(store, ttl=4)
     await keeper.start()
     await keeper.put("/doubt/node", b"n")
     store.hold = release = asyncio.Event()  # the registration's first put waits
@@ -281,13 +282,17 @@ async def test_a_registration_completing_after_a_failed_refresh_is_not_alive(
     await until(lambda: store.refresh_failures >= 1, timeout=5)
     release.set()
     await until(lambda: keeper.regrants == 1 and keeper._lost is None, timeout=5)
+    failed = store.refresh_failures
     loop = asyncio.get_running_loop()
-    doubtful_until = loop.time() + 2 * keeper.ttl / 3  # two keepalive ticks, all failing
-    while loop.time() < doubtful_until:
+    deadline = loop.time() + keeper.ttl
+    while store.refresh_failures <= failed:  # until the next refresh fails too
         assert not keeper.alive, "alive while every refresh fails"
-        await asyncio.sleep(0.05)
+        assert loop.time() < deadline, "no refresh was tried"
+        await asyncio.sleep(0.02)
+    assert not keeper.alive
     store.fail_refresh = False
     await until(lambda: keeper.alive, timeout=5)
+    assert keeper.regrants == 1, "the lease expired: the refresh path was not what passed"
     assert await values(other, "/doubt/") == {"/doubt/node": (b"n", keeper.lease_id)}
     await keeper.stop()
     await store.close()

@@ -38,7 +38,6 @@ import aetcd.transactions
 import aetcd.utils
 import grpc
 from aetcd import rpc
-from prometheus_client import Counter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -53,10 +52,6 @@ from .tasks import TaskSet, cancel_task
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-LEASE_REGRANTS = Counter("nebula_common_etcd_lease_regrants_total",
-                         "etcd leases this process found gone and granted again: each one "
-                         "means its leased keys were missing from etcd for a while.")
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     etcd_errors.ConnectionFailedError,
@@ -81,7 +76,6 @@ REQUEST_ERRORS: tuple[type[BaseException], ...] = (
 CHANNEL_OPTIONS: dict[str, int] = {
     "grpc.use_local_subchannel_pool": 1,
     "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1000,
 }
 """gRPC options of every channel to etcd: a failed endpoint is retried within a second.
@@ -92,7 +86,10 @@ channel after a rotation inherits that wait. After a 10 to 20 s etcd outage that
 up to 5 s of refused calls once etcd was back: longer than a short lease, so a node
 lost its lease to an outage it had otherwise survived and the scheduler moved its
 replicas. Each channel now owns its connection (a rotation dials afresh) and waits at
-most a second between dials (tests/integration/test_store.py, the outage test).
+most a second between dials (tests/integration/test_store.py, the outage test). The
+connect timeout stays gRPC's 20 s (``grpc.min_reconnect_backoff_ms`` sets that, not a
+backoff): a TLS handshake to a remote etcd must not be cut at the backoff. A role has one
+store, so this is one connection per role, dialled about once a second while etcd is down.
 """
 
 
@@ -782,7 +779,7 @@ class LeaseKeeper:
     what it finds to do (retry writes, re-grant, register) runs beside it, one
     job at a time, so a write stuck on a member that lost its leader cannot hold
     the refreshes back until the lease expires; a re-grant cancels a retry of
-    writes that hangs, rather than wait for it with the keys gone.
+    writes or a registration that hangs, rather than wait for it with the keys gone.
     """
 
     store: EtcdStore
@@ -800,7 +797,7 @@ class LeaseKeeper:
     _task: asyncio.Task[None] | None = None
     _job: asyncio.Task[None] | None = None
     """The write work the keepalive started (a flush, a re-grant, a registration)."""
-    _job_is_flush: bool = False
+    _job_is_regrant: bool = False
     _refresh_failed: bool = False
     """The last refresh failed (etcd away): a registration that completes now is not alive."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -886,7 +883,6 @@ class LeaseKeeper:
             self.lease_id, self.held, self.pending = lease, {}, {}
             self._refresh_failed = False
         self.regrants += 1
-        LEASE_REGRANTS.inc()
         await self._register()
 
     async def _register(self) -> None:
@@ -938,7 +934,7 @@ class LeaseKeeper:
             self._refresh_failed = False
             if remaining <= 0:
                 self.alive = False
-                self._start_job(self._regrant, preempt_flush=True)
+                self._start_job(self._regrant, preempt=True)
             else:
                 refreshed = loop.time()
                 if self._lost is not None:
@@ -948,21 +944,23 @@ class LeaseKeeper:
                     if self.pending:
                         self._start_job(self.flush)
 
-    def _start_job(self, job: Callable[[], Awaitable[None]], *,
-                   preempt_flush: bool = False) -> None:
+    def _start_job(self, job: Callable[[], Awaitable[None]], *, preempt: bool = False
+                   ) -> None:
         """Run ``job`` beside the keepalive unless the last one is still running (the
         next tick looks again); an etcd failure in it is retried on a later tick.
 
-        ``preempt_flush`` cancels a retry of pending writes still running: one can hang
-        for the client's timeout on every endpoint, and a lost lease must not wait for
-        it. Nothing is lost: a write that had not landed is still pending, and the
-        re-grant carries every pending value over to the new lease's registration.
+        ``preempt`` (a re-grant) cancels a running retry of pending writes or
+        registration: either can hang for the client's timeout on every endpoint, and
+        a lost lease must not wait for it. Nothing is lost: a write that had not landed
+        is still pending, what a registration had not put yet is still in ``_lost``, and
+        the re-grant carries both over to the new lease's registration. A re-grant
+        already running is left to finish.
         """
         if self._job is not None and not self._job.done():
-            if not (preempt_flush and self._job_is_flush):
+            if not preempt or self._job_is_regrant:
                 return
             self._job.cancel()  # it releases the write lock, which the re-grant waits for
-        self._job_is_flush = job == self.flush
+        self._job_is_regrant = preempt
         self._job = self.tasks.spawn(self._quietly(job), "lease-writes")
 
     async def _quietly(self, job: Callable[[], Awaitable[None]]) -> None:
