@@ -76,8 +76,8 @@ def finish(chaos: ChaosCluster, tmp_path: Path, report: ScenarioReport, load: Lo
     return figures
 
 
-def router_counter_at(url: str, name: str) -> float | None:
-    """One unlabelled metric of one router, or of any role (None when absent or unreachable)."""
+def metric_at(url: str, name: str) -> float | None:
+    """One unlabelled metric of one role's process (None when absent or unreachable)."""
     with contextlib.suppress(OSError):
         for line in http_get(url + "/metrics")[1].decode().splitlines():
             if line.startswith(name + " "):
@@ -202,7 +202,7 @@ def test_etcd_outage(chaos: ChaosCluster, tmp_path: Path) -> None:
     deadline = stopped + 10
     while time.monotonic() < deadline:  # the outage itself is the scenario: 10 s of it
         for url in chaos.router_urls:
-            if url not in noticed and router_counter_at(url, "nebula_router_etcd_connected") == 0 \
+            if url not in noticed and metric_at(url, "nebula_router_etcd_connected") == 0 \
                     and http_get(url + "/readyz")[0] != 200:
                 noticed[url] = round(time.monotonic() - stopped, 1)
         time.sleep(0.2)
@@ -219,7 +219,7 @@ def test_etcd_outage(chaos: ChaosCluster, tmp_path: Path) -> None:
     # A lease refreshed in time is kept (etcd restores it with its whole TTL); the count of
     # re-grants is reported, not judged: a slow machine may still lose one, harmlessly.
     after = lease_regrants(chaos)
-    regrants = {n: after[n] - regrants_before.get(n, 0) for n in after}
+    regrants = {n: after[n] - regrants_before[n] for n in NODE_IDS}
     finish(chaos, tmp_path, report, load, watch=watch, no_failures=True,
            extra={"outage_s": outage_s, "routers_reported_outage_s": sorted(noticed.values()),
                   "node_lease_regrants": [regrants[n] for n in sorted(regrants)]})
@@ -237,11 +237,12 @@ def node_url(chaos: ChaosCluster, node_id: str) -> str:
 
 def lease_regrants(chaos: ChaosCluster) -> dict[str, int]:
     """Each node's ``nebula_node_lease_regrants_total``; a node must answer with it."""
-    counts = {n: router_counter_at(node_url(chaos, n), "nebula_node_lease_regrants_total")
-              for n in NODE_IDS}
-    missing = [n for n, count in counts.items() if count is None]
-    assert not missing, f"nodes whose /metrics did not answer with their lease re-grants: {missing}"
-    return {n: int(count or 0) for n, count in counts.items()}
+    counts = {}
+    for node_id in NODE_IDS:
+        count = metric_at(node_url(chaos, node_id), "nebula_node_lease_regrants_total")
+        assert count is not None, f"node {node_id}'s /metrics did not answer with its re-grants"
+        counts[node_id] = int(count)
+    return counts
 
 
 def node_diagnostics(chaos: ChaosCluster) -> dict[str, Any]:

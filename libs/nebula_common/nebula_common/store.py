@@ -934,7 +934,7 @@ class LeaseKeeper:
             self._refresh_failed = False
             if remaining <= 0:
                 self.alive = False
-                self._start_job(self._regrant, preempt=True)
+                self._start_job(self._regrant)
             else:
                 refreshed = loop.time()
                 if self._lost is not None:
@@ -944,23 +944,23 @@ class LeaseKeeper:
                     if self.pending:
                         self._start_job(self.flush)
 
-    def _start_job(self, job: Callable[[], Awaitable[None]], *, preempt: bool = False
-                   ) -> None:
+    def _start_job(self, job: Callable[[], Awaitable[None]]) -> None:
         """Run ``job`` beside the keepalive unless the last one is still running (the
         next tick looks again); an etcd failure in it is retried on a later tick.
 
-        ``preempt`` (a re-grant) cancels a running retry of pending writes or
-        registration: either can hang for the client's timeout on every endpoint, and
-        a lost lease must not wait for it. Nothing is lost: a write that had not landed
-        is still pending, what a registration had not put yet is still in ``_lost``, and
-        the re-grant carries both over to the new lease's registration. A re-grant
-        already running is left to finish.
+        A re-grant cancels a running retry of pending writes or registration instead:
+        either can hang for the client's timeout on every endpoint, and a lost lease
+        must not wait for it. Nothing is lost: a write that had not landed is still
+        pending, what a registration had not put yet is still in ``_lost``, and the
+        re-grant carries both over to the new lease's registration. A re-grant already
+        running is left to finish.
         """
+        regrant = job == self._regrant
         if self._job is not None and not self._job.done():
-            if not preempt or self._job_is_regrant:
+            if not regrant or self._job_is_regrant:
                 return
             self._job.cancel()  # it releases the write lock, which the re-grant waits for
-        self._job_is_regrant = preempt
+        self._job_is_regrant = regrant
         self._job = self.tasks.spawn(self._quietly(job), "lease-writes")
 
     async def _quietly(self, job: Callable[[], Awaitable[None]]) -> None:
