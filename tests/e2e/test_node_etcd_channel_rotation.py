@@ -46,7 +46,7 @@ def test_rpc_cancelled_by_channel_close_is_a_connection_error(cluster: Cluster):
 
         call = asyncio.create_task(store.call(hanging_rpc))
         await asyncio.wait_for(started.wait(), 10)
-        await store._rotate(store._client)  # what a failing call in another task does
+        await store._rotate(store._client, TimeoutError())  # as a failing call elsewhere does
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(call, 10)
         # A real cancellation of the caller, with its RPC in flight, is still a cancellation.
@@ -69,7 +69,7 @@ def test_mirror_survives_channel_close(cluster: Cluster):
         await asyncio.wait_for(mirror.synced.wait(), 10)
         await store.put("/rot/a", b"1")
         await until(lambda: "/rot/a" in mirror.items)
-        await store._rotate(store._client)
+        await store._rotate(store._client, TimeoutError())
         await store.put("/rot/b", b"2")
         await until(lambda: "/rot/b" in mirror.items)
         assert mirror._task is not None and not mirror._task.done()

@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest
+
 from devtools.cluster import Cluster
 from nebula_common.store import EtcdConfig, EtcdStore, LeaseKeeper, StoreUnavailable
 from tests.integration.test_store import store_for, until
@@ -76,8 +78,11 @@ class StuckWrites(EtcdStore):
         super().__init__(config)
         self.release: asyncio.Event | None = None
         self.waiting = 0
+        self.leases: list[int] = []
+        """The lease of every owned write tried, in order."""
 
     async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
+        self.leases.append(lease)
         if self.release is not None:
             self.waiting += 1
             await self.release.wait()
@@ -321,6 +326,65 @@ async def test_a_lost_lease_does_not_wait_for_a_hung_retry_of_a_write(
     await until(lambda: keeper.regrants == 1 and keeper.alive, timeout=3 * keeper.ttl)
     assert await values(other, "/hung/") == {"/hung/endpoint": (b"ready", keeper.lease_id),
                                              "/hung/stats": (b"ours", keeper.lease_id)}
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_lost_lease_does_not_wait_for_a_role_write_hung_on_the_lock(
+        cluster: Cluster) -> None:
+    """A role's own put holds the write lock while it hangs (a member without a leader),
+    and another waits behind it; the lease is lost meanwhile. The re-grant cuts the hung
+    put short (it answers False: not landed now), the queued one is deferred without
+    trying etcd, and the registration puts both values under the new lease."""
+    store, other = StuckWrites(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2)), \
+        store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    assert await keeper.put("/held/endpoint", b"ready")
+    old = keeper.lease_id
+    store.release = hold = asyncio.Event()  # set at the end only: the next write hangs
+    hung = asyncio.create_task(keeper.put("/held/stats", b"1"))
+    await until(lambda: store.waiting == 1, timeout=5)
+    queued = asyncio.create_task(keeper.put("/held/stats2", b"2"))
+    await asyncio.sleep(0)  # it waits on the lock
+    store.release = None  # every later write goes through
+    await lose_lease(other, keeper)
+    assert await asyncio.wait_for(hung, 3 * keeper.ttl) is False
+    assert await asyncio.wait_for(queued, 3 * keeper.ttl) is False
+    await until(lambda: keeper.regrants == 1 and keeper.alive, timeout=3 * keeper.ttl)
+    # The endpoint and the hung write only: the queued one never went to the lost lease.
+    assert store.leases.count(old) == 2, store.leases
+    hold.set()
+    lease = keeper.lease_id
+    assert await values(other, "/held/") == {"/held/endpoint": (b"ready", lease),
+                                             "/held/stats": (b"1", lease),
+                                             "/held/stats2": (b"2", lease)}
+    assert not keeper.pending
+    await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_cancelled_caller_cancels_its_write_and_is_not_swallowed(
+        cluster: Cluster) -> None:
+    """Only a re-grant's cut turns into False: a role task cancelled in a hung put (its
+    shutdown) is cancelled, and the write it left is still retried."""
+    store, other = StuckWrites(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2)), \
+        store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=2)
+    await keeper.start()
+    store.release = hold = asyncio.Event()
+    hung = asyncio.create_task(keeper.put("/gone/stats", b"1"))
+    await until(lambda: store.waiting == 1, timeout=5)
+    store.release = None  # a retry that a keepalive tick queued meanwhile goes through
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    hold.set()  # nothing waits on it now: what lands below is the kept write, retried
+    await until(lambda: not keeper.pending, timeout=3 * keeper.ttl)
+    assert await values(other, "/gone/") == {"/gone/stats": (b"1", keeper.lease_id)}
+    assert keeper.regrants == 0
     await keeper.stop()
     await store.close()
     await other.close()

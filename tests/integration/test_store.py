@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
+import aetcd.exceptions as etcd_errors
 import pytest
 
 from devtools.cluster import Cluster, free_port
@@ -169,4 +170,29 @@ async def test_mirror_relists_after_compaction(cluster: Cluster) -> None:
     await until(lambda: len(mirror.items) == 5)
     assert mirror.relists > relists
     await mirror.stop()
+    await store.close()
+
+
+async def test_rotations_pass_over_an_endpoint_that_did_not_answer(cluster: Cluster) -> None:
+    """A member that refused the connection is held; one that answered "etcdserver: ..." is
+    not, and a rotation away from it skips the held one (round-robin went back to it)."""
+    dead_a, dead_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    store = EtcdStore(EtcdConfig(endpoints=(dead_a, cluster.etcd_endpoint, dead_b), timeout=2))
+    await store.put("/hold/a", b"1")  # dead_a refuses: held; the live member answers
+    assert store.endpoint == cluster.etcd_endpoint
+    election = etcd_errors.ConnectionFailedError("etcdserver: no leader")
+    live = store._client
+    assert live is not None
+    await store._rotate(live, election)  # what a call refused during an election does
+    assert store.endpoint == dead_b, "not held: dead_b never failed"
+    await store.put("/hold/b", b"2")  # dead_b refuses: held; back to the live member
+    assert store.endpoint == cluster.etcd_endpoint
+    live = store._client
+    assert live is not None
+    await store._rotate(live, election)
+    # Both others held: the one held longest ago, dead_a; the live member was never held.
+    assert store.endpoint == dead_a
+    await store.put("/hold/c", b"3")
+    assert store.endpoint == cluster.etcd_endpoint
+    assert (await store.get("/hold/c")) is not None
     await store.close()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from devtools.cluster import Cluster, etcd_binary, free_port, http_get, wait_for
-from nebula_common.store import EtcdConfig, EtcdStore, PrefixMirror
+from nebula_common.store import EtcdConfig, EtcdStore, PrefixMirror, WatchStream
 from tests.integration.test_store import store_for, until
 
 PROGRESS_S = 0.5
@@ -59,6 +59,47 @@ async def test_frozen_etcd_makes_the_mirror_unhealthy_and_it_recovers(cluster: C
     await mirror.stop()
     await store.close()
     await writer.close()
+
+
+class FreezesAfterWatch(EtcdStore):
+    """A real store that SIGSTOPs etcd once its next watch is created: etcd took the watch
+    and will answer nothing on it, as a member did right after an election."""
+
+    def __init__(self, config: EtcdConfig, pid: int) -> None:
+        super().__init__(config)
+        self.pid = pid
+        self.frozen = False
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> WatchStream:
+        watch = await super().watch_prefix(prefix, start_revision)
+        if not self.frozen:
+            os.kill(self.pid, signal.SIGSTOP)
+            self.frozen = True
+        return watch
+
+
+async def test_a_new_watch_etcd_never_answers_is_given_up_before_the_stall_bound(
+        cluster: Cluster) -> None:
+    """A watch etcd never answered once is held to a few progress intervals, not to the
+    whole stall bound (it used to wait out the bound: a router 7 to 9 s stale)."""
+    stall = 8.0
+    pid = cluster.procs["etcd"].pid
+    store = FreezesAfterWatch(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2), pid)
+    mirror = PrefixMirror(store, "/new/", progress_interval=PROGRESS_S, stall_after=stall)
+    mirror.start()
+    try:
+        await until(lambda: store.frozen, timeout=10)
+        await until(lambda: mirror.healthy, timeout=1)  # it took the watch as good
+        loop = asyncio.get_running_loop()
+        frozen_at = loop.time()
+        await until(lambda: not mirror.healthy, timeout=stall / 2)
+        assert loop.time() - frozen_at < stall / 2
+        assert "no answer from etcd" in mirror.last_error, mirror.last_error
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await until(lambda: mirror.healthy, timeout=20)
+    await mirror.stop()
+    await store.close()
 
 
 def start_etcd_cluster(cluster: Cluster, size: int = 3) -> list[tuple[str, int]]:

@@ -73,6 +73,34 @@ REQUEST_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Errors where etcd answered and refused: trying another endpoint would not help."""
 
+UNREACHABLE_HOLD_S = 30.0
+"""How long a rotation passes over an endpoint that did not answer (see next_endpoint)."""
+
+
+def answered(exc: BaseException) -> bool:
+    """The failure is an etcd member's own answer ("etcdserver: no leader", "leader
+    changed"...): the member is up, it will have a leader again within an election.
+    Anything else (a timeout, a refused or reset connection, a silent watch) says the
+    member may be gone, and trying it again may cost the whole client timeout."""
+    return "etcdserver:" in str(exc) or "etcdserver:" in error_text(exc)
+
+
+def next_endpoint(index: int, count: int, held_until: Mapping[int, float], now: float) -> int:
+    """The endpoint to try after ``index`` failed: the next one in order that is not held
+    (it did not answer within ``UNREACHABLE_HOLD_S``), else the one held longest ago.
+
+    During an election every live member refuses leader-bound calls for a moment; a plain
+    round-robin then went back to the member that was killed, whose address swallows
+    packets, and each mirror waited out the client timeout on it (a router's /readyz
+    stayed 503 for seconds after the leader came back).
+    """
+    others = [(index + step) % count for step in range(1, count)]
+    for candidate in others:
+        if held_until.get(candidate, 0.0) <= now:
+            return candidate
+    return min(others, key=lambda i: held_until.get(i, 0.0), default=index)
+
+
 CHANNEL_OPTIONS: dict[str, int] = {
     "grpc.use_local_subchannel_pool": 1,
     "grpc.initial_reconnect_backoff_ms": 100,
@@ -120,6 +148,13 @@ PROGRESS_INTERVAL_S = 1.0
 
 WATCH_STALL_S = 5.0
 """A watch that etcd has not answered for this long is given up and opened again."""
+
+NEW_WATCH_STALL_INTERVALS = 3
+"""A new watch asks for progress at once; one that etcd has not answered once is given
+up after this many progress intervals, not ``WATCH_STALL_S``: right after an election a
+member can take a watch and then answer nothing on it (seen on etcd 3.5 in the multi-host
+bundle: a router stayed stale for 7 to 9 s after the leader was killed). A watch that
+answered keeps the full bound."""
 
 REQUIRE_LEADER = ("hasleader", "true")
 """gRPC metadata: etcd refuses, or cancels, a watch while its member has no leader."""
@@ -249,6 +284,8 @@ class EtcdStore:
         self._index = 0
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()
+        self._held_until: dict[int, float] = {}
+        """Endpoint index -> ``time.monotonic()`` until which rotations pass over it."""
         self.last_ok: float = 0.0
         self.last_error: str = ""
 
@@ -281,16 +318,20 @@ class EtcdStore:
             self._client = self._make_client(self.endpoint)
         return self._client
 
-    async def discard(self, failed: aetcd.Client) -> None:
+    async def discard(self, failed: aetcd.Client, why: BaseException) -> None:
         """Stop using ``failed`` (a stream on it broke or went silent): the next call rotates."""
-        await self._rotate(failed)
+        await self._rotate(failed, why)
 
-    async def _rotate(self, failed: aetcd.Client) -> None:
+    async def _rotate(self, failed: aetcd.Client, why: BaseException) -> None:
         async with self._lock:
             if self._client is not failed:
                 return  # another task already rotated
             self._client = None
-            self._index += 1
+            now, count = time.monotonic(), len(self.config.endpoints)
+            current = self._index % count
+            if not answered(why):
+                self._held_until[current] = now + UNREACHABLE_HOLD_S
+            self._index = next_endpoint(current, count, self._held_until, now)
         await _close_quietly(failed)
 
     @property
@@ -328,10 +369,12 @@ class EtcdStore:
             except (*CONNECTION_ERRORS, etcd_errors.ClientError) as exc:
                 last = exc
                 self.last_error = f"{self.endpoint}: {error_text(exc)}"
-                await self._rotate(client)
+                await self._rotate(client, exc)
                 continue
             self.last_ok = time.monotonic()
             self.last_error = ""
+            if self._held_until and self._client is client:
+                self._held_until.pop(self._index % len(self.config.endpoints), None)
             return result
         why = error_text(last) if last is not None else "no try"
         raise StoreUnavailable(f"etcd unreachable at {','.join(self.config.endpoints)}: {why}")
@@ -690,21 +733,24 @@ class PrefixMirror:
                 self._broken(exc)
                 if isinstance(exc, WatchBroken) and self._watch is not None:
                     # A stream that failed or went silent: its endpoint is suspect.
-                    await self.store.discard(self._watch.client)
+                    await self.store.discard(self._watch.client, exc)
             await self._cancel_watch()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
     async def _follow(self, watch: WatchStream) -> None:
         """Apply the watch's events until it breaks (it raises); ask for progress when quiet."""
+        bound = min(self.stall_after, NEW_WATCH_STALL_INTERVALS * self.progress_interval)
+        await watch.request_progress(self.progress_interval)  # its first answer, asked now
         while True:
             response = await watch.next(self.progress_interval)
             if response is None:
                 silent = self.silent_for()
-                if silent >= self.stall_after:
+                if silent >= bound:
                     raise WatchBroken(f"no answer from etcd for {silent:.1f}s")
                 await watch.request_progress(self.progress_interval)
                 continue
+            bound = self.stall_after
             self.last_progress = time.monotonic()
             changed = False
             for event in response.events:
@@ -779,7 +825,8 @@ class LeaseKeeper:
     what it finds to do (retry writes, re-grant, register) runs beside it, one
     job at a time, so a write stuck on a member that lost its leader cannot hold
     the refreshes back until the lease expires; a re-grant cancels a retry of
-    writes or a registration that hangs, rather than wait for it with the keys gone.
+    writes, a registration or a role's own write that hangs, rather than wait for it
+    with the keys gone (that write answers False and is carried to the new lease).
     """
 
     store: EtcdStore
@@ -800,6 +847,10 @@ class LeaseKeeper:
     _job_is_regrant: bool = False
     _refresh_failed: bool = False
     """The last refresh failed (etcd away): a registration that completes now is not alive."""
+    _writing: asyncio.Task[bool] | None = None
+    """A role's put or delete talking to etcd now, under the lock (a re-grant cancels it)."""
+    _regranting: bool = False
+    """A re-grant waits for the lock: a role's write queued on it is deferred, not tried."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _lost: dict[str, bytes] | None = None
     """What the lost lease held, until its registration under the new one is complete."""
@@ -837,18 +888,40 @@ class LeaseKeeper:
                     return
 
     async def _try(self, key: str, write: _Write) -> bool:
+        """A role's write, under the lock. It runs as a task of its own so that a re-grant
+        can cut it short (see _regrant): a write hung on a member without a leader would
+        otherwise hold the lock, and the lost lease's keys stay gone, for the client's
+        timeout on every endpoint."""
+        # Pending first: whatever cuts the attempt short, even before it starts, the
+        # write is kept (the re-grant carries it to the new lease).
+        self._defer(key, write)
+        if self._regranting:
+            return False
+        attempt = asyncio.get_running_loop().create_task(self._write(key, write))
+        self._writing = attempt
         try:
-            return await self._write(key, write)
+            return await attempt
+        except asyncio.CancelledError:
+            if not _rpc_cancelled_under_us():
+                raise  # the caller was cancelled (the attempt with it)
+            return False  # a re-grant cut it short
         except Exception as exc:  # etcd away: kept in pending and retried
             log.debug("write of %s failed (%s); will retry", key, exc)
             return False
+        finally:
+            self._writing = None
+
+    def _defer(self, key: str, write: _Write) -> None:
+        """What _write does before it reaches etcd: the write waits in ``pending``."""
+        self.pending[key] = write
+        if write[0] is None:
+            self.held.pop(key, None)
 
     async def _write(self, key: str, write: _Write) -> bool:
         """One write under the lock; raises on etcd trouble, leaving it pending."""
         value, claim = write
-        self.pending[key] = write
+        self._defer(key, write)
         if value is None:
-            self.held.pop(key, None)
             await self.store.delete_owned(key, self.lease_id, self._previous)
             landed = True
         elif claim:
@@ -867,23 +940,39 @@ class LeaseKeeper:
         return landed
 
     async def _regrant(self) -> None:
-        async with self._lock:
-            lease = await self.store.grant(self.ttl)
-            # The latest value of every key we hold or were still trying to write (a
-            # write that failed while etcd was away is newer than what landed), plus
-            # what a registration cut short by this loss had not put yet.
-            last = {**(self._lost or {}), **self.held}
-            for key, (value, _claim) in self.pending.items():
-                if value is None:
-                    last.pop(key, None)
-                else:
-                    last[key] = value
-            self._lost = last
-            self._previous = self.lease_id
-            self.lease_id, self.held, self.pending = lease, {}, {}
-            self._refresh_failed = False
+        # A role's write may hold the lock, hung: cut it short, and let the writes queued
+        # behind it wait in ``pending`` rather than each try etcd first.
+        self._regranting = True
+        try:
+            if self._writing is not None:
+                self._writing.cancel()
+            async with self._lock:
+                self._regranting = False
+                await self._swap_lease()
+        finally:
+            self._regranting = False
         self.regrants += 1
         await self._register()
+
+    async def _swap_lease(self) -> None:
+        """Under the lock: a new lease, and what the lost one held kept for its registration."""
+        lease = await self.store.grant(self.ttl)
+        # The latest value of every key we hold or were still trying to write (a write
+        # that failed while etcd was away is newer than what landed), plus what a
+        # registration cut short by this loss had not put yet.
+        last = {**(self._lost or {}), **self.held}
+        for key, (value, _claim) in self.pending.items():
+            if value is None:
+                last.pop(key, None)
+            else:
+                last[key] = value
+        self._lost = last
+        self._previous = self.lease_id
+        # A delete still to land is kept: etcd can report a lease gone that outlives the
+        # report, and the key it still holds must go (delete_owned covers the previous lease).
+        deletes = {key: write for key, write in self.pending.items() if write[0] is None}
+        self.lease_id, self.held, self.pending = lease, {}, deletes
+        self._refresh_failed = False
 
     async def _register(self) -> None:
         """Put under the new lease what ``registration`` says now; raises if etcd fails."""

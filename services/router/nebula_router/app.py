@@ -40,7 +40,7 @@ def readiness(table: EndpointTable, stale_after: float = WATCH_STALL_S,
     notification) for ``stale_after`` seconds, as when etcd is frozen or the
     connection is black-holed; the router keeps serving the last table meanwhile.
     """
-    if table.synced and table.mirrors:
+    if table.loaded:
         now = time.monotonic() if now is None else now
         silent, name = max((m.silent_for(now), m.name) for m in table.mirrors)
         if silent > stale_after:

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     # A worker takes connections once its endpoint table is loaded (its siblings serve
     # meanwhile); a single process answers 503 "not loaded yet" instead.
     run_app(app, listen=args.listen, prog=PROG, before=before, after=after,
-            server=args.http_server, warm=lambda: table.synced)
+            server=args.http_server, warm=lambda: table.loaded)
 
 
 if __name__ == "__main__":

@@ -270,16 +270,26 @@ class EndpointTable:
 
     # -- health -----------------------------------------------------------------------
     @property
-    def synced(self) -> bool:
+    def loaded(self) -> bool:
+        """Built at least once from every mirror's full list; it stays so (a mirror that lost
+        etcd keeps its last content, which :attr:`connected` and staleness speak for)."""
         return (bool(self.mirrors) and all(m.synced.is_set() for m in self.mirrors)
-                and self.rebuilds > 0 and not self._pending)
+                and self.rebuilds > 0)
+
+    @property
+    def synced(self) -> bool:
+        """Loaded, and no change the mirrors hold is waiting for its rebuild (the next loop
+        turn): a model not in the table yet may be one whose records just arrived."""
+        return self.loaded and not self._pending
 
     @property
     def connected(self) -> bool:
         return bool(self.mirrors) and all(m.healthy for m in self.mirrors)
 
     def readiness(self) -> tuple[bool, str]:
-        if not self.synced:
+        # Not ``synced``: a rebuild queued for the next loop turn (the nodes rewrite /stats
+        # every few seconds) must not make a loaded table read as never synced.
+        if not self.loaded:
             return False, "endpoint table never synced from etcd"
         if not self.connected:
             detail = self.store.last_error if self.store is not None else ""

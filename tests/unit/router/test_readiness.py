@@ -35,3 +35,19 @@ def test_never_synced_says_so_rather_than_stale() -> None:
     table = EndpointTable(EtcdStore(EtcdConfig()), Keys())
     ok, detail = readiness(table, stale_after=5, now=NOW)
     assert not ok and "never synced" in detail
+
+
+async def test_a_rebuild_waiting_for_the_next_loop_turn_keeps_a_loaded_table_ready() -> None:
+    # The nodes rewrite /stats every few seconds, so a rebuild is often queued; a /readyz
+    # answered in that loop turn used to say "never synced".
+    table = synced_table({})
+    table.rebuild()
+    assert not table.synced  # the request path still treats an unknown model as "not yet"
+    assert readiness(table, stale_after=5, now=NOW) == (True, "ready")
+
+
+async def test_a_stale_table_is_not_ready_while_a_rebuild_waits() -> None:
+    table = synced_table({"nodes": 9.0})
+    table.rebuild()
+    ok, detail = readiness(table, stale_after=5, now=NOW)
+    assert not ok and "nodes watch for 9.0s" in detail
