@@ -325,3 +325,34 @@ def test_cli_wrong_password_is_one_line(cluster: Cluster) -> None:
     assert "Traceback" not in bad.stderr
     assert "auth" in bad.stderr.lower() or "password" in bad.stderr.lower(), bad.stderr
     assert "wrong" not in bad.stderr  # the password itself is not echoed
+
+
+def test_a_plaintext_client_connecting_during_a_tls_login_stays_plaintext(
+        cluster: Cluster, tls_etcd: tuple[str, dict[str, str]]) -> None:
+    """One process, two etcd clusters: a TLS one with passwords and a plaintext one. The TLS
+    client's channel factory used to stay swapped while etcd checked its password, so a
+    plaintext client connecting then got a TLS channel and could not reach its etcd."""
+    endpoint, certs = tls_etcd
+    enable_auth(f"https://{endpoint}", tls=certs)
+
+    async def go() -> None:
+        tls = EtcdStore(EtcdConfig(endpoints=(endpoint,), ca_cert=certs["ca"],
+                                   client_cert=certs["cert"], client_key=certs["key"],
+                                   username="root", password=PASSWORD, timeout=3))
+        plain = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=3))
+        try:
+            client = await tls._current()
+            login = asyncio.create_task(client.connect())
+            async with asyncio.timeout(10):
+                while not client._is_connecting:  # its channel is made: the login is sent
+                    await asyncio.sleep(0)
+            await plain.put("/mixed/a", b"1")
+            await asyncio.wait_for(login, 10)
+            await tls.put("/mixed/b", b"2")
+            kv = await plain.get("/mixed/a")
+            assert kv is not None and kv.value == b"1"
+        finally:
+            await tls.close()
+            await plain.close()
+
+    asyncio.run(go())

@@ -247,20 +247,25 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped: Clien
         self._credentials = credentials
 
     async def connect(self) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() or self._is_connecting:
+            await super().connect()  # connected, or another task is: nothing to swap
             return
         original = aetcd.client.rpc.insecure_channel
 
         def secure(target: str, options: Any = None) -> grpc.aio.Channel:
+            aetcd.client.rpc.insecure_channel = original  # for this one channel only
             return grpc.aio.secure_channel(target, self._credentials, options=options)
 
-        # aetcd builds its stubs right after creating the channel; swapping the
-        # factory for the duration of connect() keeps the rest of aetcd intact.
+        # aetcd's connect() makes its channel before its first await, so the factory is
+        # swapped only while no other task can run: it used to stay swapped across the
+        # password authentication, and a plaintext client connecting meanwhile in the same
+        # process got a TLS channel (or one TLS client put another's factory back for good).
         aetcd.client.rpc.insecure_channel = secure
         try:
             await super().connect()
         finally:
-            aetcd.client.rpc.insecure_channel = original
+            if aetcd.client.rpc.insecure_channel is secure:
+                aetcd.client.rpc.insecure_channel = original
 
 
 def _read(path: str | None) -> bytes | None:
