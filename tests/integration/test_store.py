@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aetcd.exceptions as etcd_errors
+import grpc
 import pytest
 
 from devtools.cluster import Cluster, free_port
@@ -195,4 +196,22 @@ async def test_rotations_pass_over_an_endpoint_that_did_not_answer(cluster: Clus
     await store.put("/hold/c", b"3")
     assert store.endpoint == cluster.etcd_endpoint
     assert (await store.get("/hold/c")) is not None
+    await store.close()
+
+
+async def test_a_rotation_cut_short_still_closes_the_old_channel(cluster: Cluster) -> None:
+    """A re-grant cancels a role's hung write, which may be rotating away from a failed
+    endpoint at that moment: the old channel is closed all the same, not left open."""
+    store = store_for(cluster)
+    await store.put("/close/a", b"1")
+    client = store._client
+    assert client is not None
+    channel = client.channel
+    rotation = asyncio.create_task(store._rotate(client, TimeoutError()))
+    await asyncio.sleep(0)  # it is closing the channel now
+    rotation.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rotation
+    await until(lambda: channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN, timeout=5)
+    await store.put("/close/b", b"2")  # on a new channel
     await store.close()

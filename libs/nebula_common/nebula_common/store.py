@@ -291,6 +291,8 @@ class EtcdStore:
         self._lock = asyncio.Lock()
         self._held_until: dict[int, float] = {}
         """Endpoint index -> ``time.monotonic()`` until which rotations pass over it."""
+        self._closing: set[asyncio.Task[None]] = set()
+        """Channels being closed after a rotation (held here: a task needs a reference)."""
         self.last_ok: float = 0.0
         self.last_error: str = ""
 
@@ -337,7 +339,12 @@ class EtcdStore:
             if not answered(why):
                 self._held_until[current] = now + UNREACHABLE_HOLD_S
             self._index = next_endpoint(current, count, self._held_until, now)
-        await _close_quietly(failed)
+        # Shielded: a caller cut short here (a re-grant cancels a role's hung write) must
+        # not leave the old channel half-closed, holding its connection.
+        closing = asyncio.ensure_future(_close_quietly(failed))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        await asyncio.shield(closing)
 
     @property
     def healthy(self) -> bool:
@@ -397,6 +404,8 @@ class EtcdStore:
         if self._client is not None:
             client, self._client = self._client, None
             await _close_quietly(client)
+        if self._closing:  # each bounded by _close_quietly
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- key/value --------------------------------------------------------------------
     @staticmethod
