@@ -81,12 +81,28 @@ class StuckWrites(EtcdStore):
         self.leases: list[int] = []
         """The lease of every owned write tried, in order."""
 
+        self.report_lost = False
+        """The next refresh answers as if etcd had lost the lease (it has not)."""
+
     async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
         self.leases.append(lease)
         if self.release is not None:
             self.waiting += 1
             await self.release.wait()
         return await super().put_owned(key, value, lease, previous)
+
+    async def delete_owned(self, key: str, lease: int, previous: int = 0) -> None:
+        if self.release is not None:
+            self.waiting += 1
+            await self.release.wait()
+        await super().delete_owned(key, lease, previous)
+
+    async def refresh(self, lease_id: int, per_try: float | None = None, attempts: int = 0
+                      ) -> int:
+        if self.report_lost:
+            self.report_lost = False
+            return 0
+        return await super().refresh(lease_id, per_try, attempts)
 
 
 def faulty(cluster: Cluster) -> FaultyStore:
@@ -386,5 +402,33 @@ async def test_a_cancelled_caller_cancels_its_write_and_is_not_swallowed(
     assert await values(other, "/gone/") == {"/gone/stats": (b"1", keeper.lease_id)}
     assert keeper.regrants == 0
     await keeper.stop()
+    await store.close()
+    await other.close()
+
+
+async def test_a_delete_cut_short_by_a_regrant_still_removes_the_key_from_the_old_lease(
+        cluster: Cluster) -> None:
+    """etcd can report a lease gone that lives on (across a restart). A delete that was
+    hung when the re-grant came is carried over and run by the registration, under the old
+    lease as ``previous``: the key does not linger until that lease expires."""
+    store, other = StuckWrites(EtcdConfig(endpoints=(cluster.etcd_endpoint,), timeout=2)), \
+        store_for(cluster)
+    keeper = LeaseKeeper(store, ttl=6)  # the old lease outlives the test's checks
+    await keeper.start()
+    assert await keeper.put("/kd/kept", b"k")
+    assert await keeper.put("/kd/gone", b"g")
+    old = keeper.lease_id
+    store.release = hold = asyncio.Event()
+    deleting = asyncio.create_task(keeper.delete("/kd/gone"))
+    await until(lambda: store.waiting == 1, timeout=5)
+    store.release = None
+    store.report_lost = True  # the next refresh: "lease gone"; it still holds both keys
+    assert await asyncio.wait_for(deleting, 3 * keeper.ttl) is False
+    await until(lambda: keeper.regrants == 1 and keeper._lost is None, timeout=3 * keeper.ttl)
+    hold.set()
+    assert await other.refresh(old) > 0, "the old lease is alive: it is what could keep the key"
+    assert await values(other, "/kd/") == {"/kd/kept": (b"k", keeper.lease_id)}
+    await keeper.stop()
+    await other.revoke(old)
     await store.close()
     await other.close()

@@ -276,9 +276,20 @@ def _read(path: str | None) -> bytes | None:
 
 
 async def _close_quietly(client: aetcd.Client) -> None:
-    """Close a client within 2 s; a channel that is already broken may fail to close."""
-    with contextlib.suppress(Exception):
+    """Close a client within 2 s; a channel that is already broken may fail to close.
+
+    aetcd's close() first waits for a login still under way (up to its own 3 s): cut
+    short there, it never reached the channel, which stayed open and kept redialling.
+    """
+    channel = client.channel
+    try:
         await asyncio.wait_for(client.close(), 2)
+        return
+    except Exception:  # the channel itself is closed below
+        pass
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(channel.close(), 2)
 
 
 class EtcdStore:
@@ -404,8 +415,8 @@ class EtcdStore:
         if self._client is not None:
             client, self._client = self._client, None
             await _close_quietly(client)
-        if self._closing:  # each bounded by _close_quietly
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._closing:  # each bounded by _close_quietly; wait() cancels none of them
+            await asyncio.wait(set(self._closing))
 
     # -- key/value --------------------------------------------------------------------
     @staticmethod
@@ -995,6 +1006,11 @@ class LeaseKeeper:
             wanted = dict(await self.registration(lost) if self.registration else lost)
             for key, value in wanted.items():
                 await self._write(key, (value, False))
+            # Deletes carried over the swap, while ``_previous`` is still the lost lease
+            # (a second re-grant first would move it on and the delete would miss the key).
+            for key, write in list(self.pending.items()):
+                if write[0] is None:
+                    await self._write(key, write)
             self._lost = None
         # A refresh that failed while the keys went back leaves the lease in doubt: alive
         # again only once a refresh succeeds (the keepalive sets it).
