@@ -9,15 +9,12 @@ a wrong password or a missing client certificate is a clear error, not a hang.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
-import grpc
 import pytest
 
 from devtools.cluster import BIN, Cluster, etcd_binary, free_port, http_get, wait_for
@@ -194,35 +191,6 @@ def test_store_with_password_auth(cluster: Cluster) -> None:
     enable_auth(cluster.etcd_endpoint)
     asyncio.run(read_write_watch(EtcdConfig(endpoints=(cluster.etcd_endpoint,),
                                             username="root", password=PASSWORD, timeout=3)))
-
-
-def test_a_client_closed_during_its_login_closes_its_channel(cluster: Cluster) -> None:
-    """aetcd's close() waits for a login under way; the store cuts that wait at 2 s, which
-    used to leave the channel open (redialling for good) when etcd did not answer."""
-    enable_auth(cluster.etcd_endpoint)
-    pid = cluster.procs["etcd"].pid
-
-    async def go() -> None:
-        store = EtcdStore(EtcdConfig(endpoints=(cluster.etcd_endpoint,), username="root",
-                                     password=PASSWORD, timeout=10))
-        client = await store._current()
-        os.kill(pid, signal.SIGSTOP)  # the login below gets no answer
-        try:
-            login = asyncio.create_task(client.connect())
-            async with asyncio.timeout(10):
-                while not client._is_connecting:
-                    await asyncio.sleep(0)
-            channel = client.channel
-            await store._rotate(client, TimeoutError())
-            assert channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        # The login ends with the channel under it: a gRPC cancellation or an error.
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(login, 10)
-        await store.close()
-
-    asyncio.run(go())
 
 
 def test_store_wrong_password_is_a_clear_error(cluster: Cluster) -> None:
