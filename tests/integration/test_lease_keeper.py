@@ -79,22 +79,22 @@ class StuckWrites(EtcdStore):
         self.release: asyncio.Event | None = None
         self.waiting = 0
         self.leases: list[int] = []
-        """The lease of every owned write tried, in order."""
-
+        """The lease of every owned put tried, in order."""
         self.report_lost = False
         """The next refresh answers as if etcd had lost the lease (it has not)."""
 
-    async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
-        self.leases.append(lease)
+    async def _stall(self) -> None:
         if self.release is not None:
             self.waiting += 1
             await self.release.wait()
+
+    async def put_owned(self, key: str, value: bytes, lease: int, previous: int = 0) -> bool:
+        self.leases.append(lease)
+        await self._stall()
         return await super().put_owned(key, value, lease, previous)
 
     async def delete_owned(self, key: str, lease: int, previous: int = 0) -> None:
-        if self.release is not None:
-            self.waiting += 1
-            await self.release.wait()
+        await self._stall()
         await super().delete_owned(key, lease, previous)
 
     async def refresh(self, lease_id: int, per_try: float | None = None, attempts: int = 0

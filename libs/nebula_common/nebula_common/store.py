@@ -82,7 +82,7 @@ def answered(exc: BaseException) -> bool:
     changed"...): the member is up, it will have a leader again within an election.
     Anything else (a timeout, a refused or reset connection, a silent watch) says the
     member may be gone, and trying it again may cost the whole client timeout."""
-    return "etcdserver:" in str(exc) or "etcdserver:" in error_text(exc)
+    return "etcdserver:" in str(exc)
 
 
 def next_endpoint(index: int, count: int, held_until: Mapping[int, float], now: float) -> int:
