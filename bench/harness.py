@@ -120,23 +120,24 @@ class Bench:
         self.wait_http(proc, f"{url}/health")  # answered by the upstream, through the relay
         return url
 
-    def start_router(self, args: Sequence[str] = (), name: str = "router") -> str:
+    def start_router(self, args: Sequence[str] = (), name: str = "router",
+                     env: dict[str, str] | None = None) -> str:
         """(Re)start router ``name``; the one named ``router`` is :attr:`router_url`."""
         old = self.cluster.procs.get(name)
         if old is not None and old.alive():
             old.stop()
-        _, url = self.cluster.start_router(name=name, args=list(args))
+        _, url = self.cluster.start_router(name=name, args=list(args), env=env)
         if name == "router":
             self.router_url = url
         return url
 
     def start_gateway(self, args: Sequence[str] = (), name: str = "gateway",
-                      router_url: str = "") -> str:
+                      router_url: str = "", env: dict[str, str] | None = None) -> str:
         """Gateway ``name`` in front of ``router_url`` (default: :attr:`router_url`)."""
         # The bench measures the request path, not the anonymous callers' default limits.
         limits_off = ["--anonymous-rpm", "0", "--anonymous-concurrency", "0"]
         _, url = self.cluster.start_gateway([router_url or self.router_url], name=name,
-                                            args=[*limits_off, *args])
+                                            args=[*limits_off, *args], env=env)
         if name == "gateway":
             self.gateway_url = url
         return url

@@ -38,7 +38,7 @@ import uvloop
 from devtools.cluster import REPO, http_get, http_post_json
 from nebula_common.http_servers import DEFAULT_HTTP_SERVER, HTTP_SERVERS
 
-from . import peers, report
+from . import baseline, peers, report
 from .harness import Bench, Replica, StatsPublisher
 from .load import LoadResult, StreamTiming, run_wrk
 from .rawload import drained_closed_loop
@@ -131,6 +131,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", action="store_true",
                    help="also measure vllm-router and LiteLLM's proxy on the same stand-in "
                         "(make peers installs them; make bench-peers sets this)")
+    p.add_argument("--baseline", nargs="?", const=baseline.ISSUE17_BASELINE, default="",
+                   metavar="REV",
+                   help="also run the router and gateway of commit REV (default "
+                        f"{baseline.ISSUE17_BASELINE}, the code issue 17 was filed against, "
+                        "under Hypercorn) in the same rounds (make bench-peers sets this)")
     p.add_argument("--api-key", action="store_true",
                    help="the gateway checks an API key (from a key file) on every request, "
                         "and the load sends it: the cost of a keyed request path")
@@ -379,6 +384,11 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
         routers.append(Hop(r_name, {m: r_url + chat for m in models}, {"router": r_pid}))
         gateways.append(Hop(g_name, {m: g_url + chat for m in models},
                             {"router": r_pid, "gateway": g_pid}))
+    if args.baseline:
+        say(f"  starting the router and gateway of {args.baseline} (the baseline) ...")
+        r_hop, g_hop = start_baseline(bench, args.baseline, gateway_flags, models)
+        routers.append(r_hop)
+        gateways.append(g_hop)
     # The floor of the per-chunk table: a byte relay before each paced stand-in.
     for model, replica in paced.items():
         name = f"{report.RELAY}-{model}"
@@ -405,6 +415,25 @@ def start_hops(bench: Bench, args: argparse.Namespace, gateway_flags: Sequence[s
                             stream_model=peers.LITELLM_STREAM_MODEL, client="raw",
                             drain_s=120.0))
     return [direct, *routers, *gateways]
+
+
+def start_baseline(bench: Bench, rev: str, gateway_flags: Sequence[str],
+                   models: Sequence[str]) -> tuple[Hop, Hop]:
+    """Commit ``rev``'s router and gateway (:mod:`bench.baseline`), under the HTTP server
+    that code chose by default (Hypercorn at issue 17's baseline); the bench's own router
+    flags are not passed (that code may not know them)."""
+    chat = "/v1/chat/completions"
+    env = baseline.export(rev, bench.run_dir / "baseline")
+    r_name = report.server_path("router", report.BASELINE)
+    g_name = report.server_path("gateway", report.BASELINE)
+    env["NEBULA_HTTP_SERVER"] = ""  # the old code's own default, not this shell's choice
+    r_url = bench.start_router([], name=r_name, env=env)
+    for m in models:
+        bench.wait_routable(m, 1, router_url=r_url)
+    g_url = bench.start_gateway(gateway_flags, name=g_name, router_url=r_url, env=env)
+    r_pid, g_pid = bench.pid(r_name), bench.pid(g_name)
+    return (Hop(r_name, {m: r_url + chat for m in models}, {"router": r_pid}),
+            Hop(g_name, {m: g_url + chat for m in models}, {"router": r_pid, "gateway": g_pid}))
 
 
 def start_paced(bench: Bench, engine: str) -> tuple[dict[str, Replica], dict[str, str]]:
@@ -648,8 +677,13 @@ by round (in each round the two ran back to back on each path, so both saw the s
 minute of the machine): what a request costs once (its head, the
 routing, the access line) is in both and cancels, and what is left is the cost of one
 chunk through that hop: one wake-up, one read and one write.
-`/ hypercorn's` is against the same process under `--http-server hypercorn` in this run,
-the server the router and the gateway ran when issue 17 asked for this cost halved.
+`/ baseline's` is against the same process of the code issue 17 was filed against
+(`--baseline`, commit `{args.baseline or baseline.ISSUE17_BASELINE}`: Quart on Hypercorn,
+aiohttp to the upstream; `bench/baseline.py` runs it from a `git archive` export in the same
+rounds): the
+"before" of the issue's "cut at least in half". `/ hypercorn's` is against this code under
+`--http-server hypercorn` in this run: every later change to the proxy code but the server,
+so the harder bound of the two.
 `byte relay (floor)` is `bench/relay.py` before each paced stand-in, measured the same way
 in the same rounds: a uvloop protocol that hands every read to the other side's write and
 parses nothing, so its cost is the read, the write and the loop turn that any Python proxy

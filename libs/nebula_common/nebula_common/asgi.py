@@ -12,6 +12,20 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
+BodyWriter = Callable[[bytes], bool]
+"""Writes one more part of a streamed response body now, without a message; False (nothing
+written) when that part must go through ``send`` instead."""
+
+BODY_WRITER = "nebula.body_writer"
+"""``scope["extensions"][BODY_WRITER]``: the server's :data:`BodyWriter` for this request.
+Nebula's own uvicorn protocol offers it (``uvicorn_protocol.Cycle.write_more``); under
+another server it is absent and every part goes through ``send``."""
+
+
+def body_writer(scope: Scope) -> BodyWriter | None:
+    """This request's :data:`BodyWriter`, where the server offers one."""
+    extensions = scope.get("extensions")
+    return extensions.get(BODY_WRITER) if extensions else None
 
 OPENAI_POST_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",

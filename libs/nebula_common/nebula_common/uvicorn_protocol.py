@@ -16,7 +16,10 @@ what happens per request and per chunk is Nebula's own, and does less:
 - response headers are checked with two regular-expression searches in all (uvicorn:
   two per header), and the server's own headers (``date``) are rendered once a second;
 - ``receive()`` waits on a future only when it has nothing to hand over, not on an
-  ``asyncio.Event`` made for every request.
+  ``asyncio.Event`` made for every request;
+- a streamed body can be written without an ASGI message: the scope's extension
+  :data:`~.asgi.BODY_WRITER` is :meth:`Cycle.write_more`, which a proxy calls from its
+  upstream's read callback (``Response.readany``'s ``take``), so a chunk wakes no task.
 
 What the app sees is uvicorn's: the same scope, messages and errors (``RuntimeError``
 for a message out of order, 500 for an app that fails before answering).
@@ -35,7 +38,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .asgi import ASGIApp, Message, RawHeaders
+from .asgi import BODY_WRITER, ASGIApp, Message, RawHeaders
 from .http_servers import MAX_HEAD_BYTES
 
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
@@ -234,6 +237,19 @@ class Cycle:
         self._head = b"".join(content)
         self._flush_handle = protocol.loop.call_soon(self._flush_head)
 
+    def write_more(self, body: bytes) -> bool:
+        """One more part of a chunked body written at once, as a ``http.response.body``
+        message with ``more_body`` would be; False, with nothing written, when it has to go
+        through :meth:`send`: the head is not out yet (it leaves with the first part), the
+        body is not chunked, the client is gone or slow to read (``send`` waits for the
+        drain), or the response is complete. The caller must not be inside ``send``."""
+        if (self._head or not self._chunked or self.disconnected or self.response_complete
+                or self.protocol.flow.write_paused or not body
+                or self.scope["method"] == "HEAD"):
+            return False
+        self.protocol.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return True
+
     def _flush_head(self) -> None:
         """The end of the turn came before any body bytes: the head goes alone."""
         self._flush_handle = None
@@ -362,8 +378,10 @@ class LeanHttpTools(HttpToolsProtocol):
             app = service_unavailable
             self.logger.warning("Exceeded concurrency limit.")
         previous = self.cycle
-        self.cycle = Cycle(self, scope, http_version != "1.0" and parser.should_keep_alive(),
-                           self.expect_100_continue)
+        self.cycle = cycle = Cycle(self, scope,
+                                   http_version != "1.0" and parser.should_keep_alive(),
+                                   self.expect_100_continue)
+        scope["extensions"] = {BODY_WRITER: cycle.write_more}
         if previous is None or previous.response_complete:
             self._start_asgi_task(self.cycle, app)  # type: ignore[arg-type]
         else:  # pipelined: queued until the answer before it is complete

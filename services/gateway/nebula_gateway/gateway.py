@@ -31,6 +31,7 @@ from nebula_common.asgi import (
     Receive,
     Scope,
     Send,
+    body_writer,
     declared_length,
     read_body,
 )
@@ -129,6 +130,7 @@ class Gateway:
             headers[name.decode("latin-1")] = value.decode("latin-1")
         path: str = scope["path"]
         outcome = self.begin(path, "POST", headers)
+        outcome.write_more = body_writer(scope)
         watcher: DisconnectWatcher | None = None
         reply: Reply | None = None
         started = False

@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from nebula_common.asgi import BodyWriter
 from nebula_common.ids import new_request_id
 from nebula_common.logs import AccessLog
 
@@ -59,6 +60,9 @@ class Outcome:
     """The request's token reservation (:class:`~.tenancy.Hold`), settled after it ends."""
     priority: str | None = None
     """A priority class the gateway sets itself over the key's (a batch's lines: ``batch``)."""
+    write_more: BodyWriter | None = None
+    """The server's writer of streamed body parts without a message, if it offers one
+    (:func:`~.passthrough.pass_frames` calls it from the router answer's read callback)."""
 
     def __post_init__(self) -> None:
         metrics.in_flight_g.inc()

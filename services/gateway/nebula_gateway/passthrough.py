@@ -12,8 +12,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nebula_common.http_client import Response
-from nebula_common.sse import frame_end_of
+from nebula_common.http_client import Response, Take
+from nebula_common.sse import FRAME_ENDS, frame_end_of
 
 from .outcome import Outcome
 from .reply import Reply, buffered, stream_reply
@@ -56,12 +56,27 @@ async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
 
     This runs once per forwarded chunk, so it is one flat loop on the response's reader
     (no iterator layers between a chunk and its send); the read timeout is the client's
-    one timer per response.
+    one timer per response. Once the first block is out (the caller times it), a read of
+    whole frames that names no usage (or only null ones) is written from the read callback
+    where the server offers a writer (``Response.readany``'s ``take``): no task wakes.
     """
     saw_usage = False
     frames = SseFrames()
     read = upstream.readany
-    while chunk := await read():
+    write = outcome.write_more
+    take: Take | None = None
+
+    def sent(chunk: bytes) -> bool:
+        # What the loop would pass unchanged: whole frames, no usage but null ones.
+        if not chunk.endswith(FRAME_ENDS):
+            return False
+        at = chunk.rfind(_USAGE)
+        if at >= 0 and not (_is_null_at(chunk, at + len(_USAGE))
+                            and _only_null_usage(chunk, len(chunk))):
+            return False
+        return write(chunk)  # type: ignore[misc]  # (only taken with a writer)
+
+    while chunk := await read(None if frames.holding else take):
         block = frames.push(chunk)
         if not block:
             continue
@@ -72,6 +87,8 @@ async def pass_frames(outcome: Outcome, upstream: Response, drop_usage: bool,
             if not block:
                 continue
         yield block
+        if write is not None:
+            take = sent
     rest = frames.rest()  # an unterminated tail holds no frame: passed as it is
     if rest:
         yield rest

@@ -38,6 +38,11 @@ class SseFrames:
         rest, self._pending = self._pending, b""
         return rest
 
+    @property
+    def holding(self) -> bool:
+        """A frame's start is held back, waiting for its end."""
+        return bool(self._pending)
+
 
 async def sse_blocks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """The stream as blocks of whole frames; an unterminated tail, if any, comes last.

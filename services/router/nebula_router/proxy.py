@@ -28,12 +28,14 @@ from opentelemetry import propagate, trace
 
 from nebula_common.asgi import (
     BodyTooLarge,
+    BodyWriter,
     ClientGone,
     DisconnectWatcher,
     RawHeaders,
     Receive,
     Scope,
     Send,
+    body_writer,
     declared_length,
     read_body,
     send_json,
@@ -155,6 +157,9 @@ class _Outcome:
     served: list[str] | None = None
     """Every replica that sent part of the answer, once a stream was resumed."""
     resumable: _Resumable | None = None
+    write_more: BodyWriter | None = None
+    """The server's writer of body parts without a message, if it offers one (Response.readany's
+    ``take`` calls it from the upstream's read callback)."""
 
 
 @dataclass(slots=True)
@@ -242,6 +247,7 @@ class Proxy:
                                                       "url.path": scope["path"]})
         watcher: DisconnectWatcher | None = None
         cfg = self.config
+        out.write_more = body_writer(scope)
         try:
             try:
                 # One deadline: the body's, then (moved once the body is in) the request's.
@@ -583,6 +589,20 @@ class Proxy:
         held = b""  # an SSE frame's start, sent once its end came (see split_frames)
         tail = b""  # bytes read with the upstream's end: sent with the end, in one write
         chunk = first
+        write = out.write_more if sse and rewriter is None else None
+
+        def take(data: bytes) -> bool:
+            """The loop below for a read that needs nothing but sending (whole frames, a
+            replica still ready, a client keeping up), run from the upstream's read
+            callback: no task wakes for it (``Response.readany``)."""
+            if (not data.endswith(FRAME_ENDS) or (watch and cand.status != EndpointState.READY)
+                    or not write(data)):  # type: ignore[misc]  # (only passed with a writer)
+                return False
+            out.last_sent = data
+            if record is not None:
+                record.add(data)
+            return True
+
         try:
             while True:
                 if chunk:
@@ -604,7 +624,8 @@ class Proxy:
                         if self._movable(cand, out):
                             out.broken = "replica draining"
                             return None
-                chunk = await resp.readany()  # --idle-timeout bounds each wait
+                # --idle-timeout bounds each wait (the bytes take() sends count)
+                chunk = await resp.readany(take if write is not None and not held else None)
                 if not chunk:
                     break
         except (HttpClientError, TimeoutError) as exc:

@@ -44,20 +44,40 @@ def test_a_round_without_its_short_run_is_left_out() -> None:
     assert cost.micros.n == 1 and cost.micros.median == pytest.approx(20.0)
 
 
-def test_hypercorn_sets_the_bound_on_each_hop() -> None:
+def test_hypercorn_sets_the_stricter_bound_on_each_hop() -> None:
     samples = (rounds("router", {"router": [18.0]}) + rounds("router@hypercorn", {"router": [40.0]})
                + rounds("gateway", {"router": [19.0], "gateway": [30.0]})
                + rounds("gateway@hypercorn", {"router": [40.0], "gateway": [50.0]})
                + rounds("vllm-router", {"router": [10.0]}))
     costs = per_chunk_costs(samples, LONG, SHORT, 48)
-    router, gateway = chunk_targets(costs)
+    by_key = {t.key: t for t in chunk_targets(costs)}
+    router, gateway = by_key["chunk_cost:router@hypercorn"], by_key["chunk_cost:gateway@hypercorn"]
     assert router.passed is True and router.measured.startswith("0.45x (18.0 vs 40.0 us)")
     assert gateway.passed is False and gateway.measured.startswith("0.60x")
+    # no baseline ran: its bound reads n/a, not a pass
+    assert by_key["chunk_cost:router@baseline"].passed is None
     rows = {(r[0], r[1]): r for r in chunk_table_rows(costs, "uvicorn")}
-    assert rows[("router (uvicorn)", "router")][5:] == ["0.45x", "1.80x", "-"]
-    assert rows[("router (hypercorn)", "router")][5] == "-"  # not against itself
-    assert rows[("gateway+router (uvicorn)", "gateway")][5:] == ["0.60x", "-", "-"]
-    assert rows[("vllm-router", "router")][5:] == ["-", "-", "-"]
+    assert rows[("router (uvicorn)", "router")][5:] == ["-", "0.45x", "1.80x", "-"]
+    assert rows[("router (hypercorn)", "router")][6] == "-"  # not against itself
+    assert rows[("gateway+router (uvicorn)", "gateway")][5:] == ["-", "0.60x", "-", "-"]
+    assert rows[("vllm-router", "router")][5:] == ["-", "-", "-", "-"]
+
+
+def test_the_baseline_code_sets_the_issues_own_bound_on_each_hop() -> None:
+    samples = (rounds("router", {"router": [18.0]})
+               + rounds("router@baseline", {"router": [45.0]})
+               + rounds("gateway", {"router": [18.0], "gateway": [30.0]})
+               + rounds("gateway@baseline", {"router": [40.0], "gateway": [50.0]}))
+    costs = per_chunk_costs(samples, LONG, SHORT, 48)
+    by_key = {t.key: t for t in chunk_targets(costs)}
+    router, gateway = by_key["chunk_cost:router@baseline"], by_key["chunk_cost:gateway@baseline"]
+    assert router.passed is True and router.measured.startswith("0.40x (18.0 vs 45.0 us)")
+    assert "the baseline code's" in router.target
+    assert gateway.passed is False and gateway.measured.startswith("0.60x (30.0 vs 50.0 us)")
+    rows = {(r[0], r[1]): r for r in chunk_table_rows(costs)}
+    assert rows[("router", "router")][5] == "0.40x"
+    assert rows[("gateway+router", "router")][5] == "0.45x"  # each process against its own
+    assert rows[("router (baseline)", "router")][5:7] == ["-", "-"]  # not against itself
 
 
 def test_every_path_reads_against_the_byte_relay_of_the_same_rounds() -> None:
@@ -66,16 +86,16 @@ def test_every_path_reads_against_the_byte_relay_of_the_same_rounds() -> None:
                + rounds("vllm-router", {"router": [17.0] * 3})
                + rounds("relay", {"router": [16.0, 20.0, 18.0]}))
     rows = {(r[0], r[1]): r for r in chunk_table_rows(per_chunk_costs(samples, LONG, SHORT, 48))}
-    assert rows[("router", "router")][2] == "25.0" and rows[("router", "router")][7] == "+7.0"
-    assert rows[("gateway+router", "gateway")][7] == "+3.0"
-    assert rows[("vllm-router", "router")][7] == "-1.0"  # Rust, under the Python floor
+    assert rows[("router", "router")][2] == "25.0" and rows[("router", "router")][8] == "+7.0"
+    assert rows[("gateway+router", "gateway")][8] == "+3.0"
+    assert rows[("vllm-router", "router")][8] == "-1.0"  # Rust, under the Python floor
     relay = rows[("byte relay (floor)", "router")]
-    assert relay[2:5] == ["18.0", "16.0..20.0", "3"] and relay[6:] == ["1.06x", "-"]
+    assert relay[2:5] == ["18.0", "16.0..20.0", "3"] and relay[7:] == ["1.06x", "-"]
 
 
 def test_without_hypercorn_or_paced_runs_there_is_no_verdict() -> None:
     assert [t.passed for t in chunk_targets(per_chunk_costs(
-        rounds("router", {"router": [20.0]}), LONG, SHORT, 48))] == [None, None]
+        rounds("router", {"router": [20.0]}), LONG, SHORT, 48))] == [None] * 4
     assert per_chunk_costs([run(LONG, "router", 0, 100, router=1.0)], LONG, SHORT, 48) == []
 
 

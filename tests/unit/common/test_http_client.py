@@ -260,3 +260,115 @@ async def test_connection_the_server_closed_while_idle_is_dropped(
     assert len(server.peers) == 2
     resp.release()
     await pool.close()
+
+
+def paced_chunks(parts: list[bytes], pause: float, then: bytes = b"0\r\n\r\n",
+                 linger: float = 0.0) -> Script:
+    """An answer of ``parts`` as chunks, ``pause`` apart, each in its own write."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in parts:
+            await asyncio.sleep(pause)
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        await asyncio.sleep(linger)
+        writer.write(then)
+        await writer.drain()
+        await reader.read()
+    return script
+
+
+async def test_take_gets_each_read_while_the_reader_waits_and_refusals_come_back(
+        serve: Callable[[Script], Awaitable[Server]]) -> None:
+    server = await serve(paced_chunks([b"a", b"b", b"STOP", b"c"], 0.05))
+    pool = Pool()
+    resp = await pool.request(server.url, "POST", "/", {}, b"")
+    taken: list[bytes] = []
+    wakes = 0
+
+    def take(data: bytes) -> bool:
+        if data == b"STOP":
+            return False
+        taken.append(data)
+        return True
+
+    got: list[bytes] = []
+    while chunk := await resp.readany(take):
+        wakes += 1
+        got.append(chunk)
+    # a and b never woke the reader; the refused one did, and so did c with the end
+    # (bytes read together with the body's end go back to the reader, to send with it)
+    assert taken == [b"a", b"b"]
+    assert got in ([b"STOP", b"c"], [b"STOP"]) and wakes == len(got)
+    assert b"".join(taken + got) in (b"abSTOPc", b"abSTOP")
+    resp.release()
+    await pool.close()
+
+
+async def test_take_ends_with_the_body_and_read_bytes_are_never_lost(
+        serve: Callable[[Script], Awaitable[Server]]) -> None:
+    parts = [b"%02d" % i for i in range(20)]
+    server = await serve(paced_chunks(parts, 0.01))
+    pool = Pool()
+    resp = await pool.request(server.url, "POST", "/", {}, b"")
+    seen: list[bytes] = []
+
+    def take(data: bytes) -> bool:
+        seen.append(data)
+        return True
+
+    while chunk := await resp.readany(take):
+        seen.append(chunk)
+    assert b"".join(seen) == b"".join(parts) and resp.at_eof()
+    resp.release()
+    assert pool.idle_count() == 1  # read whole: pooled as without take
+    await pool.close()
+
+
+async def test_bytes_take_sends_count_for_the_read_timeout(
+        serve: Callable[[Script], Awaitable[Server]]) -> None:
+    # 8 chunks 0.1 s apart, then silence: one wait lasts the whole stream, but each taken
+    # chunk starts the wait for body bytes again, so only the silence times out
+    server = await serve(paced_chunks([b"x"] * 8, 0.1, linger=5))
+    pool = Pool()
+    resp = await pool.request(server.url, "POST", "/", {}, b"", read_timeout=0.3)
+    taken: list[bytes] = []
+    with pytest.raises(ReadTimeout):
+        await resp.readany(lambda data: taken.append(data) is None)
+    assert b"".join(taken) == b"x" * 8
+    resp.close()
+    await pool.close()
+
+
+async def test_a_take_that_fails_hands_its_bytes_back_then_its_error(
+        serve: Callable[[Script], Awaitable[Server]]) -> None:
+    server = await serve(paced_chunks([b"one", b"two"], 0.05, linger=1))
+    pool = Pool()
+    resp = await pool.request(server.url, "POST", "/", {}, b"")
+
+    def take(data: bytes) -> bool:
+        raise ValueError(f"cannot take {data!r}")
+
+    assert await resp.readany(take) == b"one"
+    with pytest.raises(ValueError, match="cannot take b'one'"):
+        await resp.readany()
+    resp.release()
+    assert pool.idle_count() == 0  # failed: the connection is not reused
+    await pool.close()
+
+
+async def test_take_is_offered_nothing_once_its_reader_was_cancelled(
+        serve: Callable[[Script], Awaitable[Server]]) -> None:
+    server = await serve(paced_chunks([b"late"], 0.2, linger=1))
+    pool = Pool()
+    resp = await pool.request(server.url, "POST", "/", {}, b"")
+    taken: list[bytes] = []
+    reader = asyncio.ensure_future(resp.readany(lambda data: taken.append(data) is None))
+    await asyncio.sleep(0.05)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert await resp.readany() == b"late" and taken == []
+    resp.close()
+    await pool.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nebula_common.asgi import Message, Receive, Scope, Send
+from nebula_common.asgi import Message, Receive, Scope, Send, body_writer
 from nebula_common.http_servers import MAX_HEAD_BYTES
 from nebula_common.uvicorn_protocol import LeanHttpTools
 from tests.support.uvicorn_server import serving
@@ -77,6 +77,17 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.sleep(0)
         first.cancel()
         SEEN.append(await asyncio.wait_for(second, 10))
+    elif path == "/write-more":  # parts written without a message, as a proxy's take does
+        write = body_writer(scope)
+        assert write is not None
+        length = scope["query_string"] == b"sized"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"6")] if length else []})
+        SEEN.append(write(b"early"))  # the head has not left: it goes with a body's first part
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        SEEN.append(write(b"two"))
+        await send({"type": "http.response.body", "body": b"end", "more_body": False})
+        SEEN.append(write(b"late"))  # the response is complete
     elif path == "/fail":
         raise ValueError("the app broke")
     elif path == "/bad-header":
@@ -133,6 +144,27 @@ async def test_a_stream_head_leaves_before_its_first_chunk(port: int) -> None:
     rest = b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
     assert await asyncio.wait_for(reader.readexactly(len(rest)), 5) == rest
     assert WRITES == [head, b"3\r\none\r\n", b"3\r\ntwo\r\n", b"0\r\n\r\n"]
+    writer.close()
+
+
+async def test_the_body_writer_writes_a_chunk_only_where_send_would_write_it_alone(
+        port: int) -> None:
+    reader, writer = await connect(port)
+    writer.write(b"GET /write-more HTTP/1.1\r\nhost: t\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    rest = b"3\r\none\r\n3\r\ntwo\r\n3\r\nend\r\n0\r\n\r\n"
+    assert await asyncio.wait_for(reader.readexactly(len(rest)), 5) == rest
+    assert SEEN[1:] == [False, True, False]
+    assert WRITES == [head + b"3\r\none\r\n", b"3\r\ntwo\r\n", b"3\r\nend\r\n0\r\n\r\n"]
+    # a sized body is never chunked by it (nor is a HEAD answer's, which has none)
+    for request in (b"GET /write-more?sized HTTP/1.1\r\nhost: t\r\n\r\n",
+                    b"HEAD /write-more HTTP/1.1\r\nhost: t\r\n\r\n"):
+        SEEN.clear()
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if request.startswith(b"GET"):
+            assert await asyncio.wait_for(reader.readexactly(6), 5) == b"oneend"
+        assert SEEN[1:] == [False, False, False]
     writer.close()
 
 

@@ -198,3 +198,37 @@ async def test_null_usage_in_every_chunk_passes_and_the_real_one_still_counts(
                                                       True, False)])
         assert out == chunks + b"data: [DONE]\n\n"
         assert (record.prompt_tokens, record.completion_tokens) == (3, 2)
+
+
+async def test_with_a_body_writer_whole_frames_bypass_the_loop_and_usage_still_counts() -> None:
+    """Where the server offers a body writer, reads of whole frames with no usage (or a null
+    one) are written from the read callback; the first block still comes out of the loop
+    (its first byte is timed there), and so do split frames, the usage chunk and the end."""
+    def dumped(payload: Any) -> bytes:
+        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    words = [dumped({"choices": [{"index": 0, "delta": {"content": w}}], "usage": None})
+             for w in ("a", "b", "c", "d")]
+    stream = b"".join(words) + dumped({"choices": [], "usage": USAGE}) + b"data: [DONE]\n\n"
+    for size, refuse in ((len(words[0]), False), (7, False), (len(words[0]), True)):
+        record = outcome()
+        wire: list[tuple[str, bytes]] = []  # what reached the client, and by which way
+
+        def write(part: bytes, refuse: bool = refuse,
+                  wire: list[tuple[str, bytes]] = wire) -> bool:
+            if not refuse:
+                wire.append(("written", part))
+            return not refuse
+
+        record.write_more = write
+        async for block in pass_frames(record, upstream(stream, size), True, False):
+            wire.append(("sent", block))
+        assert b"".join(b for _, b in wire) == b"".join(words) + b"data: [DONE]\n\n"
+        assert (record.prompt_tokens, record.completion_tokens) == (3, 2)
+        assert wire[0][0] == "sent"
+        written = [b for way, b in wire if way == "written"]
+        if refuse:
+            assert written == []
+        elif size == len(words[0]):
+            assert written == words[1:]  # each whole frame after the first
+        else:  # cut mid-frame: a read ending a frame with nothing held back, if any
+            assert all(part.endswith(b"\n\n") for part in written)

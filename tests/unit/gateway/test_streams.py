@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,7 +23,8 @@ from nebula_gateway.state.sqlite import SqliteState
 
 class Upstream:
     """What the handlers read of an upstream response: ``iter_any()`` or ``readany()``
-    (b"" at the end)."""
+    (b"" at the end; each chunk offered to ``take`` first, as the real one offers each read
+    that is not the body's last)."""
 
     def __init__(self, data: bytes, size: int):
         self.chunks = [data[i:i + size] for i in range(0, len(data), size)]
@@ -32,7 +33,9 @@ class Upstream:
         for chunk in self.chunks:
             yield chunk
 
-    async def readany(self) -> bytes:
+    async def readany(self, take: Callable[[bytes], bool] | None = None) -> bytes:
+        while take is not None and len(self.chunks) > 1 and take(self.chunks[0]):
+            self.chunks.pop(0)
         return self.chunks.pop(0) if self.chunks else b""
 
 
