@@ -555,11 +555,11 @@ MISS_NOTES = {
         "have: the byte relay, which parses nothing, misses this bound too (its row at "
         "c1000). On a machine with spare cores: `--workers N` on one SO_REUSEPORT port."),
     "chunk_cost": (
-        "Per chunk each hop still has one wake-up of the request's task, one read and one "
-        "write; what those cost alone is the byte relay's row (a protocol that parses "
-        "nothing), and on this 2-core VM it is more than half the bound. What each hop spends "
-        "above it (`us over the floor`) is Python: the reader's wake-up, the ASGI message, "
-        "the frame check (findings: 'The floor: a byte relay measured beside the hops')."),
+        "Per chunk each hop still has one read and one write, and a chunk that needs only "
+        "sending wakes no task (findings: 'No task per chunk'); what the read and the write "
+        "cost alone is the byte relay's row (a protocol that parses nothing), on this 2-core "
+        "VM more than half the bound. What each hop spends above it (`us over the floor`) is "
+        "the parser's callback, the frame check, the stream record and the chunk's framing."),
     "prefix_ttft": (
         "`prefix` leaves the preferred replica once it carries more than (1 + bound-load) x "
         "the average in-flight load; every spill is a cold prefill. `--bound-load 1.0` "

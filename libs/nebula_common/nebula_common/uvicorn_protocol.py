@@ -145,6 +145,9 @@ class Cycle:
                 self.protocol.transport.close()
         finally:
             self.on_response = _nothing
+            # The scope's body writer is a method of this cycle, which holds the scope: left
+            # in place, every request would leave a reference cycle for the collector.
+            self.scope.pop("extensions", None)
 
     def _fail(self) -> None:
         """500 and close, for an app that failed before it started its answer."""
