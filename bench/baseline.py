@@ -22,8 +22,10 @@ from devtools.cluster import REPO
 ISSUE17_BASELINE = "8be8cc5"
 """The last commit before issue 17's first change (4706a83): the request path it measured."""
 
-TREES = ("libs/nebula_common", "services/router", "services/gateway")
-"""What the router and the gateway import, relative to the repository root."""
+PACKAGES = {"libs/nebula_common": "nebula_common", "services/router": "nebula_router",
+            "services/gateway": "nebula_gateway"}
+"""What the router and the gateway import: tree (relative to the repository root) -> the
+package directly under it."""
 
 
 class BaselineError(Exception):
@@ -31,14 +33,14 @@ class BaselineError(Exception):
 
 
 def export(rev: str, dest: Path, repo: Path = REPO) -> dict[str, str]:
-    """``rev``'s :data:`TREES` under ``dest``; the environment that runs their code.
+    """``rev``'s :data:`PACKAGES` trees under ``dest``; the environment that runs their code.
 
     The returned ``PYTHONPATH`` puts the export before this venv's editable installs, so
     ``nebula-router`` and ``nebula-gateway`` import the old packages.
     """
     try:
         archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev,
-                                  *TREES], capture_output=True, check=True).stdout
+                                  *PACKAGES], capture_output=True, check=True).stdout
     except subprocess.CalledProcessError as exc:
         why = exc.stderr.decode(errors="replace").strip().splitlines()
         raise BaselineError(f"git archive {rev}: {why[-1] if why else 'failed'} "
@@ -46,9 +48,7 @@ def export(rev: str, dest: Path, repo: Path = REPO) -> dict[str, str]:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
-    packages = [dest / "libs/nebula_common", dest / "services/router", dest / "services/gateway"]
-    for path, package in zip(packages, ("nebula_common", "nebula_router", "nebula_gateway"),
-                             strict=True):
-        if not (path / package / "__init__.py").is_file():
-            raise BaselineError(f"{rev} has no {package} package under {path.relative_to(dest)}")
-    return {"PYTHONPATH": os.pathsep.join(str(p) for p in packages)}
+    for tree, package in PACKAGES.items():
+        if not (dest / tree / package / "__init__.py").is_file():
+            raise BaselineError(f"{rev} has no {package} package under {tree}")
+    return {"PYTHONPATH": os.pathsep.join(str(dest / tree) for tree in PACKAGES)}

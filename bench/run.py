@@ -134,8 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", nargs="?", const=baseline.ISSUE17_BASELINE, default="",
                    metavar="REV",
                    help="also run the router and gateway of commit REV (default "
-                        f"{baseline.ISSUE17_BASELINE}, the code issue 17 was filed against, "
-                        "under Hypercorn) in the same rounds (make bench-peers sets this)")
+                        f"{baseline.ISSUE17_BASELINE}, the code issue 17 was filed against) under "
+                        "that code's default server, in the same rounds (make bench-peers "
+                        "sets this)")
     p.add_argument("--api-key", action="store_true",
                    help="the gateway checks an API key (from a key file) on every request, "
                         "and the load sends it: the cost of a keyed request path")

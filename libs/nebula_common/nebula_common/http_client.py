@@ -170,9 +170,8 @@ class Response:
                 await self._wait()
             finally:
                 self._take = None
-        buffer = self._buffer
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        buffer.clear()
+        data = self._joined()
+        self._buffer.clear()
         if self._size > HIGH_WATER:
             self._conn.resume()
         self._size = 0
@@ -261,30 +260,35 @@ class Response:
 
     def _offer(self) -> None:
         """A read is parsed: its body bytes go to the waiting reader's ``take``, else to it."""
-        take, buffer = self._take, self._buffer
-        if take is None or not buffer:
+        take = self._take
+        if take is None or not self._buffer:
             return
         if self._eof or self._error is not None:
             self._wake()  # the end came with them: the reader sends the two together
             return
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        data = self._joined()
         try:
             taken = take(data)
         except Exception as exc:  # the reader's own failure: it gets the bytes, then this
-            buffer[:] = (data,)
             self._take = None
             self._fail(exc)
             return
         if taken:
-            buffer.clear()
+            self._buffer.clear()
             if self._size > HIGH_WATER:
                 self._conn.resume()
             self._size = 0
             self._since = self._loop.time()  # the wait for body bytes starts again
         else:
-            buffer[:] = (data,)
             self._take = None
             self._wake()
+
+    def _joined(self) -> bytes:
+        """The buffered body bytes as one, left in the buffer as its only part."""
+        buffer = self._buffer
+        if len(buffer) > 1:
+            buffer[:] = (b"".join(buffer),)
+        return buffer[0]
 
     def _end(self) -> None:
         self._eof = True
